@@ -1,0 +1,81 @@
+"""Service settings (environment prefix ``POSEKD_``), read once through :func:`get_settings`."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from typing import Annotated
+
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="POSEKD_", env_file=None, extra="ignore")
+
+    # --- model store -------------------------------------------------------------------------
+    model_store: Path = Path("model_store")
+    default_pose_model: str = "movenet-thunder"
+    default_detector: str = "movenet-multipose"
+    default_alias: str = "production"
+    store_poll_s: float = 10.0  # re-scan the store for changes this often; 0 turns polling off
+    teachers: Path = _REPO_ROOT.parent / "shared" / "teachers"
+
+    # --- inference runtime -------------------------------------------------------------------
+    device: str = "auto"  # auto | cpu | cuda
+    cuda_device_id: int = 0
+    ort_intra_threads: int = 0  # 0: ONNX Runtime's choice (one per physical core)
+    ort_inter_threads: int = 1
+    pose_max_batch: int = 32  # crops per pose-model call
+
+    # --- broker / dynamic batching -----------------------------------------------------------
+    redis_url: str | None = None  # unset: embedded mode (in-process broker)
+    max_batch: int = 8  # requests (images) batched together per stage
+    max_delay_ms: float = 5.0  # how long the first request of a batch waits for company
+    queue_max: int = 256  # images waiting in the queue before new work gets 503
+    request_timeout_s: float = 30.0
+    workers: int = 1  # in-process inference threads
+
+    # --- request limits ----------------------------------------------------------------------
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_batch_images: int = 16
+    max_people: int = 20  # default and ceiling of the max_people query parameter
+    min_score: float = 0.2  # default person score threshold
+    detector_threshold: float = 0.15  # boxes the detector must reach before the pose stage sees them
+
+    # --- security ----------------------------------------------------------------------------
+    # Comma-separated. With any key set, /v1 routes need a key and admin routes an admin key
+    # (when no admin key is set, every API key is an admin key).
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    admin_api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # --- server ------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+
+    @field_validator("api_keys", "admin_api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value):
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("max_batch", "queue_max", "max_batch_images", "pose_max_batch", "workers")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys or self.admin_api_keys)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
