@@ -1,0 +1,45 @@
+"""Prometheus metrics (prefix ``posekd_``, seconds). Names and labels follow DESIGN.md; the README's
+metrics table describes each."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+REQUESTS = Counter("posekd_requests_total", "HTTP requests answered, by route template and status code",
+                   ["route", "code"], registry=REGISTRY)
+REQUEST_DURATION = Histogram("posekd_request_duration_seconds",
+                             "Time from request received to response sent, by route template",
+                             ["route"], buckets=_LATENCY, registry=REGISTRY)
+QUEUE_WAIT = Histogram("posekd_queue_wait_seconds",
+                       "Time an image waited in the broker before a worker started its batch",
+                       ["model"], buckets=_LATENCY, registry=REGISTRY)
+INFERENCE = Histogram("posekd_inference_duration_seconds",
+                      "Wall time of one pipeline stage over one batch (pre-processing, ONNX Runtime, decoding)",
+                      ["model", "version", "stage"], buckets=_LATENCY, registry=REGISTRY)
+BATCH_SIZE = Histogram("posekd_batch_size",
+                       "Items per stage call: images for detect, person crops for pose",
+                       ["model", "stage"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128),
+                       registry=REGISTRY)
+QUEUE_DEPTH = Gauge("posekd_queue_depth", "Images waiting in a broker queue", ["queue"], registry=REGISTRY)
+PEOPLE = Histogram("posekd_people_per_image", "People returned per image",
+                   buckets=(0, 1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 50), registry=REGISTRY)
+VIDEO_FRAMES = Counter("posekd_video_frames_total", "Video frames processed", registry=REGISTRY)
+MODEL_INFO = Gauge("posekd_model_info", "1 for each served model version and alias (alias '' = loaded, no alias)",
+                   ["name", "version", "alias"], registry=REGISTRY)
+
+
+def observe_stage(model: str, version: int, stage: str, seconds: float, items: int) -> None:
+    INFERENCE.labels(model, str(version), stage).observe(seconds)
+    BATCH_SIZE.labels(model, stage).observe(items)
+
+
+def publish_models(registry) -> None:
+    """Rebuild ``posekd_model_info`` from what the model registry serves."""
+    MODEL_INFO.clear()
+    for served in registry.loaded():
+        aliases = [a for a, v in registry.served_aliases(served.name).items() if v == served.version]
+        for alias in aliases or [""]:
+            MODEL_INFO.labels(served.name, str(served.version), alias).set(1)

@@ -1,0 +1,154 @@
+"""Top-down pose pipeline: person detection → square crops → pose model → keypoints in image pixels.
+
+Works on a batch of images at once: the detector sees all images that need boxes, then the crops
+of every person in the batch go through the pose model together."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import metrics
+from ..store.registry import ServedModel
+from . import preprocess as pp
+from .decoders import DETECTION_DECODERS, POSE_DECODERS
+
+
+@dataclass
+class ImageTask:
+    image: np.ndarray  # BGR uint8, H×W×3
+    boxes: np.ndarray | None = None  # client boxes (M, 4) in image pixels: skip detection
+    min_score: float = 0.2
+    max_people: int = 20
+
+
+@dataclass
+class Person:
+    bbox: list[float]
+    score: float
+    keypoints: np.ndarray  # (17, 3) x, y, score in image pixels
+
+    def as_dict(self) -> dict:
+        return {"bbox": [round(float(v), 2) for v in self.bbox], "score": round(float(self.score), 4),
+                "keypoints": [[round(float(x), 2), round(float(y), 2), round(float(s), 4)]
+                              for x, y, s in self.keypoints]}
+
+
+@dataclass
+class ImageResult:
+    people: list[Person] = field(default_factory=list)
+    timing_ms: dict[str, float] = field(default_factory=dict)
+
+
+def nms(boxes: np.ndarray, iou: float) -> np.ndarray:
+    """Greedy non-maximum suppression over (M, 5) boxes; returns kept rows, best first."""
+    if len(boxes) == 0:
+        return boxes
+    order = np.argsort(-boxes[:, 4])
+    boxes = boxes[order]
+    area = np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0)
+    keep = []
+    suppressed = np.zeros(len(boxes), bool)
+    for i in range(len(boxes)):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        xx1 = np.maximum(boxes[i, 0], boxes[:, 0])
+        yy1 = np.maximum(boxes[i, 1], boxes[:, 1])
+        xx2 = np.minimum(boxes[i, 2], boxes[:, 2])
+        yy2 = np.minimum(boxes[i, 3], boxes[:, 3])
+        inter = np.maximum(xx2 - xx1, 0) * np.maximum(yy2 - yy1, 0)
+        overlap = inter / np.maximum(area[i] + area - inter, 1e-9)
+        suppressed |= overlap > iou
+    return boxes[keep]
+
+
+class PosePipeline:
+    def __init__(self, detector_threshold: float = 0.15, box_nms_iou: float = 0.6,
+                 max_boxes: int = 20, pose_chunk: int = 32):
+        self.detector_threshold = detector_threshold
+        self.box_nms_iou = box_nms_iou
+        self.max_boxes = max_boxes
+        self.pose_chunk = pose_chunk
+
+    @classmethod
+    def from_settings(cls, settings) -> "PosePipeline":
+        return cls(detector_threshold=settings.detector_threshold, max_boxes=settings.max_people,
+                   pose_chunk=settings.pose_max_batch)
+
+    # ---- stages -----------------------------------------------------------------------------
+    def detect(self, detector: ServedModel, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Person boxes (M, 5) in image pixels for each image."""
+        if not images:
+            return []
+        t0 = time.perf_counter()
+        spec = detector.manifest.input
+        views, scales = zip(*(pp.resize_for_detector(im, spec) for im in images))
+        outs = detector.runner.run(pp.to_tensor(list(views), spec))
+        decoded = DETECTION_DECODERS[detector.manifest.output.decoder](detector.manifest, outs)
+        result = []
+        for boxes, (sx, sy), im in zip(decoded, scales, images):
+            boxes = boxes[boxes[:, 4] >= self.detector_threshold]
+            boxes = boxes / np.array([sx, sy, sx, sy, 1.0], np.float32)
+            h, w = im.shape[:2]
+            boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+            boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+            boxes = boxes[(boxes[:, 2] - boxes[:, 0] >= 2) & (boxes[:, 3] - boxes[:, 1] >= 2)]
+            result.append(nms(boxes, self.box_nms_iou)[: self.max_boxes])
+        metrics.observe_stage(detector.name, detector.version, "detect", time.perf_counter() - t0, len(images))
+        return result
+
+    def pose(self, model: ServedModel, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
+        """Keypoints (M, 17, 3) in image pixels for the boxes of each image, all crops in one batch."""
+        spec, margin = model.manifest.input, model.manifest.crop.margin
+        crops, inverses, owners = [], [], []
+        for i, (im, bxs) in enumerate(zip(images, boxes)):
+            for box in bxs:
+                m = pp.crop_matrix(box, margin, spec.width, spec.height)
+                crops.append(pp.warp_crop(im, m, spec.width, spec.height))
+                inverses.append(pp.invert(m))
+                owners.append(i)
+        per_image = [np.zeros((0, 17, 3), np.float32) for _ in images]
+        if not crops:
+            return per_image
+        t0 = time.perf_counter()
+        outs = model.runner.run(pp.to_tensor(crops, spec), chunk=self.pose_chunk)
+        kps = POSE_DECODERS[model.manifest.output.decoder](model.manifest, outs)
+        inv = np.stack(inverses)  # (C, 2, 3)
+        xy = np.einsum("ckj,cij->cki", kps[..., :2], inv[:, :, :2]) + inv[:, None, :, 2]
+        kps = np.concatenate([xy, kps[..., 2:]], -1)
+        owners = np.asarray(owners)
+        for i in range(len(images)):
+            per_image[i] = kps[owners == i]
+        metrics.observe_stage(model.name, model.version, "pose", time.perf_counter() - t0, len(crops))
+        return per_image
+
+    # ---- whole pipeline ---------------------------------------------------------------------
+    def run(self, model: ServedModel, detector: ServedModel | None, tasks: list[ImageTask]) -> list[ImageResult]:
+        t0 = time.perf_counter()
+        need = [i for i, t in enumerate(tasks) if t.boxes is None]
+        if need and detector is None:
+            raise ValueError("images without boxes need a detector")
+        boxes: list[np.ndarray | None] = [None] * len(tasks)
+        for i, t in enumerate(tasks):
+            if t.boxes is not None:
+                b = np.asarray(t.boxes, np.float32).reshape(-1, 4)
+                boxes[i] = np.concatenate([b, np.ones((len(b), 1), np.float32)], 1)
+        if need:
+            for i, found in zip(need, self.detect(detector, [tasks[i].image for i in need])):
+                boxes[i] = found
+        t1 = time.perf_counter()
+        keypoints = self.pose(model, [t.image for t in tasks], boxes)
+        t2 = time.perf_counter()
+        results = []
+        for task, bxs, kps in zip(tasks, boxes, keypoints):
+            people = [Person(bbox=b[:4].tolist(), score=float(k[:, 2].mean()), keypoints=k)
+                      for b, k in zip(bxs, kps)]
+            people = [p for p in people if p.score >= task.min_score]
+            people.sort(key=lambda p: -p.score)
+            people = people[: task.max_people]
+            metrics.PEOPLE.observe(len(people))
+            results.append(ImageResult(people, {"detect": (t1 - t0) * 1000, "pose": (t2 - t1) * 1000,
+                                                "inference": (t2 - t0) * 1000}))
+        return results

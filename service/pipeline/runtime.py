@@ -1,0 +1,72 @@
+"""ONNX Runtime sessions: provider choice (CUDA when present, else CPU), thread settings, and
+batched calls that respect a graph's fixed batch size."""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..store.manifest import Manifest
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+log = logging.getLogger("posekd.runtime")
+
+
+def choose_providers(device: str = "auto", cuda_device_id: int = 0) -> list:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available:
+        return [("CUDAExecutionProvider", {"device_id": cuda_device_id}), "CPUExecutionProvider"]
+    if device == "cuda":
+        log.warning("POSEKD_DEVICE=cuda but ONNX Runtime has no CUDA provider here; using the CPU")
+    return ["CPUExecutionProvider"]
+
+
+class OnnxModel:
+    """One model's session plus what the pipeline needs to feed it."""
+
+    def __init__(self, manifest: Manifest, data: bytes, *, device: str = "auto", cuda_device_id: int = 0,
+                 intra_threads: int = 0, inter_threads: int = 1):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_threads
+        opts.inter_op_num_threads = inter_threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(data, opts, providers=choose_providers(device, cuda_device_id))
+        self.manifest = manifest
+        self.provider = self.session.get_providers()[0]
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        if manifest.input.name not in inputs:
+            raise ValueError(f"the graph has no input {manifest.input.name!r} (it has {sorted(inputs)})")
+        graph_outputs = [o.name for o in self.session.get_outputs()]
+        self.output_names = manifest.output.names or graph_outputs
+        missing = [n for n in self.output_names if n not in graph_outputs]
+        if missing:
+            raise ValueError(f"the graph has no outputs {missing} (it has {graph_outputs})")
+        batch_dim = inputs[manifest.input.name].shape[0]
+        fixed = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else 0
+        self.max_batch = manifest.input.max_batch or fixed  # 0: any
+
+    @classmethod
+    def from_settings(cls, manifest: Manifest, data: bytes, settings: "Settings") -> "OnnxModel":
+        return cls(manifest, data, device=settings.device, cuda_device_id=settings.cuda_device_id,
+                   intra_threads=settings.ort_intra_threads, inter_threads=settings.ort_inter_threads)
+
+    def run(self, batch: np.ndarray, chunk: int = 0) -> dict[str, np.ndarray]:
+        """Run a batch of any size: split into calls of at most ``max_batch`` (and ``chunk``) items."""
+        limit = min(x for x in (self.max_batch, chunk, len(batch)) if x > 0)
+        name = self.manifest.input.name
+        if limit >= len(batch):
+            outs = self.session.run(self.output_names, {name: batch})
+            return dict(zip(self.output_names, outs))
+        parts = [self.session.run(self.output_names, {name: batch[i:i + limit]})
+                 for i in range(0, len(batch), limit)]
+        return {n: np.concatenate([p[k] for p in parts]) for k, n in enumerate(self.output_names)}
