@@ -1,0 +1,57 @@
+"""The broker contract: the API submits pose jobs and awaits their results; workers batch them.
+
+Two implementations share it: :class:`~service.broker.local.LocalBroker` (in-process, the default)
+and the Redis Streams broker (scale-out)."""
+from __future__ import annotations
+
+import abc
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from ..pipeline import ImageResult, ImageTask
+
+
+@dataclass
+class PoseJob:
+    """One API request: images that share a pose model and a detector (exact ``name:version``)."""
+    pose_ref: str
+    detector_ref: str | None
+    tasks: list[ImageTask]
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    enqueued_at: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False
+
+    @property
+    def size(self) -> int:
+        return len(self.tasks)
+
+
+@dataclass
+class JobResult:
+    results: list[ImageResult]
+    queue_s: float  # time from enqueue to the start of the batch that ran it
+    batch_images: int  # images in that batch, all jobs together
+
+
+class Broker(abc.ABC):
+    name = "broker"
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Stop taking work and finish what was accepted."""
+
+    @abc.abstractmethod
+    async def submit(self, job: PoseJob, timeout: float) -> JobResult:
+        """Queue a job and wait for its result. Raises Overloaded when the queue is full or the
+        broker is stopping, Timeout when no result came within ``timeout`` seconds."""
+
+    @abc.abstractmethod
+    def depth(self) -> int:
+        """Images waiting in the queue."""
+
+    @abc.abstractmethod
+    async def ready(self) -> bool: ...

@@ -1,0 +1,60 @@
+"""Dynamic batching shared by every worker: gather jobs until ``max_batch`` images or
+``max_delay`` seconds, then run each group of jobs that share models through the pipeline once."""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Callable
+
+from .. import metrics
+from ..errors import PoseKDError
+from ..pipeline import PosePipeline
+from ..store import ModelRegistry
+from .base import JobResult, PoseJob
+
+
+def gather(first: PoseJob, take: Callable[[float], PoseJob | None], max_batch: int, max_delay: float) -> list[PoseJob]:
+    """``first`` plus whatever ``take(timeout)`` yields until the batch holds ``max_batch`` images or
+    ``max_delay`` seconds passed since ``first`` was taken; ``take`` returns None when nothing came."""
+    batch, images = [first], first.size
+    deadline = time.perf_counter() + max_delay
+    while images < max_batch:
+        job = take(max(deadline - time.perf_counter(), 0.0))
+        if job is None:  # the wait ran out (or the worker is stopping)
+            break
+        batch.append(job)
+        images += job.size
+    return batch
+
+
+def execute(pipeline: PosePipeline, registry: ModelRegistry, jobs: list[PoseJob]) -> list[JobResult | Exception]:
+    """Run a batch; one outcome per job, in order. A job whose models fail gets its exception,
+    the rest of the batch still runs."""
+    start = time.perf_counter()
+    outcomes: list[JobResult | Exception | None] = [None] * len(jobs)
+    groups: dict[tuple[str, str | None], list[int]] = defaultdict(list)
+    for i, job in enumerate(jobs):
+        groups[(job.pose_ref, job.detector_ref)].append(i)
+    total = sum(j.size for j in jobs)
+    for (pose_ref, det_ref), members in groups.items():
+        try:
+            pose = registry.get(pose_ref, task="pose")
+            det = registry.get(det_ref, task="person_detection") if det_ref else None
+            tasks = [t for i in members for t in jobs[i].tasks]
+            results = pipeline.run(pose, det, tasks)
+        except PoseKDError as exc:
+            for i in members:
+                outcomes[i] = exc
+            continue
+        except Exception as exc:  # never lose the batch silently
+            for i in members:
+                outcomes[i] = PoseKDError(f"inference failed: {exc}")
+            continue
+        k = 0
+        for i in members:
+            n = jobs[i].size
+            queue_s = start - jobs[i].enqueued_at
+            metrics.QUEUE_WAIT.labels(pose.name).observe(queue_s)
+            outcomes[i] = JobResult(results[k:k + n], queue_s, total)
+            k += n
+    return outcomes

@@ -1,0 +1,136 @@
+"""In-process broker: a bounded queue and worker threads that batch across concurrent requests.
+ONNX Runtime releases the GIL, so inference threads run beside the event loop."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+
+from .. import metrics
+from ..errors import Overloaded, Timeout
+from ..pipeline import PosePipeline
+from ..store import ModelRegistry
+from .base import Broker, JobResult, PoseJob
+from .batching import execute, gather
+
+log = logging.getLogger("posekd.broker")
+_STOP = object()
+
+
+class LocalBroker(Broker):
+    name = "local"
+
+    def __init__(self, pipeline: PosePipeline, registry: ModelRegistry, *, max_batch: int = 8,
+                 max_delay_ms: float = 5.0, queue_max: int = 256, workers: int = 1):
+        self.pipeline = pipeline
+        self.registry = registry
+        self.max_batch = max_batch
+        self.max_delay = max_delay_ms / 1000.0
+        self.queue_max = queue_max
+        self.n_workers = workers
+        self._queue: queue.Queue = queue.Queue()
+        self._waiting: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
+        self._depth = 0  # images queued, not yet taken by a worker
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._accepting = False
+
+    async def start(self) -> None:
+        self._accepting = True
+        for i in range(self.n_workers):
+            t = threading.Thread(target=self._work, name=f"posekd-worker-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    async def stop(self) -> None:
+        """Refuse new jobs, let the workers finish every accepted one, then end the threads."""
+        self._accepting = False
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        await asyncio.get_running_loop().run_in_executor(None, self._join)
+        self._threads.clear()
+
+    def _join(self) -> None:
+        for t in self._threads:
+            t.join()
+
+    def depth(self) -> int:
+        return self._depth
+
+    async def ready(self) -> bool:
+        return self._accepting and any(t.is_alive() for t in self._threads)
+
+    async def submit(self, job: PoseJob, timeout: float) -> JobResult:
+        if not self._accepting:
+            raise Overloaded("the service is shutting down", retry_after=5)
+        with self._lock:
+            if self._depth + job.size > self.queue_max:
+                raise Overloaded(f"queue full ({self._depth} images waiting)", retry_after=1)
+            self._depth += job.size
+            metrics.QUEUE_DEPTH.labels(self.name).set(self._depth)
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._waiting[job.id] = (loop, fut)
+        self._queue.put(job)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise Timeout(f"no result within {timeout:g} s") from None
+        finally:
+            # a caller that stopped waiting (timeout, client gone) leaves no work behind
+            job.cancelled = True
+            self._waiting.pop(job.id, None)
+
+    # ---- worker threads ---------------------------------------------------------------------
+    def _take(self, timeout: float) -> PoseJob | None:
+        try:
+            item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+        except queue.Empty:
+            return None
+        if item is _STOP:
+            self._queue.put(_STOP)  # leave it for the outer loop; finish this batch first
+            return None
+        return self._taken(item)
+
+    def _taken(self, job: PoseJob) -> PoseJob:
+        with self._lock:
+            self._depth -= job.size
+            metrics.QUEUE_DEPTH.labels(self.name).set(self._depth)
+        return job
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            batch = gather(self._taken(item), self._take, self.max_batch, self.max_delay)
+            live = [j for j in batch if not j.cancelled]
+            if not live:
+                continue
+            try:
+                outcomes = execute(self.pipeline, self.registry, live)
+            except BaseException as exc:  # keep the worker alive whatever happens
+                log.exception("batch failed")
+                outcomes = [exc] * len(live)
+            for job, outcome in zip(live, outcomes):
+                self._deliver(job, outcome)
+
+    def _deliver(self, job: PoseJob, outcome) -> None:
+        waiting = self._waiting.get(job.id)
+        if waiting is None:
+            return
+        loop, fut = waiting
+
+        def settle():
+            if fut.done():
+                return
+            if isinstance(outcome, BaseException):
+                fut.set_exception(outcome)
+            else:
+                fut.set_result(outcome)
+
+        try:
+            loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the loop closed meanwhile
+            pass

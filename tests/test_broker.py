@@ -1,0 +1,138 @@
+"""The in-process broker's contract: batching across requests, answers to the right caller,
+backpressure, timeouts and draining on stop."""
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from service.broker import LocalBroker, PoseJob
+from service.errors import ModelNotFound, Overloaded, Timeout
+from service.pipeline import ImageTask, PosePipeline
+from service.pipeline.runtime import OnnxModel
+from service.store import ModelRegistry
+
+from .helpers import blob_image
+
+
+class GatedPipeline(PosePipeline):
+    """Counts batches and can hold the worker until released."""
+
+    def __init__(self):
+        super().__init__(detector_threshold=0.1)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.images_run = 0
+
+    def run(self, model, detector, tasks):
+        self.gate.wait(10)
+        self.images_run += len(tasks)
+        return super().run(model, detector, tasks)
+
+
+def make_broker(store, **kw):
+    reg = ModelRegistry(store, lambda m, d: OnnxModel(m, d, device="cpu", intra_threads=1))
+    pipe = GatedPipeline()
+    return LocalBroker(pipe, reg, **kw), pipe
+
+
+def job(x, y, model="tiny-pose:1"):
+    return PoseJob(model, "tiny-det:1", [ImageTask(blob_image(at=(x, y)), min_score=0.0)])
+
+
+def test_concurrent_requests_are_batched_and_answered_to_their_caller(store):
+    async def main():
+        broker, _ = make_broker(store, max_batch=6, max_delay_ms=300)
+        await broker.start()
+        spots = [(40 + 10 * i, 60 + 12 * i) for i in range(6)]
+        results = await asyncio.gather(*(broker.submit(job(x, y), 10) for x, y in spots))
+        await broker.stop()
+        return spots, results
+
+    spots, results = asyncio.run(main())
+    for (x, y), r in zip(spots, results):
+        assert r.batch_images == 6
+        kp = r.results[0].people[0].keypoints
+        assert abs(kp[0, 0] - x) < 4 and abs(kp[0, 1] - y) < 4
+
+
+def test_max_batch_one_disables_batching(store):
+    async def main():
+        broker, _ = make_broker(store, max_batch=1, max_delay_ms=50)
+        await broker.start()
+        results = await asyncio.gather(*(broker.submit(job(50, 50), 10) for _ in range(3)))
+        await broker.stop()
+        return results
+
+    assert [r.batch_images for r in asyncio.run(main())] == [1, 1, 1]
+
+
+def test_full_queue_is_refused_with_retry_after(store):
+    async def main():
+        broker, pipe = make_broker(store, max_batch=1, max_delay_ms=0, queue_max=2)
+        await broker.start()
+        pipe.gate.clear()
+        first = asyncio.create_task(broker.submit(job(50, 50), 10))  # taken by the worker, held
+        await asyncio.sleep(0.2)
+        waiting = [asyncio.create_task(broker.submit(job(50, 50), 10)) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        assert broker.depth() == 2
+        with pytest.raises(Overloaded) as err:
+            await broker.submit(job(50, 50), 10)
+        assert err.value.retry_after and err.value.status == 503
+        pipe.gate.set()
+        done = await asyncio.gather(first, *waiting)
+        await broker.stop()
+        return done
+
+    assert len(asyncio.run(main())) == 3
+
+
+def test_timeout_and_abandoned_work_is_skipped(store):
+    async def main():
+        broker, pipe = make_broker(store, max_batch=1, max_delay_ms=0)
+        await broker.start()
+        pipe.gate.clear()
+        held = asyncio.create_task(broker.submit(job(50, 50), 10))
+        await asyncio.sleep(0.2)
+        with pytest.raises(Timeout):
+            await broker.submit(job(60, 60), 0.1)  # queued behind the held one, gives up
+        pipe.gate.set()
+        await held
+        await broker.stop()
+        return pipe.images_run
+
+    assert asyncio.run(main()) == 1  # the abandoned job was never run
+
+
+def test_stop_finishes_accepted_work_then_refuses(store):
+    async def main():
+        broker, pipe = make_broker(store, max_batch=2, max_delay_ms=0)
+        await broker.start()
+        pipe.gate.clear()
+        pending = [asyncio.create_task(broker.submit(job(50, 50), 10)) for _ in range(5)]
+        await asyncio.sleep(0.1)
+        stopping = asyncio.create_task(broker.stop())
+        await asyncio.sleep(0.05)
+        with pytest.raises(Overloaded, match="shutting down"):
+            await broker.submit(job(50, 50), 10)
+        pipe.gate.set()
+        await stopping
+        return await asyncio.gather(*pending)
+
+    assert len(asyncio.run(main())) == 5
+
+
+def test_a_bad_job_fails_alone(store):
+    async def main():
+        broker, _ = make_broker(store, max_batch=4, max_delay_ms=200)
+        await broker.start()
+        res = await asyncio.gather(broker.submit(job(50, 50), 10), broker.submit(job(50, 50, "ghost:1"), 10),
+                                   return_exceptions=True)
+        await broker.stop()
+        return res
+
+    good, bad = asyncio.run(main())
+    assert isinstance(bad, ModelNotFound)
+    assert len(good.results[0].people) == 1 and good.batch_images == 2
+    assert np.isfinite(good.results[0].people[0].keypoints).all()
