@@ -1,0 +1,137 @@
+"""The FastAPI application: lifespan (models, broker, reload on SIGHUP and on store changes),
+error mapping, request metrics and ``/metrics``."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__, metrics
+from ..errors import PoseKDError
+from ..settings import Settings, get_settings
+from . import routes_health, routes_models, routes_pose
+from .state import ServiceState
+
+log = logging.getLogger("posekd.api")
+
+
+def error_response(status: int, code: str, message: str, retry_after: float | None = None) -> JSONResponse:
+    headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by route template (``unmatched`` for unknown paths)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", None) or "unmatched"
+            metrics.REQUESTS.labels(label, str(status["code"])).inc()
+            metrics.REQUEST_DURATION.labels(label).observe(time.perf_counter() - t0)
+
+
+async def _watch_store(state: ServiceState, every: float) -> None:
+    seen = await run_in_threadpool(state.store.fingerprint)
+    while True:
+        await asyncio.sleep(every)
+        now = await run_in_threadpool(state.store.fingerprint)
+        if now != seen:
+            seen = now
+            report = await run_in_threadpool(state.registry.reload)
+            log.info("model store changed; reloaded: %s", report.as_dict())
+
+
+def create_app(settings: Settings | None = None, *, state: ServiceState | None = None,
+               handle_signals: bool = False) -> FastAPI:
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        svc = state or ServiceState.build(settings)
+        app.state.service = svc
+        await run_in_threadpool(svc.preload)
+        await svc.broker.start()
+        metrics.publish_models(svc.registry)
+        loop = asyncio.get_running_loop()
+        reloads: set[asyncio.Task] = set()
+        if handle_signals:
+            def on_hup():
+                log.info("SIGHUP: reloading the model store")
+                task = loop.create_task(run_in_threadpool(svc.registry.reload))
+                reloads.add(task)
+                task.add_done_callback(reloads.discard)
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signal.SIGHUP, on_hup)
+        watcher = loop.create_task(_watch_store(svc, settings.store_poll_s)) if settings.store_poll_s > 0 else None
+        try:
+            yield
+        finally:
+            if watcher:
+                watcher.cancel()
+            if handle_signals:
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(signal.SIGHUP)
+            await svc.broker.stop()
+
+    app = FastAPI(title="PoseKD", version=__version__, lifespan=lifespan,
+                  description="Human keypoints (COCO-17) from distilled student models. "
+                              "Errors are `{\"error\": {\"code\", \"message\"}}`.")
+    app.add_middleware(MetricsMiddleware)
+
+    @app.exception_handler(PoseKDError)
+    async def _domain_error(request: Request, exc: PoseKDError):
+        if exc.status >= 500 and exc.status not in (503, 504):
+            log.error("%s: %s", exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message, exc.retry_after)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "body", "path"))
+            parts.append(f"{loc or 'request'}: {err.get('msg')}")
+        return error_response(422, "invalid_parameter", "; ".join(parts))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        codes = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s", request.url.path)
+        return error_response(500, "internal_error", "internal error; see the service log")
+
+    @app.get("/metrics", include_in_schema=True, tags=["health"], summary="Prometheus metrics")
+    async def prometheus():
+        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(routes_health.router)
+    app.include_router(routes_pose.router)
+    app.include_router(routes_models.router)
+    return app

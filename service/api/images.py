@@ -1,0 +1,119 @@
+"""Uploaded image bytes → BGR pixels, with the checks that keep bad input out of the workers:
+media type sniffed from the bytes (JPEG, PNG, WebP, BMP), byte and decoded-pixel limits checked on
+the header before decoding (decompression bombs), EXIF orientation applied by the decoder."""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from ..errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+
+SUPPORTED = ("jpeg", "png", "webp", "bmp")
+DECLARED_TYPES = {"image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/webp", "image/bmp",
+                  "image/x-bmp", "image/x-ms-bmp", "application/octet-stream"}
+
+
+def sniff(data: bytes) -> str | None:
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    if data[:2] == b"BM":
+        return "bmp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2:i + 4])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if i + 9 > n:
+                return None
+            h, w = struct.unpack(">HH", data[i + 5:i + 9])
+            return w, h
+        i += 2 + length
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    chunk = data[12:16]
+    if chunk == b"VP8X" and len(data) >= 30:
+        w = 1 + int.from_bytes(data[24:27], "little")
+        h = 1 + int.from_bytes(data[27:30], "little")
+        return w, h
+    if chunk == b"VP8 " and len(data) >= 30:
+        w, h = struct.unpack("<HH", data[26:30])
+        return w & 0x3FFF, h & 0x3FFF
+    if chunk == b"VP8L" and len(data) >= 25:
+        b = int.from_bytes(data[21:25], "little")
+        return 1 + (b & 0x3FFF), 1 + ((b >> 14) & 0x3FFF)
+    return None
+
+
+def image_size(kind: str, data: bytes) -> tuple[int, int] | None:
+    """(width, height) read from the header, without decoding; None when the header is unreadable."""
+    try:
+        if kind == "png" and len(data) >= 24 and data[12:16] == b"IHDR":
+            return struct.unpack(">II", data[16:24])
+        if kind == "bmp" and len(data) >= 26:
+            w, h = struct.unpack("<ii", data[18:26])
+            return abs(w), abs(h)
+        if kind == "jpeg":
+            return _jpeg_size(data)
+        if kind == "webp":
+            return _webp_size(data)
+    except struct.error:
+        return None
+    return None
+
+
+def check_declared_type(content_type: str | None) -> None:
+    """A declared type that is not an image we read is refused before the body is looked at."""
+    if not content_type:
+        return
+    base = content_type.split(";")[0].strip().lower()
+    if base and base not in DECLARED_TYPES:
+        raise UnsupportedMediaType(f"content type {base!r} is not supported; send JPEG, PNG, WebP or BMP")
+
+
+def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
+    import cv2
+
+    if not data:
+        raise InvalidImage("the image is empty")
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"the image has {len(data)} bytes; the limit is {max_bytes}")
+    kind = sniff(data)
+    if kind is None:
+        raise UnsupportedMediaType("the body is not a JPEG, PNG, WebP or BMP image")
+    if kind not in SUPPORTED:
+        raise UnsupportedMediaType(f"{kind.upper()} images are not supported; send JPEG, PNG, WebP or BMP")
+    size = image_size(kind, data)
+    if size is None:
+        raise InvalidImage(f"the {kind.upper()} header is unreadable (truncated or corrupt)")
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise InvalidImage(f"the image claims a size of {w}×{h}")
+    if w * h > max_pixels:
+        raise PayloadTooLarge(f"the image is {w}×{h} = {w * h} pixels; the limit is {max_pixels}")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # applies EXIF orientation
+    if image is None or image.size == 0:
+        raise InvalidImage(f"the {kind.upper()} image could not be decoded (truncated or corrupt)")
+    return image

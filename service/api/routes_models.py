@@ -1,0 +1,70 @@
+"""Model listing and administration: ``/v1/models``, aliases, reload."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Body, Request
+from starlette.concurrency import run_in_threadpool
+
+from ..errors import ManifestError, ModelNotFound
+from .schemas import AliasUpdate, ErrorResponse
+from .security import RequireAdmin, RequireKey
+
+router = APIRouter(prefix="/v1", tags=["models"])
+_ERRORS = {c: {"model": ErrorResponse} for c in (401, 403, 404, 409, 422)}
+
+
+def describe(state, name: str, full: bool) -> dict:
+    store, registry = state.store, state.registry
+    versions = store.versions(name)
+    if not versions:
+        raise ModelNotFound(f"unknown model {name!r}")
+    loaded = {s.version for s in registry.loaded() if s.name == name}
+    out = []
+    task = None
+    for v in versions:
+        entry: dict = {"version": v, "loaded": v in loaded, "error": registry.error(name, v)}
+        try:
+            m = store.manifest(name, v)
+            task = task or m.task
+            entry.update(task=m.task, sha256=m.sha256, created_at=m.created_at, params=m.params, gflops=m.gflops)
+            if full:
+                entry["manifest"] = m.model_dump(mode="json")
+        except ManifestError as exc:
+            entry["error"] = exc.message
+        out.append(entry)
+    try:
+        on_disk = store.aliases(name)
+    except ManifestError as exc:
+        on_disk = {"error": exc.message}
+    return {"name": name, "task": task, "aliases": registry.served_aliases(name), "aliases_on_disk": on_disk,
+            "versions": out}
+
+
+@router.get("/models", dependencies=[RequireKey], summary="Models in the store, their versions and aliases")
+async def list_models(request: Request):
+    state = request.app.state.service
+    names = await run_in_threadpool(state.store.names)
+    models = [await run_in_threadpool(describe, state, n, False) for n in names]
+    return {"default_pose_model": state.settings.default_pose_model,
+            "default_detector": state.settings.default_detector, "models": models}
+
+
+@router.get("/models/{name}", dependencies=[RequireKey], responses=_ERRORS,
+            summary="One model: versions, aliases and manifests")
+async def get_model(request: Request, name: str):
+    return await run_in_threadpool(describe, request.app.state.service, name, True)
+
+
+@router.put("/models/{name}/aliases/{alias}", dependencies=[RequireAdmin], responses=_ERRORS,
+            summary="Point an alias at a version (admin)")
+async def put_alias(request: Request, name: str, alias: str, update: AliasUpdate = Body(...)):
+    """The version is verified and loaded before the alias moves; on failure the alias stays put (409)."""
+    state = request.app.state.service
+    table = await run_in_threadpool(state.registry.set_alias, name, alias, update.version)
+    return {"name": name, "aliases": table}
+
+
+@router.post("/admin/reload", dependencies=[RequireAdmin], responses=_ERRORS, tags=["admin"],
+             summary="Re-read the model store (as SIGHUP does)")
+async def reload(request: Request):
+    report = await run_in_threadpool(request.app.state.service.registry.reload)
+    return report.as_dict()

@@ -1,0 +1,146 @@
+"""``POST /v1/pose`` and ``POST /v1/pose/batch``."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from ..broker import PoseJob
+from ..errors import InvalidParameter, PoseKDError
+from ..keypoints import COCO17
+from ..pipeline import ImageTask
+from ..store import ModelSpec
+from .bodies import form_files, is_multipart, read_body
+from .images import check_declared_type, decode_image
+from .schemas import BatchResponse, ErrorResponse, PoseResponse
+from .security import RequireKey
+
+router = APIRouter(prefix="/v1", tags=["pose"], dependencies=[RequireKey])
+
+_ERRORS = {c: {"model": ErrorResponse} for c in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503, 504)}
+_IMAGE_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
+                                       "properties": {"image": {"type": "string", "format": "binary"}}}},
+    "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+    "image/png": {"schema": {"type": "string", "format": "binary"}},
+    "image/webp": {"schema": {"type": "string", "format": "binary"}},
+    "image/bmp": {"schema": {"type": "string", "format": "binary"}},
+}}}
+_BATCH_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["images"],
+    "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
+
+ModelQ = Query(None, description="pose model: name, name:version or name@alias (default: the default "
+                                 "pose model's production alias)", max_length=140)
+DetectorQ = Query(None, description="person detector, same forms as model", max_length=140)
+MinScoreQ = Query(None, ge=0.0, le=1.0, description="drop people whose score (mean keypoint score) is lower")
+MaxPeopleQ = Query(None, ge=1, description="at most this many people per image (capped by POSEKD_MAX_PEOPLE)")
+BoxesQ = Query(None, max_length=20000, description="person boxes to use instead of the detector: "
+                                                    "JSON [[x1,y1,x2,y2],...] in image pixels")
+
+
+def _parse_boxes(text: str | None, max_people: int) -> np.ndarray | None:
+    if text is None:
+        return None
+    try:
+        boxes = np.asarray(json.loads(text), dtype=np.float64)
+    except (ValueError, TypeError) as exc:
+        raise InvalidParameter(f"boxes must be JSON [[x1,y1,x2,y2],...]: {exc}") from None
+    if boxes.size == 0:
+        return np.zeros((0, 4), np.float32)
+    if boxes.ndim != 2 or boxes.shape[1] != 4 or not np.isfinite(boxes).all():
+        raise InvalidParameter("boxes must be a list of [x1,y1,x2,y2] with finite numbers")
+    if ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).any():
+        raise InvalidParameter("each box needs x2 > x1 and y2 > y1")
+    if len(boxes) > max_people:
+        raise InvalidParameter(f"{len(boxes)} boxes; at most {max_people}")
+    return boxes.astype(np.float32)
+
+
+async def _resolve(state, spec: str, task: str) -> tuple[str, dict]:
+    served = await run_in_threadpool(state.registry.get, ModelSpec.parse(spec), task)
+    return f"{served.name}:{served.version}", {"name": served.name, "version": served.version}
+
+
+async def _run(request: Request, images: list[bytes], model, detector, min_score, max_people, boxes) -> tuple[list, dict, dict | None, dict]:
+    state = request.app.state.service
+    s = state.settings
+    if max_people is not None and max_people > s.max_people:
+        raise InvalidParameter(f"max_people is at most {s.max_people}")
+    max_people = max_people or s.max_people
+    min_score = s.min_score if min_score is None else min_score
+    parsed_boxes = _parse_boxes(boxes, s.max_people)
+    decoded = []
+    for i, data in enumerate(images):
+        try:
+            decoded.append(await run_in_threadpool(decode_image, data, max_bytes=s.max_image_bytes,
+                                                   max_pixels=s.max_image_pixels))
+        except PoseKDError as exc:
+            if len(images) > 1:
+                exc.message = f"image {i}: {exc.message}"
+            raise
+    pose_ref, pose_info = await _resolve(state, model or s.default_pose_model, "pose")
+    det_ref, det_info = None, None
+    if parsed_boxes is None:
+        det_ref, det_info = await _resolve(state, detector or s.default_detector, "person_detection")
+    tasks = [ImageTask(im, parsed_boxes, min_score, max_people) for im in decoded]
+    result = await state.broker.submit(PoseJob(pose_ref, det_ref, tasks), s.request_timeout_s)
+    return decoded, pose_info, det_info, result
+
+
+def _image_response(image, res, pose_info, det_info, queue_s, t0) -> dict:
+    return {
+        "id": uuid.uuid4().hex,
+        "model": pose_info,
+        "detector": det_info,
+        "image": {"width": int(image.shape[1]), "height": int(image.shape[0])},
+        "keypoint_names": list(COCO17),
+        "people": [p.as_dict() for p in res.people],
+        "timing_ms": {"queue": round(queue_s * 1000, 2), "inference": round(res.timing_ms["inference"], 2),
+                      "total": round((time.perf_counter() - t0) * 1000, 2)},
+    }
+
+
+@router.post("/pose", response_model=PoseResponse, responses=_ERRORS, openapi_extra=_IMAGE_BODY,
+             summary="Keypoints of every person in one image")
+async def pose(request: Request, model: str | None = ModelQ, detector: str | None = DetectorQ,
+               min_score: float | None = MinScoreQ, max_people: int | None = MaxPeopleQ,
+               boxes: str | None = BoxesQ):
+    """Send the image as multipart field `image`, or as the raw body with an `image/*` content type."""
+    t0 = time.perf_counter()
+    s = request.app.state.service.settings
+    if is_multipart(request):
+        body = await read_body(request, s.max_image_bytes + 64 * 1024)
+        data = (await form_files(request, body, "image", 1))[0]
+    else:
+        check_declared_type(request.headers.get("content-type"))
+        data = await read_body(request, s.max_image_bytes)
+    decoded, pose_info, det_info, result = await _run(request, [data], model, detector, min_score,
+                                                      max_people, boxes)
+    return JSONResponse(_image_response(decoded[0], result.results[0], pose_info, det_info, result.queue_s, t0))
+
+
+@router.post("/pose/batch", response_model=BatchResponse, responses=_ERRORS, openapi_extra=_BATCH_BODY,
+             summary="Keypoints for several images in one request")
+async def pose_batch(request: Request, model: str | None = ModelQ, detector: str | None = DetectorQ,
+                     min_score: float | None = MinScoreQ, max_people: int | None = MaxPeopleQ,
+                     boxes: str | None = BoxesQ):
+    """Send the images as repeated multipart fields `images`; `boxes`, when given, apply to every image."""
+    t0 = time.perf_counter()
+    s = request.app.state.service.settings
+    if not is_multipart(request):
+        raise PoseKDError("send the images as multipart/form-data, field 'images' (repeated)",
+                          code="unsupported_media_type", status=415)
+    body = await read_body(request, s.max_image_bytes * s.max_batch_images + 64 * 1024)
+    files = await form_files(request, body, "images", s.max_batch_images)
+    decoded, pose_info, det_info, result = await _run(request, files, model, detector, min_score,
+                                                      max_people, boxes)
+    results = [_image_response(im, res, pose_info, det_info, result.queue_s, t0)
+               for im, res in zip(decoded, result.results)]
+    return JSONResponse({"results": results,
+                         "timing_ms": {"total": round((time.perf_counter() - t0) * 1000, 2)}})

@@ -1,0 +1,69 @@
+"""What the API holds while it runs: settings, store, registry, pipeline and broker."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .. import metrics
+from ..broker import Broker, LocalBroker
+from ..pipeline import PosePipeline
+from ..pipeline.runtime import OnnxModel
+from ..settings import Settings
+from ..store import ModelRegistry, ModelSpec, ModelStore
+
+log = logging.getLogger("posekd.api")
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    store: ModelStore
+    registry: ModelRegistry
+    pipeline: PosePipeline
+    broker: Broker
+    preload_errors: dict[str, str]
+
+    @classmethod
+    def build(cls, settings: Settings) -> "ServiceState":
+        store = ModelStore(settings.model_store)
+        registry = ModelRegistry(store, lambda m, data: OnnxModel.from_settings(m, data, settings),
+                                 default_alias=settings.default_alias)
+        registry.on_change(lambda: metrics.publish_models(registry))
+        pipeline = PosePipeline.from_settings(settings)
+        if settings.redis_url:
+            raise NotImplementedError("Redis mode (POSEKD_REDIS_URL) arrives with the queue issue; "
+                                      "unset it to run embedded")
+        broker = LocalBroker(pipeline, registry, max_batch=settings.max_batch,
+                             max_delay_ms=settings.max_delay_ms, queue_max=settings.queue_max,
+                             workers=settings.workers)
+        return cls(settings, store, registry, pipeline, broker, {})
+
+    def default_specs(self) -> list[str]:
+        return [self.settings.default_pose_model, self.settings.default_detector]
+
+    def preload(self) -> None:
+        self.preload_errors = self.registry.preload(self.default_specs())
+        if not self.preload_errors:
+            self.warm_up()
+        for spec, err in self.preload_errors.items():
+            log.error("default model %s is not served: %s", spec, err)
+        if not self.store.names():
+            log.error("the model store %s is empty: run `posekd models import --teachers DIR` (or `make run`, "
+                      "which does it when ../shared/teachers is there) or import your own ONNX model",
+                      self.settings.model_store)
+
+    def warm_up(self) -> None:
+        """One pass through both default models, so the first request does not pay for
+        ONNX Runtime's lazy initialisation."""
+        import numpy as np
+
+        from ..pipeline import ImageTask
+        pose = self.registry.get(self.settings.default_pose_model, task="pose")
+        det = self.registry.get(self.settings.default_detector, task="person_detection")
+        image = np.full((256, 256, 3), 127, np.uint8)
+        self.pipeline.run(pose, det, [ImageTask(image, np.array([[64, 32, 192, 240]], np.float32))])
+        self.pipeline.detect(det, [image])
+
+    def models_ready(self) -> bool:
+        loaded = {s.name for s in self.registry.loaded()}
+        return all(ModelSpec.parse(spec).name in loaded for spec in self.default_specs())

@@ -1,0 +1,227 @@
+"""``posekd`` command line: serve, models, bench."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import PoseKDError
+from .settings import get_settings
+
+
+def _store(args):
+    from .store import ModelStore
+    return ModelStore(args.store or get_settings().model_store)
+
+
+# ---- serve ------------------------------------------------------------------------------------
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from .api import create_app
+
+    s = get_settings()
+    host, port = args.host or s.host, args.port or s.port
+    app = create_app(s, handle_signals=True)
+    uvicorn.run(app, host=host, port=port, log_level=s.log_level, access_log=args.access_log)
+    return 0
+
+
+# ---- models -----------------------------------------------------------------------------------
+def cmd_models_list(args) -> int:
+    store = _store(args)
+    names = store.names()
+    if not names:
+        print(f"the model store {store.root} is empty. Fill it with\n"
+              f"  posekd models import --teachers ../shared/teachers    (the MoveNet/CenterNet teachers)\n"
+              f"  posekd models import MODEL.onnx --name NAME --task pose ...  (your own model)")
+        return 0
+    print(f"{'name':24} {'task':17} {'versions':12} aliases")
+    for name in names:
+        versions = store.versions(name)
+        try:
+            task = store.manifest(name, versions[-1]).task
+        except PoseKDError:
+            task = "?"
+        aliases = ", ".join(f"{a}={v}" for a, v in sorted(store.aliases(name).items()))
+        print(f"{name:24} {task:17} {','.join(map(str, versions)):12} {aliases}")
+    return 0
+
+
+def cmd_models_show(args) -> int:
+    from .store import ModelSpec
+    store = _store(args)
+    spec = ModelSpec.parse(args.model)
+    version = store.resolve(spec, get_settings().default_alias)
+    print(store.manifest(spec.name, version).model_dump_json(indent=2))
+    return 0
+
+
+def cmd_models_verify(args) -> int:
+    store = _store(args)
+    names = [args.name] if args.name else store.names()
+    bad = 0
+    for name in names:
+        for v in store.versions(name):
+            problem = store.verify(name, v)
+            bad += problem is not None
+            print(f"{name}:{v}  {'ok' if problem is None else 'FAILED: ' + problem}")
+    return 1 if bad else 0
+
+
+def cmd_models_promote(args) -> int:
+    table = _store(args).set_alias(args.name, args.alias, args.version)
+    print(f"{args.name}: {json.dumps(table, sort_keys=True)}  (running services pick it up on reload/SIGHUP)")
+    return 0
+
+
+def _fields_from_flags(args) -> dict:
+    fields: dict = json.loads(Path(args.manifest).read_text()) if args.manifest else {}
+    for key in ("name", "task", "description"):
+        if getattr(args, key):
+            fields[key] = getattr(args, key)
+    inp = dict(fields.get("input", {}))
+    if args.input_name:
+        inp["name"] = args.input_name
+    if args.size:
+        h, _, w = args.size.partition("x")
+        inp["height"], inp["width"] = int(h), int(w or h)
+    for key in ("layout", "dtype"):
+        if getattr(args, key):
+            inp[key] = getattr(args, key)
+    if args.raw_pixels:
+        inp.update(scale=1.0, mean=[0, 0, 0], std=[1, 1, 1])
+    fields["input"] = inp
+    out = dict(fields.get("output", {}))
+    if args.decoder:
+        out["decoder"] = args.decoder
+    if args.outputs:
+        out["names"] = args.outputs.split(",")
+    fields["output"] = out
+    if "name" not in fields or "task" not in fields:
+        raise PoseKDError("--name and --task (or a --manifest that has them) are required", status=2)
+    if args.file and "name" not in inp:
+        import onnxruntime as ort
+        sess = ort.InferenceSession(args.file, providers=["CPUExecutionProvider"])
+        first = sess.get_inputs()[0]
+        inp["name"] = first.name
+        dims = first.shape
+        if "height" not in inp and len(dims) == 4 and all(isinstance(d, int) for d in dims[1:]):
+            chw = dims[1] in (1, 3)
+            inp.setdefault("layout", "NCHW" if chw else "NHWC")
+            inp["height"], inp["width"] = (dims[2], dims[3]) if chw else (dims[1], dims[2])
+    fields.setdefault("lineage", {}).setdefault("source", str(Path(args.file).resolve()))
+    return fields
+
+
+def cmd_models_import(args) -> int:
+    from .store.importer import import_model, import_teachers
+
+    store = _store(args)
+    alias = None if args.no_alias else args.alias
+    if args.teachers:
+        tdir = Path(args.teachers)
+        if not tdir.is_dir():
+            print(f"no teachers folder at {tdir}; set POSEKD_TEACHERS or pass --teachers DIR", file=sys.stderr)
+            return 1
+        results = import_teachers(store, tdir, if_missing=args.if_missing)
+        if not results:
+            print(f"no known teacher files in {tdir}", file=sys.stderr)
+            return 1
+    else:
+        if not args.file:
+            print("give an ONNX file, or --teachers DIR", file=sys.stderr)
+            return 2
+        results = [import_model(store, args.file, _fields_from_flags(args), alias=alias, if_missing=args.if_missing)]
+    for m, added in results:
+        state = "added" if added else "already present"
+        print(f"{m.name}:{m.version}  {m.task:17} {state}  sha256 {m.sha256[:12]}…")
+    return 0
+
+
+# ---- bench --------------------------------------------------------------------------------------
+def cmd_bench(args, rest: list[str]) -> int:
+    root = Path(__file__).resolve().parent.parent
+    bench_dir = root / "bench"
+    if not (bench_dir / "__init__.py").is_file():
+        print(f"benchmarks live in {bench_dir}, which needs a source checkout", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(root))
+    import importlib
+    module = importlib.import_module(f"bench.{args.what}")
+    return module.main(rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="posekd", description="PoseKD pose-estimation service")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP service (embedded mode unless POSEKD_REDIS_URL is set)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--access-log", action="store_true")
+    serve.set_defaults(func=cmd_serve)
+
+    models = sub.add_parser("models", help="inspect and change the model store")
+    models.add_argument("--store", help="store root (default POSEKD_MODEL_STORE or ./model_store)")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    msub.add_parser("list", help="models, versions and aliases").set_defaults(func=cmd_models_list)
+    show = msub.add_parser("show", help="print a manifest")
+    show.add_argument("model", help="name, name:version or name@alias")
+    show.set_defaults(func=cmd_models_show)
+    verify = msub.add_parser("verify", help="check every file against its manifest's sha256")
+    verify.add_argument("name", nargs="?")
+    verify.set_defaults(func=cmd_models_verify)
+    promote = msub.add_parser("promote", help="point an alias at a version")
+    promote.add_argument("name")
+    promote.add_argument("version", type=int)
+    promote.add_argument("--alias", default="production")
+    promote.set_defaults(func=cmd_models_promote)
+    imp = msub.add_parser("import", help="register an external ONNX file (or the teachers) as a new version")
+    imp.add_argument("file", nargs="?", help="the ONNX file")
+    imp.add_argument("--teachers", nargs="?", const=str(get_settings().teachers), metavar="DIR",
+                     help="register the MoveNet/CenterNet teachers found in DIR (default POSEKD_TEACHERS)")
+    imp.add_argument("--manifest", help="JSON with manifest fields (input, output, crop, lineage, ...)")
+    imp.add_argument("--name")
+    imp.add_argument("--task", choices=["pose", "person_detection"])
+    imp.add_argument("--description")
+    imp.add_argument("--input-name")
+    imp.add_argument("--size", help="HxW of the model input, e.g. 256x192")
+    imp.add_argument("--layout", choices=["NCHW", "NHWC"])
+    imp.add_argument("--dtype", choices=["float32", "float16", "uint8", "int32"])
+    imp.add_argument("--raw-pixels", action="store_true", help="feed 0-255 pixels (no scaling or mean/std)")
+    imp.add_argument("--decoder", help="heatmap | movenet_heads | keypoints | multipose | centernet | boxes")
+    imp.add_argument("--outputs", help="comma-separated output tensor names, in decoder order")
+    imp.add_argument("--alias", default="production")
+    imp.add_argument("--no-alias", action="store_true", help="add the version without moving any alias")
+    imp.add_argument("--if-missing", action="store_true", help="skip files already in the store (same sha256)")
+    imp.set_defaults(func=cmd_models_import)
+
+    bench = sub.add_parser("bench", help="benchmarks (bench/); results go to bench/RESULTS.md")
+    bench.add_argument("what", choices=["images"])
+    bench.set_defaults(func=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "bench":
+        return cmd_bench(args, rest)
+    if rest:
+        parser.error(f"unrecognised arguments: {' '.join(rest)}")
+    try:
+        return args.func(args)
+    except PoseKDError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2 if exc.status == 2 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
