@@ -1,0 +1,102 @@
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from service.cli import main
+from service.store.importer import import_model
+
+from .helpers import POSE_FIELDS, blob_image, encode, tiny_pose_onnx
+
+
+def test_models_list_show_verify_promote(store, tmp_path, capsys):
+    root = str(store.root)
+    assert main(["models", "--store", root, "list"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-pose" in out and "production=1" in out
+    assert main(["models", "--store", root, "show", "tiny-pose@production"]) == 0
+    assert json.loads(capsys.readouterr().out)["output"]["decoder"] == "heatmap"
+    import_model(store, tiny_pose_onnx(tmp_path / "v2.onnx"), POSE_FIELDS, alias=None)
+    assert main(["models", "--store", root, "promote", "tiny-pose", "2", "--alias", "staging"]) == 0
+    assert store.aliases("tiny-pose") == {"production": 1, "staging": 2}
+    assert main(["models", "--store", root, "verify"]) == 0
+    path = store.version_dir("tiny-pose", 2) / "model.onnx"
+    path.write_bytes(path.read_bytes() + b"junk")
+    capsys.readouterr()
+    assert main(["models", "--store", root, "verify"]) == 1
+    assert "tiny-pose:2  FAILED: sha256 mismatch" in capsys.readouterr().out
+    assert main(["models", "--store", root, "promote", "tiny-pose", "9"]) == 1
+
+
+def test_models_import_own_file_reads_input_from_graph(tmp_path, capsys):
+    root = str(tmp_path / "s")
+    onnx_file = tiny_pose_onnx(tmp_path / "m.onnx")
+    args = ["models", "--store", root, "import", str(onnx_file), "--name", "mine", "--task", "pose",
+            "--decoder", "heatmap", "--if-missing"]
+    assert main(args) == 0
+    assert main(args) == 0  # same file again: not added twice
+    out = capsys.readouterr().out
+    assert "mine:1" in out and "already present" in out
+    assert main(["models", "--store", root, "show", "mine"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["input"]["name"] == "image" and (m["input"]["height"], m["input"]["width"]) == (64, 64)
+    assert m["input"]["layout"] == "NCHW" and m["sha256"]
+    assert main(["models", "--store", root, "import", str(onnx_file), "--name", "bad", "--task", "pose",
+                 "--decoder", "multipose"]) == 1
+
+
+def test_empty_store_says_how_to_fill_it(tmp_path, capsys):
+    assert main(["models", "--store", str(tmp_path / "none"), "list"]) == 0
+    assert "posekd models import --teachers" in capsys.readouterr().out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url, data=None, headers=None):
+    req = urllib.request.Request(url, data=data, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.slow
+def test_serve_process_reloads_on_sighup(store, tmp_path):
+    port = _free_port()
+    env = {**os.environ, "POSEKD_MODEL_STORE": str(store.root), "POSEKD_DEFAULT_POSE_MODEL": "tiny-pose",
+           "POSEKD_DEFAULT_DETECTOR": "tiny-det", "POSEKD_STORE_POLL_S": "0", "POSEKD_MIN_SCORE": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                if _get(base + "/readyz")["status"] == "ready":
+                    break
+            except OSError:
+                time.sleep(0.1)
+        png = encode(blob_image())
+        pose = lambda: _get(base + "/v1/pose", png, {"content-type": "image/png"})  # noqa: E731
+        assert pose()["model"]["version"] == 1
+        import_model(store, tiny_pose_onnx(tmp_path / "v2.onnx"), POSE_FIELDS)  # production -> 2 on disk
+        assert pose()["model"]["version"] == 1  # not yet: no reload
+        proc.send_signal(signal.SIGHUP)
+        for _ in range(50):
+            if pose()["model"]["version"] == 2:
+                break
+            time.sleep(0.1)
+        assert pose()["model"]["version"] == 2
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=20)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it (exit status -15)
+    assert proc.returncode in (0, -signal.SIGTERM), out.decode()[-2000:]
+    assert "Application shutdown complete" in out.decode()
