@@ -276,3 +276,18 @@ def test_empty_store_is_not_ready_but_alive(tmp_path, settings):
         r = c.get("/readyz")
         assert r.status_code == 503 and r.json()["status"] == "not_ready"
         assert_error(post_image(c), 404, "model_not_found")
+
+
+def test_large_jpeg_results_are_in_original_pixels(settings):
+    settings.decode_max_side = 300
+    big = encode(blob_image(w=1600, h=1200, at=(500, 700), sigma=30), ".jpg")
+    with TestClient(create_app(settings)) as c:
+        body = c.post("/v1/pose", content=big, headers={"content-type": "image/jpeg"}).json()
+        assert body["image"] == {"width": 1600, "height": 1200}
+        kps = np.array(body["people"][0]["keypoints"])
+        assert np.abs(kps[:, 0] - 500).max() < 20 and np.abs(kps[:, 1] - 700).max() < 20
+        assert np.allclose(body["people"][0]["bbox"], [160, 120, 960, 1080], atol=5)
+        boxed = c.post("/v1/pose", content=big, headers={"content-type": "image/jpeg"},
+                       params={"boxes": "[[300, 500, 700, 900]]"}).json()
+        assert boxed["people"][0]["bbox"] == [300, 500, 700, 900]
+        assert np.abs(np.array(boxed["people"][0]["keypoints"])[:, 0] - 500).max() < 20

@@ -15,12 +15,12 @@ def test_formats_decode_with_header_size(ext, kind):
     data = encode(img, ext)
     assert sniff(data) == kind
     assert image_size(kind, data) == (123, 77)
-    assert decode_image(data, **LIMITS).shape == (77, 123, 3)
+    assert decode_image(data, **LIMITS)[0].shape == (77, 123, 3)
 
 
 def test_exif_orientation_is_applied():
     img = blob_image(w=160, h=90, at=(20, 20))
-    out = decode_image(jpeg_with_orientation(img, 6), **LIMITS)
+    out, _ = decode_image(jpeg_with_orientation(img, 6), **LIMITS)
     assert out.shape == (160, 90, 3)  # rotated 90°: the blob moves from top-left to top-right
     assert out[:, :, 0].argmax() % 90 > 45
 
@@ -51,3 +51,18 @@ def test_bytes_limit_and_empty_and_garbage():
         decode_image(b"GIF89a" + b"\x00" * 50, **LIMITS)
     with pytest.raises(InvalidImage):
         decode_image(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, **LIMITS)
+
+
+def test_large_jpeg_is_decoded_reduced_and_reports_its_factor():
+    img = blob_image(w=1600, h=1000, at=(800, 500), sigma=40)
+    data = encode(img, ".jpg")
+    full, f1 = decode_image(data, **LIMITS)
+    small, f4 = decode_image(data, **LIMITS, max_side=400)
+    assert (full.shape, f1) == ((1000, 1600, 3), 1.0)
+    assert (small.shape, f4) == ((250, 400, 3), 4.0)
+    y, x = np.unravel_index(small[:, :, 0].argmax(), small.shape[:2])
+    assert abs(x * f4 - 800) <= 8 and abs(y * f4 - 500) <= 8
+    png, fp = decode_image(encode(img, ".png"), **LIMITS, max_side=400)
+    assert fp == 1.0 and png.shape == (1000, 1600, 3)  # only JPEG scales during decoding
+    rotated, fr = decode_image(jpeg_with_orientation(img, 6), **LIMITS, max_side=400)
+    assert (rotated.shape, fr) == ((400, 250, 3), 4.0)  # EXIF orientation still applied

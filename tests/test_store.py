@@ -132,3 +132,20 @@ def test_broken_onnx_is_unavailable(store, tmp_path):
     reg = ModelRegistry(store, loader)
     with pytest.raises(ModelUnavailable, match="failed to load"):
         reg.get(f"tiny-pose:{m.version}")
+
+
+
+def test_read_only_store_refuses_alias_change_clearly(store, monkeypatch):
+    import errno
+
+    from service.errors import PoseKDError
+    from service.store import store as store_mod
+
+    def refuse(path, text):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(store_mod, "_atomic_write", refuse)
+    with pytest.raises(PoseKDError) as err:
+        store.set_alias("tiny-pose", "staging", 1)
+    assert err.value.code == "store_not_writable" and err.value.status == 409
+    assert "Read-only" in err.value.message

@@ -93,7 +93,24 @@ def check_declared_type(content_type: str | None) -> None:
         raise UnsupportedMediaType(f"content type {base!r} is not supported; send JPEG, PNG, WebP or BMP")
 
 
-def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
+_REDUCED = {2: "IMREAD_REDUCED_COLOR_2", 4: "IMREAD_REDUCED_COLOR_4", 8: "IMREAD_REDUCED_COLOR_8"}
+
+
+def reduction_for(kind: str, w: int, h: int, max_side: int) -> int:
+    """How much smaller a JPEG may be decoded (libjpeg scales by 2, 4 or 8 during decoding, nearly
+    for free) while its long side stays at least ``max_side``; 1 for other formats or ``max_side`` 0."""
+    if kind != "jpeg" or max_side <= 0:
+        return 1
+    factor = 1
+    for f in (2, 4, 8):
+        if max(w, h) / f >= max_side:
+            factor = f
+    return factor
+
+
+def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, max_side: int = 0) -> tuple[np.ndarray, float]:
+    """The decoded BGR image and the factor from its pixels to the original's (1.0, or 2/4/8 for a
+    large JPEG decoded reduced, see :func:`reduction_for`)."""
     import cv2
 
     if not data:
@@ -113,7 +130,9 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> np.ndarray:
         raise InvalidImage(f"the image claims a size of {w}×{h}")
     if w * h > max_pixels:
         raise PayloadTooLarge(f"the image is {w}×{h} = {w * h} pixels; the limit is {max_pixels}")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)  # applies EXIF orientation
+    factor = reduction_for(kind, w, h, max_side)
+    flag = getattr(cv2, _REDUCED[factor]) if factor > 1 else cv2.IMREAD_COLOR
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)  # applies EXIF orientation
     if image is None or image.size == 0:
         raise InvalidImage(f"the {kind.upper()} image could not be decoded (truncated or corrupt)")
-    return image
+    return image, float(factor)

@@ -79,7 +79,7 @@ async def _run(request: Request, images: list[bytes], model, detector, min_score
     for i, data in enumerate(images):
         try:
             decoded.append(await run_in_threadpool(decode_image, data, max_bytes=s.max_image_bytes,
-                                                   max_pixels=s.max_image_pixels))
+                                                   max_pixels=s.max_image_pixels, max_side=s.decode_max_side))
         except PoseKDError as exc:
             if len(images) > 1:
                 exc.message = f"image {i}: {exc.message}"
@@ -88,17 +88,18 @@ async def _run(request: Request, images: list[bytes], model, detector, min_score
     det_ref, det_info = None, None
     if parsed_boxes is None:
         det_ref, det_info = await _resolve(state, detector or s.default_detector, "person_detection")
-    tasks = [ImageTask(im, parsed_boxes, min_score, max_people) for im in decoded]
+    tasks = [ImageTask(im, parsed_boxes, min_score, max_people, scale) for im, scale in decoded]
     result = await state.broker.submit(PoseJob(pose_ref, det_ref, tasks), s.request_timeout_s)
     return decoded, pose_info, det_info, result
 
 
-def _image_response(image, res, pose_info, det_info, queue_s, t0) -> dict:
+def _image_response(decoded, res, pose_info, det_info, queue_s, t0) -> dict:
+    image, scale = decoded
     return {
         "id": uuid.uuid4().hex,
         "model": pose_info,
         "detector": det_info,
-        "image": {"width": int(image.shape[1]), "height": int(image.shape[0])},
+        "image": {"width": round(image.shape[1] * scale), "height": round(image.shape[0] * scale)},
         "keypoint_names": list(COCO17),
         "people": [p.as_dict() for p in res.people],
         "timing_ms": {"queue": round(queue_s * 1000, 2), "inference": round(res.timing_ms["inference"], 2),

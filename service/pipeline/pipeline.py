@@ -21,6 +21,8 @@ class ImageTask:
     boxes: np.ndarray | None = None  # client boxes (M, 4) in image pixels: skip detection
     min_score: float = 0.2
     max_people: int = 20
+    scale: float = 1.0  # original pixels per pixel of ``image`` (> 1 when decoded reduced); boxes and
+    # results are in original pixels
 
 
 @dataclass
@@ -133,7 +135,7 @@ class PosePipeline:
         boxes: list[np.ndarray | None] = [None] * len(tasks)
         for i, t in enumerate(tasks):
             if t.boxes is not None:
-                b = np.asarray(t.boxes, np.float32).reshape(-1, 4)
+                b = np.asarray(t.boxes, np.float32).reshape(-1, 4) / t.scale
                 boxes[i] = np.concatenate([b, np.ones((len(b), 1), np.float32)], 1)
         if need:
             for i, found in zip(need, self.detect(detector, [tasks[i].image for i in need])):
@@ -143,6 +145,9 @@ class PosePipeline:
         t2 = time.perf_counter()
         results = []
         for task, bxs, kps in zip(tasks, boxes, keypoints):
+            if task.scale != 1.0:
+                bxs = bxs * np.array([task.scale] * 4 + [1.0], np.float32)
+                kps = kps * np.array([task.scale, task.scale, 1.0], np.float32)
             people = [Person(bbox=b[:4].tolist(), score=float(k[:, 2].mean()), keypoints=k)
                       for b, k in zip(bxs, kps)]
             people = [p for p in people if p.score >= task.min_score]

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..errors import InvalidParameter, ManifestError, ModelNotFound, ModelUnavailable
+from ..errors import InvalidParameter, ManifestError, ModelNotFound, ModelUnavailable, PoseKDError
 from .manifest import Manifest, sha256_bytes, sha256_file
 
 _SPEC = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]{0,63})(?::(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_-]{1,64}))?$")
@@ -154,7 +154,11 @@ class ModelStore:
             raise ModelNotFound(f"model {name!r} has no version {version}")
         table = self.aliases(name)
         table[alias] = version
-        _atomic_write(self.root / name / "aliases.json", json.dumps(table, indent=2, sort_keys=True) + "\n")
+        try:
+            _atomic_write(self.root / name / "aliases.json", json.dumps(table, indent=2, sort_keys=True) + "\n")
+        except OSError as exc:
+            raise PoseKDError(f"cannot write {name}/aliases.json: {exc.strerror}", code="store_not_writable",
+                              status=409) from exc
         return table
 
     def add_version(self, onnx_path: Path | str, manifest_fields: dict[str, Any], *,

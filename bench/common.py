@@ -1,0 +1,59 @@
+"""Shared benchmark plumbing: machine description, result recording, a store with the default models."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "RESULTS.md"
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import onnxruntime as ort
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, "
+            f"onnxruntime {ort.__version__} ({', '.join(ort.get_available_providers())})")
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def record(title: str, command: str, body: str) -> None:
+    stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    text = (f"\n## {title} — {stamp}\n\n- machine: {machine()}\n- commit: {git_commit()}\n"
+            f"- command: `{command}`\n\n{body.rstrip()}\n")
+    if not RESULTS.exists():
+        RESULTS.write_text("# Benchmark results\n\nAppended by the `posekd bench …` commands; newest last.\n")
+    with open(RESULTS, "a") as f:
+        f.write(text)
+
+
+def store_with_defaults(store_root: Path, pose: str, detector: str, teachers: Path) -> Path:
+    """The store to benchmark: the given one when it has both default models, else a temporary
+    store with the teachers registered."""
+    from service.store import ModelStore
+    from service.store.importer import import_teachers
+
+    store = ModelStore(store_root)
+    names = set(store.names())
+    if pose.split("@")[0].split(":")[0] in names and detector.split("@")[0].split(":")[0] in names:
+        return store_root
+    tmp = Path(tempfile.mkdtemp(prefix="posekd-bench-")) / "store"
+    import_teachers(ModelStore(tmp), teachers)
+    return tmp
