@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = 40_000_000
     # JPEGs much larger than this (long side, pixels) are decoded at 1/2, 1/4 or 1/8 scale by libjpeg,
     # keeping the long side at least this long; results stay in original pixels. 0 turns it off.
-    decode_max_side: int = 1600
+    decode_max_side: int = 1280
     max_batch_images: int = 16
     max_people: int = 20  # default and ceiling of the max_people query parameter
     min_score: float = 0.2  # default person score threshold
