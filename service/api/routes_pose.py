@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..broker import PoseJob
+from ..broker import JobResult, PoseJob
 from ..errors import InvalidParameter, PoseKDError
 from ..keypoints import COCO17
 from ..pipeline import ImageTask
@@ -67,7 +67,8 @@ async def _resolve(state, spec: str, task: str) -> tuple[str, dict]:
     return f"{served.name}:{served.version}", {"name": served.name, "version": served.version}
 
 
-async def _run(request: Request, images: list[bytes], model, detector, min_score, max_people, boxes) -> tuple[list, dict, dict | None, dict]:
+async def _run(request: Request, images: list[bytes], model, detector, min_score, max_people,
+               boxes) -> tuple[list, dict, dict | None, JobResult]:
     state = request.app.state.service
     s = state.settings
     if max_people is not None and max_people > s.max_people:

@@ -24,7 +24,7 @@ class ServiceState:
     preload_errors: dict[str, str]
 
     @classmethod
-    def build(cls, settings: Settings) -> "ServiceState":
+    def build(cls, settings: Settings) -> ServiceState:
         store = ModelStore(settings.model_store)
         registry = ModelRegistry(store, lambda m, data: OnnxModel.from_settings(m, data, settings),
                                  default_alias=settings.default_alias)

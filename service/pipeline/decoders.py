@@ -5,7 +5,7 @@ the model input. Detection decoders give, per image, boxes ``(M, 5)`` as (x1, y1
 in pixels of the detector input."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

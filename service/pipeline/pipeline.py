@@ -75,7 +75,7 @@ class PosePipeline:
         self.pose_chunk = pose_chunk
 
     @classmethod
-    def from_settings(cls, settings) -> "PosePipeline":
+    def from_settings(cls, settings) -> PosePipeline:
         return cls(detector_threshold=settings.detector_threshold, max_boxes=settings.max_people,
                    pose_chunk=settings.pose_max_batch)
 

@@ -56,7 +56,7 @@ class OnnxModel:
         self.max_batch = manifest.input.max_batch or fixed  # 0: any
 
     @classmethod
-    def from_settings(cls, manifest: Manifest, data: bytes, settings: "Settings") -> "OnnxModel":
+    def from_settings(cls, manifest: Manifest, data: bytes, settings: Settings) -> OnnxModel:
         return cls(manifest, data, device=settings.device, cuda_device_id=settings.cuda_device_id,
                    intra_threads=settings.ort_intra_threads, inter_threads=settings.ort_inter_threads)
 

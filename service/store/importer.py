@@ -58,7 +58,8 @@ def import_model(store: ModelStore, onnx_path: Path | str, fields: dict[str, Any
     return manifest, True
 
 
-def import_teachers(store: ModelStore, teachers_dir: Path | str, *, if_missing: bool = True) -> list[tuple[Manifest, bool]]:
+def import_teachers(store: ModelStore, teachers_dir: Path | str, *,
+                    if_missing: bool = True) -> list[tuple[Manifest, bool]]:
     """Register every known teacher file found in ``teachers_dir`` (see ``teachers.TEACHERS``)."""
     teachers_dir = Path(teachers_dir)
     done = []

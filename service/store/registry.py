@@ -8,8 +8,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ManifestError, ModelNotFound, ModelUnavailable, PoseKDError
 from .manifest import Manifest, sha256_file

@@ -29,7 +29,7 @@ class ModelSpec:
     alias: str | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "ModelSpec":
+    def parse(cls, text: str) -> ModelSpec:
         m = _SPEC.match(text.strip()) if isinstance(text, str) else None
         if not m:
             raise InvalidParameter(f"bad model reference {text!r}: use name, name:version or name@alias")
