@@ -22,27 +22,25 @@ def _matches(key: str, keys: list[str]) -> bool:
     return any(hmac.compare_digest(key.encode(), k.encode()) for k in keys)
 
 
-def require_key(request: Request) -> None:
+def _check(request: Request, admin: bool) -> None:
     settings = request.app.state.service.settings
     if not settings.auth_enabled:
         return
     key = _presented(request)
     if not key:
-        raise Unauthorized("an API key is required (X-API-Key header or Authorization: Bearer)")
-    if not _matches(key, settings.api_keys + settings.admin_api_keys):
-        raise Forbidden("the API key is not valid")
+        raise Unauthorized("this route needs an admin API key" if admin else
+                           "an API key is required (X-API-Key header or Authorization: Bearer)")
+    allowed = (settings.admin_api_keys or settings.api_keys) if admin else settings.api_keys + settings.admin_api_keys
+    if not _matches(key, allowed):
+        raise Forbidden("this route needs an admin API key" if admin else "the API key is not valid")
+
+
+def require_key(request: Request) -> None:
+    _check(request, admin=False)
 
 
 def require_admin(request: Request) -> None:
-    settings = request.app.state.service.settings
-    if not settings.auth_enabled:
-        return
-    key = _presented(request)
-    if not key:
-        raise Unauthorized("this route needs an admin API key")
-    admins = settings.admin_api_keys or settings.api_keys
-    if not _matches(key, admins):
-        raise Forbidden("this route needs an admin API key")
+    _check(request, admin=True)
 
 
 RequireKey = Depends(require_key)
