@@ -47,12 +47,12 @@ def record(title: str, command: str, body: str) -> None:
 def store_with_defaults(store_root: Path, pose: str, detector: str, teachers: Path) -> Path:
     """The store to benchmark: the given one when it has both default models, else a temporary
     store with the teachers registered."""
-    from service.store import ModelStore
+    from service.store import ModelSpec, ModelStore
     from service.store.importer import import_teachers
 
     store = ModelStore(store_root)
     names = set(store.names())
-    if pose.split("@")[0].split(":")[0] in names and detector.split("@")[0].split(":")[0] in names:
+    if ModelSpec.parse(pose).name in names and ModelSpec.parse(detector).name in names:
         return store_root
     tmp = Path(tempfile.mkdtemp(prefix="posekd-bench-")) / "store"
     import_teachers(ModelStore(tmp), teachers)
