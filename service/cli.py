@@ -1,4 +1,4 @@
-"""``posekd`` command line: serve, models, bench."""
+"""``posekd`` command line: serve, models, bench, distill, eval, teachers."""
 from __future__ import annotations
 
 import argparse
@@ -203,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks (bench/); results go to bench/RESULTS.md")
     bench.add_argument("what", choices=["images"])
     bench.set_defaults(func=None)
+
+    try:  # distill / eval / teachers need the 'train' extra only when they run
+        from distill.cli import register
+    except ImportError:  # pragma: no cover - the distill package ships with the service
+        return p
+    register(sub)
     return p
 
 
@@ -216,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_bench(args, rest)
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
+    args.argv = list(argv)
+    if args.command in ("distill", "eval", "teachers"):
+        from distill.cli import fill_defaults
+        fill_defaults(args)
     try:
         return args.func(args)
     except PoseKDError as exc:

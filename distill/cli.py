@@ -1,0 +1,343 @@
+"""``posekd distill ...``, ``posekd eval`` and ``posekd teachers ...`` (the training extra: torch, onnx,
+pycocotools, scipy, tqdm, matplotlib)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+
+log = logging.getLogger("posekd.distill")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("POSEKD_SHARED", REPO.parent / "shared"))
+DATA = Path(os.environ.get("POSEKD_DATA", SHARED / "data"))
+EVAL_SET = DATA / "labeled" / "coco_mini_train" / "annotations" / "person_keypoints_train2017.json"
+DEFAULT_POSE_DATA = [f"lspet:{DATA}/labeled/lspet", f"folder:{DATA}/unlabeled/images",
+                     f"video:{DATA}/unlabeled/videos@15"]
+DEFAULT_DET_DATA = [f"folder:{DATA}/unlabeled/images", f"video:{DATA}/unlabeled/videos@10",
+                    f"video:{DATA}/opencv_samples/vtest.avi@8", f"lspet:{DATA}/labeled/lspet"]
+
+
+def command_line(args=None) -> str:
+    """The exact command that ran (for manifests' lineage)."""
+    argv = getattr(args, "argv", None)
+    return "posekd " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+
+
+def _records(specs: list[str], exclude: list[str], limit_per_source: int | None = None):
+    from .cache import exclude_records
+    from .data import read_source
+
+    records = []
+    for spec in specs:
+        rs = read_source(spec)
+        if limit_per_source:
+            rs = rs[:limit_per_source]
+        log.info("%s: %d images", spec, len(rs))
+        records.extend(rs)
+    for spec in exclude:
+        before = len(records)
+        records = exclude_records(records, read_source(spec))
+        if before != len(records):
+            log.warning("left out %d images that are in %s", before - len(records), spec)
+    return records
+
+
+def _default_exclude() -> list[str]:
+    return [f"coco:{EVAL_SET}"] if EVAL_SET.is_file() else []
+
+
+def _det_size(ref: str) -> tuple[int, int] | None:
+    """MultiPose labels at long side 512 (the teachers README's setting); others at their own size."""
+    return (512, 512) if ref == "movenet-multipose" else None
+
+
+# ---- cache ------------------------------------------------------------------------------------
+def cmd_cache(args) -> int:
+    from service.settings import get_settings
+    from service.store import ModelStore
+
+    from .cache import build_detection_cache, build_pose_cache, find_people
+    from .teachers import DetectionTeacher, PoseTeacher, load_model
+
+    store = ModelStore(args.store or get_settings().model_store)
+
+    exclude = args.exclude if args.exclude is not None else _default_exclude()
+    if args.kind == "pose":
+        data = args.data or DEFAULT_POSE_DATA
+        records = _records(data, exclude, args.limit)
+        detector = None
+        if any(not r.people for r in records):
+            detector = DetectionTeacher(load_model(args.detector, store=store, input_size=_det_size(args.detector)),
+                                        threshold=0.15)
+        records = find_people(records, detector)
+        teacher = PoseTeacher(load_model(args.teacher, store=store))
+        info = build_pose_cache(records, teacher, args.out, views=args.views, student_size=args.size, seed=args.seed,
+                                meta={"data": data, "exclude": exclude, "command": command_line(args)})
+    else:
+        data = args.data or DEFAULT_DET_DATA
+        records = _records(data, exclude, args.limit)
+        teacher = DetectionTeacher(load_model(args.teacher, store=store, input_size=_det_size(args.teacher)),
+                                   threshold=0.15)
+        info = build_detection_cache(records, teacher, args.out, size=args.size, views_per_image=args.views,
+                                     seed=args.seed, meta={"data": data, "exclude": exclude,
+                                                           "command": command_line(args)})
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+# ---- train --------------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    import dataclasses
+
+    import torch
+
+    from .cache import PoseCache
+    from .students import PRESETS
+    from .train import TrainConfig, fit
+
+    cfg = PRESETS[args.preset]
+    overrides = {k: v for k, v in (("size", args.size), ("keep", args.keep), ("branches", args.branches),
+                                   ("warm_start", args.warm_start)) if v}
+    cfg = dataclasses.replace(cfg, **overrides)
+    tc = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, threads=args.threads or torch.get_num_threads(),
+                     eval_every=args.eval_every, holdout=args.holdout, gt_weight=args.gt_weight,
+                     kl_weight=args.kl_weight, seed=args.seed)
+    if cfg.kind == "detector":
+        from .detector import DetectionCache, fit_detector
+        model, summary = fit_detector(cfg, tc, DetectionCache(args.cache), args.out, resume=not args.restart,
+                                      meta={"command": command_line(args), "cache": str(args.cache)})
+    else:
+        model, summary = fit(cfg, tc, PoseCache(args.cache), args.out, resume=not args.restart,
+                             meta={"command": command_line(args), "cache": str(args.cache)})
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+RECIPES = {
+    "pose": "OKDHP online distillation: branches on a shared pruned-MoveNet trunk with a DUC decoder (KDLPN), "
+            "FAU ensemble teaches each branch by pixel-wise KL; plus the teacher's heatmaps windowed at its "
+            "decoded keypoints (spatial-softmax CE + score BCE) and human labels; consistent teaching on "
+            "cached augmented views; branch 0 exported",
+    "regress": "DistilPose-style regression: integral coordinates + uncertainty rendered as simulated heatmaps "
+               "matched to the teacher's heatmaps, coordinate L1 to teacher and human labels, score BCE",
+    "detector": "CenterNet-style single-class detector: centre focal loss, log box size and centre offset L1, "
+                "targets from the detection teacher's boxes on the same letterboxed views",
+}
+
+
+# ---- export + register --------------------------------------------------------------------------
+def _served(fields: dict, data: bytes, threads: int = 2):
+    from service.pipeline.runtime import OnnxModel
+    from service.store.manifest import Manifest, sha256_bytes
+    from service.store.registry import ServedModel
+
+    manifest = Manifest.model_validate({**fields, "version": fields.get("version", 1), "sha256": sha256_bytes(data)})
+    return ServedModel(manifest, OnnxModel(manifest, data, device="cpu", intra_threads=threads), (0, 0))
+
+
+def _load_ref(ref: str | None, store, threads: int = 2):
+    if not ref:
+        return None
+    from .teachers import load_model
+    return load_model(ref, store=store, threads=threads)
+
+
+def _current_production(store, name: str):
+    if name not in store.names() or "production" not in store.aliases(name):
+        return None
+    return store.manifest(name, store.aliases(name)["production"])
+
+
+def cmd_export(args) -> int:
+    import torch
+
+    from service.settings import get_settings
+    from service.store import ModelStore
+
+    from .evaluate import evaluate
+    from .export import Gates, export_module, git_commit, manifest_fields, parity, to_onnx
+    from .students import StudentConfig, build_student
+    from .train import warm_start_weights
+
+    run = Path(args.run)
+    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    cfg = StudentConfig(**state["student"])
+    model = build_student(cfg, warm_start_weights(cfg))
+    model.load_state_dict(state["model"])
+    module = export_module(model, cfg)
+    data = to_onnx(module, cfg)
+    diff = parity(module, data, cfg)
+    onnx_path = run / "model.onnx"
+    onnx_path.write_bytes(data)
+    print(f"exported {onnx_path} ({len(data) / 1e6:.2f} MB); ONNX vs torch max |diff| = {diff:.2e}")
+
+    store = ModelStore(args.store or get_settings().model_store)
+    cache_meta = {}
+    cache_dir = Path(state["meta"].get("cache", ""))
+    if (cache_dir / "meta.json").is_file():
+        cache_meta = json.loads((cache_dir / "meta.json").read_text())
+    name = args.name or run.name
+    kind = cfg.kind
+    teacher_name = cache_meta.get("teacher")
+    history = [h for h in state["history"] if "agreement" in h]
+    lineage = {
+        "source": f"posekd distill ({kind} student)",
+        "teacher": teacher_name,
+        "warm_start": f"{cfg.warm_start} (trunk/FPN/heads initializers, {cfg.keep:.0%} of expansion channels)",
+        "recipe": RECIPES[kind],
+        "training": {"student": cfg.to_dict(), "train": {k: v for k, v in state["train"].items() if k != "extra"},
+                   "steps": state["step"], "heldout_teacher_agreement": history[-1]["agreement"] if history else None},
+        "data": cache_meta.get("data", []),
+        "excluded": cache_meta.get("exclude", []),
+        "cache": {k: cache_meta.get(k) for k in ("count", "people", "seed", "teacher", "command") if k in cache_meta},
+        "command": " && ".join(c for c in (cache_meta.get("command"), state["meta"].get("command"), command_line(args))
+                               if c),
+        "git_commit": git_commit(),
+        "license": "weights derived from Google's MoveNet (Apache-2.0) on research-only data; research use",
+    }
+    desc = {"pose": f"PoseKD pose student (heatmaps, {cfg.size}px, OKDHP branch 0, DUC decoder)",
+            "regress": f"PoseKD regression student (DistilPose-style, coordinates out, {cfg.size}px)",
+            "detector": f"PoseKD person detector student (centre + box size, {cfg.size}px letterbox)"}[kind]
+    fields = manifest_fields(name, cfg, description=args.description or desc, lineage=lineage)
+    served = _served(fields, data)
+    annotations = args.eval_set if args.eval_set is not None else (str(EVAL_SET) if EVAL_SET.is_file() else None)
+    teacher = _load_ref(args.teacher, store) if kind != "detector" else _load_ref(args.pose, store)
+    detector = _load_ref(args.detector, store) if kind != "detector" and args.detector else None
+    metrics = evaluate(served, data, annotations=annotations, teacher=teacher, detector=detector)
+    metrics["export_max_abs_diff"] = diff
+    print(json.dumps(metrics, indent=2))
+    fields["metrics"] = metrics
+    fields["params"] = metrics.get("params")
+    fields["gflops"] = metrics.get("gflops")
+    manifest = store.add_version(onnx_path, fields)
+    print(f"registered {manifest.name}:{manifest.version} in {store.root}")
+
+    gates = Gates(min_ap=args.min_ap, max_ap_drop=args.max_ap_drop, max_latency_ratio=args.max_latency_ratio,
+                  metric="end_to_end" if kind == "detector" else "gt_boxes")
+    current = _current_production(store, name)
+    current_metrics = None
+    if current is not None:  # production's latency is measured again here, so the two compare like for like
+        from .evaluate import latency
+        cur = _load_ref(f"{name}:{current.version}", store)
+        current_metrics = {**current.metrics, "ms_b1": latency(cur, 1), "ms_b8": latency(cur, 8, 10)}
+    ok, why = gates.check(metrics, current_metrics)
+    if args.no_promote:
+        print("not promoted (--no-promote)")
+    elif ok:
+        store.set_alias(name, "production", manifest.version)
+        print(f"{name}:{manifest.version} passed the gates and is now production")
+    else:
+        print(f"{name}:{manifest.version} stays out of production: " + "; ".join(why))
+        return 3
+    return 0
+
+
+# ---- eval ---------------------------------------------------------------------------------------
+def cmd_eval(args) -> int:
+    from service.settings import get_settings
+    from service.store import ModelStore
+
+    from .data import read_source
+    from .evaluate import evaluate, write_json
+    from .teachers import load_model_bytes
+
+    store = ModelStore(args.store or get_settings().model_store)
+    model, data = load_model_bytes(args.model, store=store, threads=args.threads)
+    annotations = args.data if args.data is not None else (str(EVAL_SET) if EVAL_SET.is_file() else None)
+    pck_records = None
+    if args.pck:
+        pck_records = read_source(args.pck)[: args.pck_limit]
+    other = _load_ref(args.detector, store, args.threads) if model.manifest.task == "pose" else \
+        _load_ref(args.pose, store, args.threads)
+    result = evaluate(model, data, annotations=annotations or None,
+                      detector=other if model.manifest.task == "pose" else None,
+                      teacher=_load_ref(args.teacher, store, args.threads) if model.manifest.task == "pose"
+                      else other,
+                      pck_records=pck_records, speed=not args.no_speed, speed_runs=args.runs)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        write_json(args.json, result)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser("distill", help="distil students from teachers (needs the 'train' extra)")
+    dsub = d.add_subparsers(dest="distill_command", required=True)
+
+    c = dsub.add_parser("cache", help="label augmented views with a teacher and cache them")
+    c.add_argument("kind", choices=["pose", "detection"])
+    c.add_argument("--data", action="append", help="kind:path (coco:, lspet:, folder:, video:PATH@every); "
+                                                   "repeatable; default: the shared training data")
+    c.add_argument("--exclude", action="append", help="data never to use (default: the coco_mini_train eval set)")
+    c.add_argument("--teacher", help="pose: movenet-thunder; detection: movenet-multipose")
+    c.add_argument("--detector", default="movenet-multipose", help="finds people in unlabelled images (pose)")
+    c.add_argument("--views", type=int, help="pose: views in total; detection: views per image")
+    c.add_argument("--size", type=int, help="student input size (pose 192, detection 256)")
+    c.add_argument("--limit", type=int, help="images per source at most (smoke runs)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--store", help="model store for teacher references (default POSEKD_MODEL_STORE)")
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=cmd_cache)
+
+    t = dsub.add_parser("train", help="train a student on a cache (resumes from OUT/checkpoint.pt)")
+    t.add_argument("preset", help="pose-s | pose-t | pose-r | detector-s")
+    t.add_argument("--cache", required=True)
+    t.add_argument("--out", required=True)
+    t.add_argument("--steps", type=int, default=3000)
+    t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--size", type=int, help="override the preset's input size")
+    t.add_argument("--keep", type=float, help="override the preset's kept channel fraction")
+    t.add_argument("--branches", type=int, help="override the preset's OKDHP branch count")
+    t.add_argument("--warm-start", help="teacher name or ONNX file to copy weights from; 'none': tiny random net")
+    t.add_argument("--gt-weight", type=float, default=1.0)
+    t.add_argument("--kl-weight", type=float, default=0.5)
+    t.add_argument("--eval-every", type=int, default=250)
+    t.add_argument("--holdout", type=int, default=256)
+    t.add_argument("--threads", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    t.set_defaults(func=cmd_train)
+
+    x = dsub.add_parser("export", help="export a run to ONNX, check parity, evaluate, register, gate")
+    x.add_argument("run", help="the training run directory (with checkpoint.pt)")
+    x.add_argument("--name", help="model name in the store (default: the run directory's name)")
+    x.add_argument("--store", help="model store root (default POSEKD_MODEL_STORE)")
+    x.add_argument("--description")
+    x.add_argument("--eval-set", help="COCO keypoint JSON (default: coco_mini_train); '' to skip")
+    x.add_argument("--teacher", default="movenet-thunder", help="pose: agreement is measured against it")
+    x.add_argument("--detector", help="pose: also evaluate end to end with this detector")
+    x.add_argument("--pose", default="pose-s", help="detector: the pose model used end to end")
+    x.add_argument("--min-ap", type=float, default=0.0, help="gate: minimum AP")
+    x.add_argument("--max-ap-drop", type=float, default=0.01, help="gate: largest AP drop against production")
+    x.add_argument("--max-latency-ratio", type=float, default=1.10, help="gate: batch-1 latency vs production")
+    x.add_argument("--no-promote", action="store_true")
+    x.set_defaults(func=cmd_export)
+
+    e = sub.add_parser("eval", help="evaluate a model: COCO AP/AR, PCK, teacher agreement, params, GFLOPs, latency")
+    e.add_argument("model", help="store reference (name, name:version, name@alias), teacher name or ONNX file")
+    e.add_argument("--store")
+    e.add_argument("--data", help="COCO keypoint JSON (default: coco_mini_train); '' to skip")
+    e.add_argument("--detector", help="pose models: also end to end with this detector")
+    e.add_argument("--pose", help="detectors: the pose model for the end-to-end AP")
+    e.add_argument("--teacher", help="pose models: agreement with this teacher")
+    e.add_argument("--pck", help="LSPET-style data for PCK@0.2, e.g. lspet:PATH")
+    e.add_argument("--pck-limit", type=int, default=500)
+    e.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    e.add_argument("--runs", type=int, default=30, help="timed runs for the latency")
+    e.add_argument("--no-speed", action="store_true")
+    e.add_argument("--json", help="also write the result here")
+    e.set_defaults(func=cmd_eval)
+
+
+def fill_defaults(args) -> None:
+    if getattr(args, "distill_command", None) == "cache":
+        pose = args.kind == "pose"
+        args.teacher = args.teacher or ("movenet-thunder" if pose else "movenet-multipose")
+        args.views = args.views or (24000 if pose else 2)
+        args.size = args.size or (192 if pose else 256)

@@ -1,0 +1,181 @@
+"""The person-detector student: CenterNet-style targets from a detection teacher's boxes.
+
+Targets per view, at stride 4: a Gaussian peak at each box centre (radius from the box size, peak =
+1), the box size as log(height, width) in cells and the sub-cell centre offset at the centre cell.
+Losses: penalty-reduced focal loss on the centre map (CenterNet), L1 on size and offset at centres."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .students import StudentConfig, build_student, decode_centers, prepare
+from .train import TrainConfig, lr_lambda, make_optimizer, save_curve, warm_start_weights
+
+log = logging.getLogger("posekd.distill")
+
+
+class DetectionCache:
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self.meta = json.loads((self.root / "meta.json").read_text())
+        n = self.meta["count"]
+        self.images = np.load(self.root / "images.npy", mmap_mode="r")[:n]
+        self.boxes = np.load(self.root / "boxes.npy")[:n]
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+
+def center_targets(boxes: np.ndarray, grid: int, min_score: float = 0.2) -> dict[str, np.ndarray]:
+    """boxes: (N, M, 5) in 0..1 -> heat (N, 1, g, g), size/offset (N, 2, g, g), mask (N, 1, g, g)."""
+    n = len(boxes)
+    heat = np.zeros((n, 1, grid, grid), np.float32)
+    size = np.zeros((n, 2, grid, grid), np.float32)
+    off = np.zeros((n, 2, grid, grid), np.float32)
+    mask = np.zeros((n, 1, grid, grid), np.float32)
+    ys, xs = np.mgrid[0:grid, 0:grid].astype(np.float32)
+    for i in range(n):
+        for x1, y1, x2, y2, s in boxes[i]:
+            if s < min_score:
+                continue
+            cx, cy = (x1 + x2) / 2 * grid, (y1 + y2) / 2 * grid
+            w, h = max((x2 - x1) * grid, 0.5), max((y2 - y1) * grid, 0.5)
+            ix, iy = int(np.clip(cx, 0, grid - 1)), int(np.clip(cy, 0, grid - 1))
+            sigma = max(0.5, 0.1 * np.sqrt(w * h))
+            g = np.exp(-((xs - (ix)) ** 2 + (ys - (iy)) ** 2) / (2 * sigma ** 2))
+            heat[i, 0] = np.maximum(heat[i, 0], g)
+            size[i, :, iy, ix] = (np.log(h), np.log(w))
+            off[i, :, iy, ix] = (cy - iy - 0.5, cx - ix - 0.5)
+            mask[i, 0, iy, ix] = 1.0
+    return {"heat": heat, "size": size, "offset": off, "mask": mask}
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
+    p = torch.sigmoid(logits.float()).clamp(1e-4, 1 - 1e-4)
+    pos = target.eq(1).float()
+    neg = 1 - pos
+    pos_loss = torch.log(p) * (1 - p) ** alpha * pos
+    neg_loss = torch.log(1 - p) * p ** alpha * (1 - target) ** beta * neg
+    npos = pos.sum().clamp_min(1.0)
+    return -(pos_loss.sum() + neg_loss.sum()) / npos
+
+
+def detector_step(model, x: torch.Tensor, t: dict, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    out = model(x)
+    m = t["mask"]
+    msum = m.sum().clamp_min(1.0)
+    return {"center": focal_loss(out["center"], t["heat"]),
+            "size": (F.l1_loss(out["box_scale"], t["size"], reduction="none") * m).sum() / msum * 0.5,
+            "offset": (F.l1_loss(out["box_offset"], t["offset"], reduction="none") * m).sum() / msum}
+
+
+@torch.no_grad()
+def box_recall(model, cache: DetectionCache, idx: np.ndarray, iou: float = 0.5, min_score: float = 0.3) -> float:
+    """Share of the teacher's confident boxes matched (IoU ≥ iou) by a student box with score ≥ 0.2."""
+    model.eval()
+    hit = total = 0
+    for i in range(0, len(idx), 32):
+        sel = idx[i:i + 32]
+        x = prepare(torch.from_numpy(np.ascontiguousarray(cache.images[sel])))
+        out = model(x)
+        pred = decode_centers(out["center"], out["box_scale"], out["box_offset"], 20).numpy()
+        for p, g in zip(pred, cache.boxes[sel]):
+            g = g[g[:, 4] >= min_score]
+            p = p[p[:, 4] >= 0.2]
+            total += len(g)
+            for gb in g:
+                if len(p) == 0:
+                    continue
+                ix1 = np.maximum(p[:, 0], gb[0])
+                iy1 = np.maximum(p[:, 1], gb[1])
+                ix2 = np.minimum(p[:, 2], gb[2])
+                iy2 = np.minimum(p[:, 3], gb[3])
+                inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
+                union = (p[:, 2] - p[:, 0]) * (p[:, 3] - p[:, 1]) + (gb[2] - gb[0]) * (gb[3] - gb[1]) - inter
+                hit += int((inter / np.maximum(union, 1e-9)).max() >= iou)
+    model.train()
+    return hit / max(total, 1)
+
+
+def fit_detector(cfg: StudentConfig, tc: TrainConfig, cache: DetectionCache, out: Path | str, *, resume: bool = True,
+                 progress: bool = True, meta: dict | None = None):
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed)
+    model = build_student(cfg, warm_start_weights(cfg)).to(memory_format=torch.channels_last)
+    warm = {n for n, _ in model.named_parameters()
+            if not n.startswith("net.heads.") or n.startswith("net.heads.center.")}
+    opt = make_optimizer(model, tc, warm)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc))
+    ckpt = out / "checkpoint.pt"
+    step, history = 0, []
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if state["student"] == cfg.to_dict():
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            step, history = state["step"], state["history"]
+    n = len(cache)
+    holdout = min(tc.holdout, max(0, n // 5))
+    train_idx, val_idx = np.arange(0, n - holdout), np.arange(n - holdout, n)
+    rng = np.random.default_rng(tc.seed + step)
+    grid = cfg.size // 4
+    started = time.time()
+    smooth = None
+    bar = tqdm(total=tc.steps, initial=step, desc=f"distilling detector {out.name}", disable=not progress, unit="step")
+
+    def checkpoint():
+        rec = box_recall(model, cache, val_idx) if len(val_idx) else None
+        history.append({"step": step, **({"agreement": rec} if rec is not None else {}),
+                        "seconds": round(time.time() - started, 1)})
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "step": step, "history": history, "student": cfg.to_dict(), "train": tc.__dict__,
+                    "meta": meta or {}}, ckpt)
+        (out / "history.json").write_text(json.dumps(history))
+        save_curve(history, out / "curve.png", f"{out.name}: detector (agreement = teacher-box recall@0.5)")
+        return rec
+
+    model.train()
+    while step < tc.steps:
+        sel = np.sort(rng.choice(train_idx, tc.batch, replace=len(train_idx) < tc.batch))
+        images = torch.from_numpy(np.ascontiguousarray(cache.images[sel]))
+        boxes = cache.boxes[sel].copy()
+        if rng.random() < 0.5:  # flip: the letterboxed content sits top-left, so flip within the canvas
+            images = images.flip(2)
+            x1 = 1 - boxes[..., 2]
+            boxes[..., 2] = 1 - boxes[..., 0]
+            boxes[..., 0] = x1
+        t = {k: torch.from_numpy(v) for k, v in center_targets(boxes, grid).items()}
+        losses = detector_step(model, prepare(images), t, tc)
+        loss = sum(losses.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        step += 1
+        smooth = float(loss) if smooth is None else 0.98 * smooth + 0.02 * float(loss)
+        if step % 10 == 0:
+            history.append({"step": step, "loss": round(smooth, 5),
+                            **{k: round(float(v), 5) for k, v in losses.items()}})
+            bar.set_postfix(loss=f"{smooth:.4f}")
+        bar.update(1)
+        if step % tc.eval_every == 0 or step == tc.steps:
+            rec = checkpoint()
+            if rec is not None:
+                bar.write(f"step {step}: loss {smooth:.4f}, teacher-box recall {rec:.3f}")
+    bar.close()
+    model.eval()
+    last = [h for h in history if "agreement" in h]
+    return model, {"steps": step, "agreement": last[-1]["agreement"] if last else None}

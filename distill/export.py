@@ -1,0 +1,123 @@
+"""Export a trained student to ONNX (dynamic batch), check it against torch, describe it with a
+manifest (lineage + measured metrics) and register it; promote it to ``production`` only when it
+passes the gates against the current production version."""
+from __future__ import annotations
+
+import io
+import logging
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .students import DetectorExport, PoseExport, RegressionExport, StudentConfig
+
+log = logging.getLogger("posekd.distill")
+REPO = Path(__file__).resolve().parents[1]
+
+# the students' input: float NCHW RGB, value = pixel / 127.5 - 1 (as the MoveNet graphs they came from)
+STUDENT_INPUT = {"name": "image", "layout": "NCHW", "dtype": "float32", "color": "RGB", "scale": 1.0,
+                 "mean": (127.5, 127.5, 127.5), "std": (127.5, 127.5, 127.5)}
+
+
+def export_module(model: torch.nn.Module, cfg: StudentConfig) -> torch.nn.Module:
+    model = model.eval()
+    if cfg.kind == "pose":
+        return PoseExport(model).eval()
+    if cfg.kind == "regress":
+        return RegressionExport(model).eval()
+    return DetectorExport(model).eval()
+
+
+def output_spec(cfg: StudentConfig) -> dict:
+    if cfg.kind == "pose":
+        return {"decoder": "heatmap", "names": ["heatmaps"]}
+    if cfg.kind == "regress":
+        return {"decoder": "keypoints", "names": ["keypoints"], "params": {"order": "xy", "normalized": True}}
+    return {"decoder": "boxes", "names": ["boxes"], "params": {"normalized": True}}
+
+
+def to_onnx(module: torch.nn.Module, cfg: StudentConfig, opset: int = 17) -> bytes:
+    out_name = output_spec(cfg)["names"][0]
+    x = torch.zeros(2, 3, cfg.size, cfg.size)
+    f = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(module, (x,), f, input_names=["image"], output_names=[out_name],
+                          dynamic_axes={"image": {0: "batch"}, out_name: {0: "batch"}}, opset_version=opset,
+                          do_constant_folding=True, dynamo=False)
+    return f.getvalue()
+
+
+def parity(module: torch.nn.Module, onnx_bytes: bytes, cfg: StudentConfig, *, batches=(1, 3), seed: int = 0,
+           atol: float = 1e-3) -> float:
+    """Max |torch - ONNX Runtime| over random inputs at several batch sizes; raises above ``atol``."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for n in batches:
+        x = torch.rand(n, 3, cfg.size, cfg.size, generator=g) * 2 - 1
+        with torch.no_grad():
+            ref = module(x).numpy()
+        got = sess.run(None, {"image": x.numpy()})[0]
+        if got.shape != ref.shape:
+            raise AssertionError(f"ONNX output shape {got.shape} != torch {ref.shape}")
+        if cfg.kind == "detector":  # rows past the last real peak (score 0) are padding in any order
+            pad = (ref[..., 4:5] <= 1e-6) & (got[..., 4:5] <= 1e-6)
+            ref, got = np.where(pad, 0, ref), np.where(pad, 0, got)
+        worst = max(worst, float(np.abs(got - ref).max()))
+    if worst > atol:
+        raise AssertionError(f"ONNX differs from torch by {worst:.2e} (> {atol:.0e})")
+    return worst
+
+
+def manifest_fields(name: str, cfg: StudentConfig, *, description: str, lineage: dict) -> dict:
+    fields = {"name": name, "task": "person_detection" if cfg.kind == "detector" else "pose",
+              "description": description,
+              "input": {**STUDENT_INPUT, "height": cfg.size, "width": cfg.size,
+                        **({"resize": "letterbox"} if cfg.kind == "detector" else {})},
+              "output": output_spec(cfg), "lineage": lineage}
+    if cfg.kind != "detector":
+        fields["crop"] = {"margin": 1.25}
+    return fields
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# ---- gates -------------------------------------------------------------------------------------------
+@dataclass
+class Gates:
+    """A new version may become ``production`` only if it is at most ``max_ap_drop`` AP below the
+    current production, no more than ``max_latency_ratio`` times its batch-1 latency, and at least
+    ``min_ap`` (absolute). Without a current production only ``min_ap`` applies."""
+    min_ap: float = 0.0
+    max_ap_drop: float = 0.01
+    max_latency_ratio: float = 1.10
+    metric: str = "gt_boxes"  # which AP: gt_boxes (pose) or end_to_end (detectors)
+
+    def check(self, new: dict, current: dict | None) -> tuple[bool, list[str]]:
+        why = []
+        ap = (new.get(self.metric) or {}).get("AP")
+        if ap is None:
+            return False, [f"no {self.metric} AP measured"]
+        if ap < self.min_ap:
+            why.append(f"AP {ap:.3f} < minimum {self.min_ap:.3f}")
+        if current:
+            cur_ap = (current.get(self.metric) or {}).get("AP")
+            if cur_ap is not None and ap < cur_ap - self.max_ap_drop:
+                why.append(f"AP {ap:.3f} is more than {self.max_ap_drop} below production's {cur_ap:.3f}")
+            cur_ms, ms = current.get("ms_b1"), new.get("ms_b1")
+            if cur_ms and ms and ms > cur_ms * self.max_latency_ratio:
+                why.append(f"batch-1 latency {ms:.2f} ms > {self.max_latency_ratio}× production's {cur_ms:.2f} ms")
+        return not why, why

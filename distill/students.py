@@ -1,0 +1,197 @@
+"""Student networks.
+
+* :class:`PoseStudent` — KDLPN-style light top-down network (pruned MobileNetV2 trunk warm-started from
+  the teacher, pixel-shuffle/DUC decoder) trained as in OKDHP: ``branches`` heatmap heads share the
+  trunk, a feature aggregation unit (FAU) learns per-keypoint weights that mix the branches into an
+  ensemble, and the ensemble teaches every branch by pixel-wise KL. One branch is exported.
+* :class:`RegressionStudent` — DistilPose-style: the same trunk regresses coordinates (integral
+  regression over per-keypoint attention maps) plus a score and an uncertainty per keypoint; trained
+  through *simulated heatmaps* rendered from its coordinates and uncertainty and compared with the
+  teacher's heatmaps. The exported graph outputs keypoints, so serving needs no heatmap decoder.
+* :class:`DetectorStudent` — a CenterNet-style single-class person detector (centre heatmap, box size
+  and centre offset at stride 4) warm-started from MoveNet MultiPose, with the peak picking and box
+  assembly inside the exported graph.
+
+Presets (``PRESETS``) fix the sizes the project ships."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .losses import soft_argmax
+from .movenet import Arch, MoveNetLike, TeacherWeights, normalise
+
+
+@dataclass
+class StudentConfig:
+    kind: str = "pose"            # pose | regress | detector
+    size: int = 192               # input side (square)
+    keep: float = 0.25            # fraction of expansion channels kept in each trunk block
+    branches: int = 3             # OKDHP branches (pose)
+    warm_start: str = "movenet-thunder"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, StudentConfig] = {
+    "pose-s": StudentConfig("pose", 192, 0.25, 3),
+    "pose-t": StudentConfig("pose", 160, 0.25, 3),
+    "pose-r": StudentConfig("regress", 192, 0.25, 1),
+    "detector-s": StudentConfig("detector", 256, 0.35, 1, "movenet-multipose"),
+}
+
+
+class FAU(nn.Module):
+    """Feature aggregation unit: from the shared features and every branch's maps, one weight per
+    branch and keypoint (softmax over branches)."""
+
+    def __init__(self, channels: int, branches: int, keypoints: int = 17):
+        super().__init__()
+        self.branches, self.k = branches, keypoints
+        self.fc = nn.Sequential(nn.Linear(channels + branches * keypoints, 64), nn.ReLU(),
+                                nn.Linear(64, branches * keypoints))
+        nn.init.zeros_(self.fc[2].weight)
+        nn.init.zeros_(self.fc[2].bias)
+
+    def forward(self, features: torch.Tensor, maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = [features.mean((2, 3))] + [m.detach().amax((2, 3)) for m in maps]
+        w = self.fc(torch.cat(pooled, 1)).reshape(-1, self.branches, self.k).softmax(1)  # (N, B, K)
+        stacked = torch.stack(maps, 1)  # (N, B, K, h, w)
+        return (stacked * w[..., None, None]).sum(1), w
+
+
+class PoseStudent(nn.Module):
+    def __init__(self, cfg: StudentConfig, arch: Arch):
+        super().__init__()
+        self.cfg = cfg
+        self.net = MoveNetLike(arch, {f"b{i}": 17 for i in range(cfg.branches)})
+        self.fau = FAU(arch.fpn[2], cfg.branches) if cfg.branches > 1 else None
+
+    def warm_start(self, tw: TeacherWeights) -> list[str]:
+        # branch 0 starts from the teacher's keypoint head; the others start fresh, so the branches
+        # differ and the ensemble has something to aggregate
+        return self.net.load_teacher(tw, {"b0": "kpt_heatmap"})
+
+    def forward(self, x: torch.Tensor) -> dict:
+        out = self.net(x, features=True)
+        maps = [out[f"b{i}"] for i in range(self.cfg.branches)]
+        res = {"branches": maps}
+        if self.fau is not None:
+            res["ensemble"], res["weights"] = self.fau(out["features"], maps)
+        return res
+
+
+class RegressionStudent(nn.Module):
+    def __init__(self, cfg: StudentConfig, arch: Arch):
+        super().__init__()
+        self.cfg = cfg
+        self.net = MoveNetLike(arch, {"attn": 17, "score": 17})
+        self.log_beta = nn.Parameter(torch.zeros(()))
+
+    def warm_start(self, tw: TeacherWeights) -> list[str]:
+        return self.net.load_teacher(tw, {"attn": "kpt_heatmap", "score": "kpt_heatmap"})
+
+    def forward(self, x: torch.Tensor) -> dict:
+        out = self.net(x)
+        xy, spread = soft_argmax(out["attn"], self.log_beta.exp())
+        # score: the score map read at the regressed location (bilinear), as a logit
+        grid = (xy * 2 - 1)[:, :, None, :]  # (N, K, 1, 2) in -1..1
+        s = out["score"]
+        n, k = s.shape[:2]
+        logit = F.grid_sample(s.reshape(n * k, 1, *s.shape[2:]), grid.reshape(n * k, 1, 1, 2),
+                              align_corners=False).reshape(n, k)
+        return {"xy": xy, "sigma": spread, "score_logit": logit, "attn": out["attn"]}
+
+
+class DetectorStudent(nn.Module):
+    """Heads: ``center`` (1 logit map), ``box_scale`` (2: log height, log width in stride-4 cells),
+    ``box_offset`` (2: sub-cell centre offset)."""
+
+    def __init__(self, cfg: StudentConfig, arch: Arch):
+        super().__init__()
+        self.cfg = cfg
+        self.net = MoveNetLike(arch, {"center": 1, "box_scale": 2, "box_offset": 2})
+
+    def warm_start(self, tw: TeacherWeights) -> list[str]:
+        return self.net.load_teacher(tw, {"center": "center"})
+
+    def forward(self, x: torch.Tensor) -> dict:
+        return self.net(x)
+
+
+def build_student(cfg: StudentConfig, tw: TeacherWeights | None) -> nn.Module:
+    """A student shaped after ``tw`` (the warm-start teacher's graph) and loaded from it; without a
+    teacher graph (``warm_start="none"``) a tiny randomly initialised one (smoke tests)."""
+    arch = Arch.from_teacher(tw, cfg.keep) if tw is not None else Arch.tiny()
+    cls = {"pose": PoseStudent, "regress": RegressionStudent, "detector": DetectorStudent}[cfg.kind]
+    model = cls(cfg, arch)
+    if tw is not None:
+        model.warm_start(tw)
+    return model
+
+
+def arch_of(model: nn.Module) -> Arch:
+    return model.net.arch
+
+
+# ---- export wrappers: what the served ONNX graph computes -------------------------------------
+class PoseExport(nn.Module):
+    """uint8-free float input (N, 3, S, S) in [-1, 1] -> sigmoid heatmaps (N, 17, S/4, S/4) of one branch."""
+
+    def __init__(self, student: PoseStudent, branch: int = 0):
+        super().__init__()
+        self.student, self.branch = student, branch
+
+    def forward(self, x):
+        net = self.student.net
+        return torch.sigmoid(net.heads[f"b{self.branch}"](net.features(x)))
+
+
+class RegressionExport(nn.Module):
+    """-> keypoints (N, 17, 3): x, y in 0..1 of the input, score."""
+
+    def __init__(self, student: RegressionStudent):
+        super().__init__()
+        self.student = student
+
+    def forward(self, x):
+        out = self.student(x)
+        return torch.cat([out["xy"], torch.sigmoid(out["score_logit"])[..., None]], -1)
+
+
+class DetectorExport(nn.Module):
+    """-> boxes (N, K, 5): x1, y1, x2, y2 in 0..1 of the input, score; the K best centre peaks
+    (3x3 max-pool suppression)."""
+
+    def __init__(self, student: DetectorStudent, top_k: int = 20):
+        super().__init__()
+        self.student, self.top_k = student, top_k
+
+    def forward(self, x):
+        out = self.student(x)
+        return decode_centers(out["center"], out["box_scale"], out["box_offset"], self.top_k)
+
+
+def decode_centers(center: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, top_k: int) -> torch.Tensor:
+    n, _, h, w = center.shape
+    heat = torch.sigmoid(center)
+    peaks = heat * (F.max_pool2d(heat, 3, 1, 1) == heat).float()
+    score, idx = peaks.reshape(n, -1).topk(top_k, -1)
+    cy = torch.div(idx, w, rounding_mode="floor").float()
+    cx = (idx % w).float()
+    sc = scale.reshape(n, 2, -1).gather(2, idx[:, None].expand(n, 2, top_k))
+    of = offset.reshape(n, 2, -1).gather(2, idx[:, None].expand(n, 2, top_k))
+    yc = (cy + 0.5 + of[:, 0]) / h
+    xc = (cx + 0.5 + of[:, 1]) / w
+    bh = torch.exp(sc[:, 0]) / h
+    bw = torch.exp(sc[:, 1]) / w
+    return torch.stack([xc - bw / 2, yc - bh / 2, xc + bw / 2, yc + bh / 2, score], -1)
+
+
+def prepare(images_uint8: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> normalised NCHW float in channels_last memory."""
+    return normalise(images_uint8).contiguous(memory_format=torch.channels_last)

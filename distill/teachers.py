@@ -1,0 +1,111 @@
+"""Teachers for distillation: ONNX models run through the service's own runtime and decoders.
+
+A teacher is any model the store can describe: the MoveNet / CenterNet files in the teachers folder
+(``POSEKD_TEACHERS``) get their manifests from ``service.store.teachers``; anything already in a model
+store is found by reference (``name``, ``name:version``, ``name@alias``)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from service.pipeline import preprocess as pp
+from service.pipeline.decoders import POSE_DECODERS
+from service.pipeline.pipeline import PosePipeline
+from service.pipeline.runtime import OnnxModel
+from service.store.manifest import Manifest, sha256_bytes
+from service.store.registry import ServedModel
+from service.store.store import ModelStore
+from service.store.teachers import TEACHERS, teacher_manifest
+
+DEFAULT_TEACHERS = Path(os.environ.get("POSEKD_TEACHERS", Path(__file__).resolve().parents[1] / ".." / "shared"
+                                       / "teachers"))
+TEACHER_FILES = {fields["name"]: filename for filename, fields in TEACHERS.items()}
+
+
+def teachers_dir() -> Path:
+    return Path(os.environ.get("POSEKD_TEACHERS", str(DEFAULT_TEACHERS))).resolve()
+
+
+def load_model(ref: str, *, store: ModelStore | None = None, threads: int = 0,
+               input_size: tuple[int, int] | None = None) -> ServedModel:
+    """A runnable model from a store reference, a teacher name (``movenet-thunder``) or an ONNX path
+    of a known teacher file. ``input_size`` (h, w) overrides the manifest's for size-agnostic graphs."""
+    return load_model_bytes(ref, store=store, threads=threads, input_size=input_size)[0]
+
+
+def load_model_bytes(ref: str, *, store: ModelStore | None = None, threads: int = 0,
+                     input_size: tuple[int, int] | None = None) -> tuple[ServedModel, bytes]:
+    """:func:`load_model` and the ONNX bytes it runs."""
+    path = Path(ref)
+    if path.suffix == ".onnx" and path.is_file():
+        fields = teacher_manifest(path.name)
+        data = path.read_bytes()
+    elif ref in TEACHER_FILES and (store is None or ref not in store.names()):
+        path = teachers_dir() / TEACHER_FILES[ref]
+        if not path.is_file():
+            raise FileNotFoundError(f"teacher {ref}: {path} not found (set POSEKD_TEACHERS)")
+        fields = teacher_manifest(path.name)
+        data = path.read_bytes()
+    else:
+        if store is None:
+            raise FileNotFoundError(f"{ref}: not a teacher name or file, and no store given")
+        from service.store.store import ModelSpec
+        spec = ModelSpec.parse(ref)
+        manifest, data = store.read_verified(spec.name, store.resolve(spec))
+        fields = manifest.model_dump(mode="json")
+    if "version" not in fields:
+        fields = {**fields, "version": 1, "sha256": sha256_bytes(data), "file": "model.onnx"}
+    if input_size:
+        fields["input"] = {**fields["input"], "height": input_size[0], "width": input_size[1]}
+    manifest = Manifest.model_validate(fields)
+    return ServedModel(manifest, OnnxModel(manifest, data, device="auto", intra_threads=threads), (0, 0)), data
+
+
+class PoseTeacher:
+    """Labels crops: decoded keypoints (x, y, score in input pixels) and the raw per-keypoint
+    heatmaps where the model has them (MoveNet heads: ``kpt_heatmap``; heatmap models: their output)."""
+
+    def __init__(self, model: ServedModel, batch: int = 16):
+        self.model = model
+        self.batch = batch
+        m = model.manifest
+        if m.task != "pose":
+            raise ValueError(f"{m.name} is not a pose model")
+        self.size = (m.input.height, m.input.width)
+        self.heatmap_name = {"movenet_heads": "kpt_heatmap", "heatmap": (m.output.names or [None])[0]}.get(
+            m.output.decoder)
+
+    @property
+    def name(self) -> str:
+        return f"{self.model.name}:{self.model.version}"
+
+    def label(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """crops: uint8 (N, H, W, 3) RGB at the teacher's input size."""
+        m = self.model.manifest
+        kps, hms = [], []
+        for i in range(0, len(crops), self.batch):
+            outs = self.model.runner.run(pp.to_tensor(crops[i:i + self.batch], m.input))
+            kps.append(POSE_DECODERS[m.output.decoder](m, outs))
+            if self.heatmap_name:
+                hm = outs[self.heatmap_name]
+                if m.output.params.get("activation") == "sigmoid":
+                    hm = 1 / (1 + np.exp(-hm))
+                hms.append(hm.astype(np.float32))
+        return np.concatenate(kps), (np.concatenate(hms) if hms else None)
+
+
+class DetectionTeacher:
+    """Person boxes (M, 5) in image pixels, through the service's detection stage."""
+
+    def __init__(self, model: ServedModel, threshold: float = 0.2, max_boxes: int = 20):
+        self.model = model
+        self.pipeline = PosePipeline(detector_threshold=threshold, max_boxes=max_boxes)
+
+    @property
+    def name(self) -> str:
+        return f"{self.model.name}:{self.model.version}"
+
+    def boxes(self, image: np.ndarray) -> np.ndarray:
+        return self.pipeline.detect(self.model, [image])[0]

@@ -1,0 +1,294 @@
+"""Training loops for the students: cached teacher labels in, checkpoints and a curve image out.
+
+Every run directory holds ``checkpoint.pt`` (model, optimiser, step, config, history; training resumes
+from it), ``curve.png`` (losses and the held-out agreement with the teacher) and ``history.json``."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .augment import FLIP_INDEX
+from .cache import PoseCache
+from .losses import heat_bce, label_targets, pixel_kl, spatial_ce, teacher_targets
+from .students import StudentConfig, build_student, prepare
+from .teachers import TEACHER_FILES, teachers_dir
+
+log = logging.getLogger("posekd.distill")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 3000
+    batch: int = 32
+    lr: float = 1e-3
+    warm_start_lr: float = 4e-4      # parameters copied from the teacher move slower
+    weight_decay: float = 1e-4
+    warmup: int = 150
+    gt_weight: float = 1.0           # human labels (LSPET, COCO-format training sets)
+    kd_weight: float = 1.0           # the teacher's (windowed) heatmaps / decoded keypoints
+    kl_weight: float = 0.5           # OKDHP: ensemble -> each branch, pixel-wise KL
+    bce_weight: float = 1.0          # keypoint score level
+    sim_weight: float = 1.0          # DistilPose: simulated vs teacher heatmaps
+    coord_weight: float = 5.0        # DistilPose: L1 on coordinates
+    holdout: int = 256               # last views of the cache, never trained on: the agreement curve
+    eval_every: int = 250
+    threads: int = 0                 # torch threads (0: leave torch's default)
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def warm_start_weights(cfg: StudentConfig):
+    from .movenet import read_teacher
+
+    if cfg.warm_start in ("", "none"):
+        return None
+    path = Path(cfg.warm_start)
+    if not path.is_file():
+        path = teachers_dir() / TEACHER_FILES.get(cfg.warm_start, cfg.warm_start)
+    return read_teacher(path)
+
+
+class PoseBatches:
+    """Random batches of cached views, with an exact horizontal flip half of the time (the teacher's
+    labels flip with the image, left/right swapped)."""
+
+    def __init__(self, cache: PoseCache, size: int, holdout: int, seed: int = 0):
+        self.cache, self.size = cache, size
+        n = len(cache)
+        self.train_idx = np.arange(0, max(1, n - holdout))
+        self.val_idx = np.arange(max(1, n - holdout), n) if n > holdout else np.arange(0, 0)
+        self.rng = np.random.default_rng(seed)
+
+    def get(self, idx: np.ndarray, flip: bool | None = None) -> dict:
+        idx = np.sort(idx)
+        c = self.cache
+        images = torch.from_numpy(np.ascontiguousarray(c.images[idx]))
+        tkp = torch.from_numpy(c.teacher_kp[idx].copy())
+        gkp = torch.from_numpy(c.gt_kp[idx].copy())
+        thm = torch.from_numpy(np.asarray(c.teacher_hm[idx], np.float32)) if c.teacher_hm is not None else None
+        do_flip = self.rng.random() < 0.5 if flip is None else flip
+        if do_flip:
+            images = images.flip(2)
+            tkp, gkp = tkp[:, FLIP_INDEX], gkp[:, FLIP_INDEX]
+            tkp[..., 0] = 1 - tkp[..., 0]
+            gkp[..., 0] = 1 - gkp[..., 0]
+            if thm is not None:
+                thm = thm[:, FLIP_INDEX].flip(3)
+        x = prepare(images)
+        if x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+            x = x.contiguous(memory_format=torch.channels_last)
+        return {"x": x, "teacher_kp": tkp, "gt_kp": gkp, "teacher_hm": thm}
+
+    def sample(self, batch: int) -> dict:
+        return self.get(self.rng.choice(self.train_idx, batch, replace=len(self.train_idx) < batch))
+
+
+def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    return f
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, warm_names: set[str]) -> torch.optim.Optimizer:
+    warm, fresh = [], []
+    for name, p in model.named_parameters():
+        (warm if name in warm_names else fresh).append(p)
+    groups = [{"params": warm, "lr": cfg.warm_start_lr}, {"params": fresh, "lr": cfg.lr}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
+
+
+# ---- per-kind losses -----------------------------------------------------------------------------
+def heatmap_losses(logits: torch.Tensor, b: dict, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    h, w = logits.shape[-2:]
+    t_dist, t_level = teacher_targets(b["teacher_hm"], b["teacher_kp"], h, w)
+    g_dist, g_weight = label_targets(b["gt_kp"], h, w)
+    kd = spatial_ce(logits, t_dist, b["teacher_kp"][..., 2])
+    out = {"kd": kd * cfg.kd_weight, "bce": heat_bce(logits, t_level) * cfg.bce_weight}
+    if g_weight.sum() > 0:
+        out["gt"] = spatial_ce(logits, g_dist, g_weight) * cfg.gt_weight
+    return out
+
+
+def pose_step(model, b: dict, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    out = model(b["x"])
+    losses: dict[str, torch.Tensor] = {}
+    for i, m in enumerate(out["branches"]):
+        for k, v in heatmap_losses(m, b, cfg).items():
+            losses[f"{k}{i}"] = v
+        if "ensemble" in out:
+            losses[f"kl{i}"] = pixel_kl(m, out["ensemble"]) * cfg.kl_weight
+    if "ensemble" in out:
+        for k, v in heatmap_losses(out["ensemble"], b, cfg).items():
+            losses[f"{k}_ens"] = v
+    return losses
+
+
+def regress_step(model, b: dict, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    from .losses import gaussians
+
+    out = model(b["x"])
+    h, w = out["attn"].shape[-2:]
+    t_dist, t_level = teacher_targets(b["teacher_hm"], b["teacher_kp"], h, w)
+    tscore = b["teacher_kp"][..., 2]
+    # DistilPose: the student's coordinates and uncertainty rendered as a heatmap, compared with the
+    # teacher's heatmap (both as distributions), plus the score and the coordinates themselves
+    sim = gaussians(out["xy"], h, w, out["sigma"].clamp(0.7, 6.0))
+    t = t_dist / t_dist.sum((-1, -2), keepdim=True).clamp_min(1e-8)
+    s = sim / sim.sum((-1, -2), keepdim=True).clamp_min(1e-8)
+    sim_loss = ((s - t) ** 2).sum((-1, -2)).mul(h * w).mul(tscore).mean()
+    coord = (out["xy"] - b["teacher_kp"][..., :2]).abs().sum(-1)
+    losses = {"sim": sim_loss * cfg.sim_weight,
+              "coord": (coord * tscore).mean() * cfg.coord_weight,
+              "score": F.binary_cross_entropy_with_logits(out["score_logit"], tscore) * cfg.bce_weight,
+              "attn": spatial_ce(out["attn"], t_dist, tscore) * 0.5}
+    gv = (b["gt_kp"][..., 2] > 0).float()
+    if gv.sum() > 0:
+        losses["gt"] = ((out["xy"] - b["gt_kp"][..., :2]).abs().sum(-1) * gv).sum() / gv.sum() * cfg.coord_weight \
+            * cfg.gt_weight
+    return losses
+
+
+# ---- agreement on the held-out views -----------------------------------------------------------
+@torch.no_grad()
+def pose_agreement(model, batches: PoseBatches, kind: str, threshold: float = 0.05) -> dict[str, float]:
+    """Fraction of confident teacher keypoints (score > 0.3) that the exported output puts within
+    ``threshold`` of the view size of the teacher's, on views never trained on."""
+    if not len(batches.val_idx):
+        return {}
+    model.eval()
+    hits = total = 0.0
+    for i in range(0, len(batches.val_idx), 64):
+        b = batches.get(batches.val_idx[i:i + 64], flip=False)
+        xy = predict_xy(model, b["x"], kind)
+        tk = b["teacher_kp"]
+        conf = tk[..., 2] > 0.3
+        d = (xy - tk[..., :2]).norm(dim=-1)
+        hits += float(((d < threshold) & conf).sum())
+        total += float(conf.sum())
+    model.train()
+    return {"agreement": hits / max(total, 1.0)}
+
+
+def predict_xy(model, x: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "regress":
+        return model(x)["xy"]
+    m = model(x)["branches"][0]
+    n, k, h, w = m.shape
+    idx = m.reshape(n, k, -1).argmax(-1)
+    ys = torch.div(idx, w, rounding_mode="floor").float()
+    return torch.stack([((idx % w).float() + 0.5) / w, (ys + 0.5) / h], -1)
+
+
+# ---- the loop ------------------------------------------------------------------------------------
+def save_curve(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    steps = [h["step"] for h in history if "loss" in h]
+    ax[0].plot(steps, [h["loss"] for h in history if "loss" in h], label="total loss (smoothed)")
+    ax[0].set_xlabel("step")
+    ax[0].set_yscale("log")
+    ax[0].legend()
+    ev = [h for h in history if "agreement" in h]
+    if ev:
+        ax[1].plot([h["step"] for h in ev], [h["agreement"] for h in ev], "o-", label="held-out agreement with teacher")
+        ax[1].set_ylim(0, 1)
+        ax[1].set_xlabel("step")
+        ax[1].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def fit(student_cfg: StudentConfig, train_cfg: TrainConfig, cache: PoseCache, out: Path | str, *,
+        resume: bool = True, progress: bool = True, meta: dict | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train a pose or regression student on a pose cache; returns (model, summary)."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if train_cfg.threads:
+        torch.set_num_threads(train_cfg.threads)
+    torch.manual_seed(train_cfg.seed)
+    tw = warm_start_weights(student_cfg)
+    model = build_student(student_cfg, tw).to(memory_format=torch.channels_last)
+    warm_names = {n for n, _ in model.named_parameters()
+                  if n.startswith("net.") and not n.startswith("net.heads.")} | \
+        {n for n, _ in model.named_parameters() if n.startswith(("net.heads.b0.", "net.heads.attn."))}
+    opt = make_optimizer(model, train_cfg, warm_names)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(train_cfg))
+    history: list[dict] = []
+    step = 0
+    ckpt = out / "checkpoint.pt"
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if state["student"] == student_cfg.to_dict():
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            step, history = state["step"], state["history"]
+            log.info("resumed %s at step %d", ckpt, step)
+    batches = PoseBatches(cache, student_cfg.size, train_cfg.holdout, train_cfg.seed + step)
+    step_fn = regress_step if student_cfg.kind == "regress" else pose_step
+    model.train()
+    smooth = None
+    started = time.time()
+    bar = tqdm(total=train_cfg.steps, initial=step, desc=f"distilling {student_cfg.kind} {out.name}",
+               disable=not progress, unit="step")
+
+    def checkpoint():
+        ev = pose_agreement(model, batches, student_cfg.kind)
+        history.append({"step": step, **ev, "seconds": round(time.time() - started, 1)})
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "step": step, "history": history, "student": student_cfg.to_dict(),
+                    "train": train_cfg.__dict__, "meta": meta or {}}, ckpt)
+        (out / "history.json").write_text(json.dumps(history))
+        save_curve(history, out / "curve.png", f"{out.name}: {student_cfg.kind}, keep {student_cfg.keep}, "
+                                               f"{student_cfg.size}px")
+        return ev
+
+    while step < train_cfg.steps:
+        b = batches.sample(train_cfg.batch)
+        losses = step_fn(model, b, train_cfg)
+        loss = sum(losses.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        step += 1
+        value = float(loss.detach())
+        smooth = value if smooth is None else 0.98 * smooth + 0.02 * value
+        if step % 10 == 0:
+            history.append({"step": step, "loss": round(smooth, 5),
+                            **{k: round(float(v), 5) for k, v in losses.items()}})
+            bar.set_postfix(loss=f"{smooth:.4f}")
+        bar.update(1)
+        if step % train_cfg.eval_every == 0 or step == train_cfg.steps:
+            ev = checkpoint()
+            if ev:
+                bar.write(f"step {step}: loss {smooth:.4f}, held-out agreement {ev['agreement']:.3f}")
+    bar.close()
+    if not ckpt.exists() or torch.load(ckpt, map_location="cpu", weights_only=False)["step"] != step:
+        checkpoint()
+    model.eval()
+    last = [h for h in history if "agreement" in h]
+    return model, {"steps": step, "agreement": last[-1]["agreement"] if last else None,
+                   "train_seconds": round(sum(h.get("seconds", 0) for h in history if "agreement" in h and
+                                              h is last[-1]), 1) if last else None}
