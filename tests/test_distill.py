@@ -302,3 +302,19 @@ def test_real_lspet_labels_are_on_the_person():
         v = kp[:, 2] > 0
         assert v.sum() >= 8
         assert (kp[v, 0] <= w + 5).all() and (kp[v, 1] <= h + 5).all()
+
+
+@pytest.mark.data
+def test_heads_cut_from_thunder_match_the_shipped_heads_file(tmp_path):
+    from distill.teachers_import import compare, make_heads
+
+    out = tmp_path / "movenet_thunder_heads.onnx"
+    heads = make_heads(TEACHERS / "movenet_thunder.onnx", out)
+    assert set(heads) == {"kpt_heatmap", "center_heatmap", "kpt_offset", "kpt_regress"}
+    result = compare(out, TEACHERS / "movenet_thunder_heads.onnx")
+    assert result["max_abs_diff"] <= 1e-5
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    outs = sess.run(None, {"input:0": np.zeros((3, 256, 256, 3), np.int32)})  # the batch is free
+    assert outs[0].shape == (3, 17, 64, 64)
