@@ -309,7 +309,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--store", help="model store for teacher references (default POSEKD_MODEL_STORE)")
     c.add_argument("--out", required=True)
-    c.set_defaults(func=cmd_cache)
+    c.set_defaults(func=cmd_cache, prepare=fill_defaults)
 
     t = dsub.add_parser("train", help="train a student on a cache (resumes from OUT/checkpoint.pt)")
     t.add_argument("preset", help="pose-s | pose-t | pose-r | detector-s")

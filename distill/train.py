@@ -37,7 +37,7 @@ class TrainConfig:
     kd_weight: float = 1.0           # the teacher's (windowed) heatmaps / decoded keypoints
     kl_weight: float = 0.5           # OKDHP: ensemble -> each branch, pixel-wise KL
     bce_weight: float = 1.0          # keypoint score level
-    sim_weight: float = 1.0          # DistilPose: simulated vs teacher heatmaps
+    sim_weight: float = 0.1          # DistilPose: simulated vs teacher heatmaps (a squared distance × map area)
     coord_weight: float = 5.0        # DistilPose: L1 on coordinates
     holdout: int = 256               # last views of the cache, never trained on: the agreement curve
     eval_every: int = 250

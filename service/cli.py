@@ -201,15 +201,27 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(func=cmd_models_import)
 
     bench = sub.add_parser("bench", help="benchmarks (bench/); results go to bench/RESULTS.md")
-    bench.add_argument("what", choices=["images"])
+    bench.add_argument("what", choices=["images", "students"])
     bench.set_defaults(func=None)
 
-    try:  # distill / eval / teachers need the 'train' extra only when they run
-        from distill.cli import register
-    except ImportError:  # pragma: no cover - the distill package ships with the service
-        return p
-    register(sub)
+    for register in _plugins():
+        register(sub)
     return p
+
+
+def _plugins():
+    """Commands other packages add to ``posekd`` (entry-point group ``posekd.commands``): the offline
+    ``distill`` package registers ``distill``, ``eval`` and ``teachers`` this way, so the runtime never
+    imports training code by name."""
+    from importlib.metadata import entry_points
+
+    found = []
+    for ep in entry_points(group="posekd.commands"):
+        try:
+            found.append(ep.load())
+        except ImportError as exc:  # a plugin whose dependencies are missing: its commands are absent
+            logging.getLogger("posekd").debug("plugin %s not loaded: %s", ep.name, exc)
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,9 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
     args.argv = list(argv)
-    if args.command in ("distill", "eval", "teachers"):
-        from distill.cli import fill_defaults
-        fill_defaults(args)
+    prepare = getattr(args, "prepare", None)
+    if prepare is not None:
+        prepare(args)
     try:
         return args.func(args)
     except PoseKDError as exc:

@@ -318,3 +318,60 @@ def test_heads_cut_from_thunder_match_the_shipped_heads_file(tmp_path):
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     outs = sess.run(None, {"input:0": np.zeros((3, 256, 256, 3), np.int32)})  # the batch is free
     assert outs[0].shape == (3, 17, 64, 64)
+
+
+# ---- evaluation harness and gates -----------------------------------------------------------------
+def test_coco_ap_is_one_for_the_labels_themselves_and_drops_when_shifted(tmp_path):
+    from distill.evaluate import coco_ap
+
+    js = _coco_set(tmp_path / "coco")
+    recs = read_coco(js)
+    perfect, shifted = [], []
+    for r in recs:
+        for p in r.people:
+            kp = p.keypoints.copy()
+            perfect.append({"image_id": r.image_id, "category_id": 1, "keypoints": kp.reshape(-1).tolist(),
+                            "score": 0.9})
+            kp[:, 0] += 12
+            shifted.append({"image_id": r.image_id, "category_id": 1, "keypoints": kp.reshape(-1).tolist(),
+                            "score": 0.9})
+    ids = [r.image_id for r in recs]
+    assert coco_ap(js, perfect, ids)["AP"] == pytest.approx(1.0)
+    assert coco_ap(js, shifted, ids)["AP"] < 0.9
+    assert coco_ap(js, [], ids)["AP"] == 0.0
+
+
+def test_gates_compare_accuracy_and_latency_with_production():
+    from distill.export import Gates
+
+    gates = Gates(min_ap=0.2, max_ap_drop=0.01, max_latency_ratio=1.1)
+    prod = {"gt_boxes": {"AP": 0.30}, "ms_b1": 2.0}
+    assert gates.check({"gt_boxes": {"AP": 0.295}, "ms_b1": 2.1}, prod) == (True, [])
+    ok, why = gates.check({"gt_boxes": {"AP": 0.28}, "ms_b1": 2.1}, prod)
+    assert not ok and "below production" in why[0]
+    ok, why = gates.check({"gt_boxes": {"AP": 0.31}, "ms_b1": 2.5}, prod)
+    assert not ok and "latency" in why[0]
+    assert gates.check({"gt_boxes": {"AP": 0.25}, "ms_b1": 9.0}, None)[0]  # no production: only min_ap
+    assert not gates.check({"gt_boxes": {"AP": 0.1}}, None)[0]
+    assert not gates.check({}, None)[0]
+
+
+def test_gflops_counts_convolutions():
+    from distill.evaluate import gflops
+
+    cfg = StudentConfig("pose", 64, 1.0, 1, "none")
+    module = PoseExport(build_student(cfg, None)).eval()
+    data = to_onnx(module, cfg)
+    expected = 0
+    hooks = []
+
+    def count(mod, inp, out):
+        nonlocal expected
+        expected += mod.weight.numel() * out.shape[-1] * out.shape[-2]
+
+    for m in module.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            hooks.append(m.register_forward_hook(count))
+    with torch.no_grad():
+        module(torch.zeros(1, 3, 64, 64))
+    assert gflops(data, "image", (1, 3, 64, 64)) == pytest.approx(2 * expected / 1e9, abs=1e-3)

@@ -17,6 +17,7 @@ from service.store.importer import import_teachers
 from .conftest import DATA, TEACHERS
 
 pytestmark = pytest.mark.data
+TEACHER_DEFAULTS = {"default_pose_model": "movenet-thunder", "default_detector": "movenet-multipose"}
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,8 @@ def teacher_store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(teacher_store):
-    settings = Settings(model_store=teacher_store.root, store_poll_s=0, api_keys=[], admin_api_keys=[])
+    settings = Settings(model_store=teacher_store.root, store_poll_s=0, api_keys=[], admin_api_keys=[],
+                        **TEACHER_DEFAULTS)
     with TestClient(create_app(settings)) as c:
         yield c
 
@@ -102,7 +104,7 @@ def test_heads_decoder_matches_movenet_own_decoder(teacher_store):
 def test_corrupt_real_model_refused_while_previous_serves(teacher_store, tmp_path):
     store = ModelStore(tmp_path / "store")
     shutil.copytree(teacher_store.root, store.root)
-    settings = Settings(model_store=store.root, store_poll_s=0, api_keys=[], admin_api_keys=[])
+    settings = Settings(model_store=store.root, store_poll_s=0, api_keys=[], admin_api_keys=[], **TEACHER_DEFAULTS)
     with TestClient(create_app(settings)) as c:
         v2 = store.version_dir("movenet-thunder", 2)
         shutil.copytree(store.version_dir("movenet-thunder", 1), v2)
