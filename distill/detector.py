@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .students import StudentConfig, build_student, decode_centers, prepare
+from .students import StudentConfig, build_student, calibrate, decode_centers, prepare
 from .train import TrainConfig, lr_lambda, make_optimizer, save_curve, warm_start_weights
 
 log = logging.getLogger("posekd.distill")
@@ -112,7 +112,8 @@ def fit_detector(cfg: StudentConfig, tc: TrainConfig, cache: DetectionCache, out
     if tc.threads:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
-    model = build_student(cfg, warm_start_weights(cfg)).to(memory_format=torch.channels_last)
+    tw = warm_start_weights(cfg)
+    model = build_student(cfg, tw)
     warm = {n for n, _ in model.named_parameters()
             if not n.startswith("net.heads.") or n.startswith("net.heads.center.")}
     opt = make_optimizer(model, tc, warm)
@@ -127,6 +128,13 @@ def fit_detector(cfg: StudentConfig, tc: TrainConfig, cache: DetectionCache, out
             sched.load_state_dict(state["scheduler"])
             step, history = state["step"], state["history"]
     n = len(cache)
+    if step == 0 and tw is not None:
+        calib = np.arange(0, n, max(1, n // tc.calibration))[: tc.calibration]
+        errors = calibrate(model, tw, torch.from_numpy(np.ascontiguousarray(cache.images[calib])))
+        if errors:
+            log.info("pruned blocks refitted to the teacher's features; relative errors %s",
+                     " ".join(f"{e:.2f}" for e in errors))
+    model = model.to(memory_format=torch.channels_last)
     holdout = min(tc.holdout, max(0, n // 5))
     train_idx, val_idx = np.arange(0, n - holdout), np.arange(n - holdout, n)
     rng = np.random.default_rng(tc.seed + step)

@@ -191,11 +191,14 @@ class Arch:
     head_hidden: int = 96
 
     @classmethod
-    def from_teacher(cls, tw: TeacherWeights, keep: float = 1.0) -> Arch:
+    def from_teacher(cls, tw: TeacherWeights, keep: float = 1.0, keep_deep: float | None = None) -> Arch:
+        """``keep`` of the expansion channels in the high-resolution blocks (1-5, strides 2-8, where most
+        multiply-adds are), ``keep_deep`` (default: ``keep``) in blocks 6-16 (strides 16-32)."""
         blocks = []
-        for b in tw.blocks:
+        for i, b in enumerate(tw.blocks, start=1):
             hidden = b[0].weight.shape[0]
-            blocks.append((max(8, int(round(hidden * keep / 8)) * 8) if keep < 1 else hidden, b[2].weight.shape[0]))
+            k = keep if i <= TAPS["s8"] or keep_deep is None else keep_deep
+            blocks.append((max(8, int(round(hidden * k / 8)) * 8) if k < 1 else hidden, b[2].weight.shape[0]))
         return cls((tw.stem[0].weight.shape[0], tw.stem[2].weight.shape[0]), blocks, tw.out_conv.weight.shape[0],
                    (tw.fpn[0].weight.shape[0], tw.fpn[3].weight.shape[0], tw.fpn[6].weight.shape[0]))
 
@@ -299,6 +302,42 @@ class MoveNetLike(nn.Module):
                 self.heads[own].load(tw.heads[theirs])
                 loaded.append(own)
         return loaded
+
+
+@torch.no_grad()
+def reconstruct_pruned(student: MoveNetLike, teacher: MoveNetLike, x: torch.Tensor, *, samples: int = 40000,
+                       ridge: float = 1e-3, seed: int = 0) -> list[float]:
+    """Refit each pruned block's projection by least squares so that, fed with the pruned network's own
+    activations, the block reproduces the teacher's block output (channel pruning with feature
+    reconstruction, block by block so errors do not pile up). ``x``: calibration inputs, normalised.
+    Returns the relative error of each pruned block's output after the fit."""
+    g = torch.Generator().manual_seed(seed)
+    xs = student.stem_project(F.relu6(student.stem_dw(F.relu6(student.conv1(x)))))
+    xt = teacher.stem_project(F.relu6(teacher.stem_dw(F.relu6(teacher.conv1(x)))))
+    errors = []
+    for bs, bt in zip(student.blocks, teacher.blocks):
+        yt = bt(xt)
+        if bs.expand.out_channels < bt.expand.out_channels:
+            h = F.relu6(bs.dw(F.relu6(bs.expand(xs))))
+            target = yt - xs if bs.residual else yt
+            hm = h.permute(0, 2, 3, 1).reshape(-1, h.shape[1])
+            tm = target.permute(0, 2, 3, 1).reshape(-1, target.shape[1])
+            if len(hm) > samples:
+                pick = torch.randperm(len(hm), generator=g)[:samples]
+                hm, tm = hm[pick], tm[pick]
+            a = torch.cat([hm, torch.ones(len(hm), 1)], 1).double()
+            gram = a.T @ a
+            gram += ridge * torch.eye(len(gram), dtype=gram.dtype) * gram.diagonal().mean()
+            sol = torch.linalg.solve(gram, a.T @ tm.double()).float()  # (k + 1, cout)
+            bs.project.weight.copy_(sol[:-1].T[:, :, None, None])
+            bs.project.bias.copy_(sol[-1])
+            out = bs(xs)
+            errors.append(float((out - yt).norm() / yt.norm().clamp_min(1e-8)))
+            xs = out
+        else:
+            xs = bs(xs)
+        xt = yt
+    return errors
 
 
 def normalise(x_uint8: torch.Tensor) -> torch.Tensor:

@@ -29,9 +29,10 @@ from .movenet import Arch, MoveNetLike, TeacherWeights, normalise
 class StudentConfig:
     kind: str = "pose"            # pose | regress | detector
     size: int = 192               # input side (square)
-    keep: float = 0.25            # fraction of expansion channels kept in each trunk block
+    keep: float = 0.25            # fraction of expansion channels kept in trunk blocks 1-5 (high resolution)
     branches: int = 3             # OKDHP branches (pose)
     warm_start: str = "movenet-thunder"
+    keep_deep: float | None = None  # the same for blocks 6-16 (default: keep)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,7 +42,7 @@ PRESETS: dict[str, StudentConfig] = {
     "pose-s": StudentConfig("pose", 192, 0.25, 3),
     "pose-t": StudentConfig("pose", 160, 0.25, 3),
     "pose-r": StudentConfig("regress", 192, 0.25, 1),
-    "detector-s": StudentConfig("detector", 256, 0.35, 1, "movenet-multipose"),
+    "detector-s": StudentConfig("detector", 256, 0.5, 1, "movenet-multipose"),
 }
 
 
@@ -126,12 +127,24 @@ class DetectorStudent(nn.Module):
 def build_student(cfg: StudentConfig, tw: TeacherWeights | None) -> nn.Module:
     """A student shaped after ``tw`` (the warm-start teacher's graph) and loaded from it; without a
     teacher graph (``warm_start="none"``) a tiny randomly initialised one (smoke tests)."""
-    arch = Arch.from_teacher(tw, cfg.keep) if tw is not None else Arch.tiny()
+    arch = Arch.from_teacher(tw, cfg.keep, cfg.keep_deep) if tw is not None else Arch.tiny()
     cls = {"pose": PoseStudent, "regress": RegressionStudent, "detector": DetectorStudent}[cfg.kind]
     model = cls(cfg, arch)
     if tw is not None:
         model.warm_start(tw)
     return model
+
+
+def calibrate(model: nn.Module, tw: TeacherWeights | None, images_uint8: torch.Tensor) -> list[float]:
+    """After a pruned warm start: refit the pruned blocks' projections so the trunk reproduces the
+    teacher's block outputs on ``images_uint8`` (N, H, W, 3). No-op without pruning or teacher."""
+    from .movenet import reconstruct_pruned
+
+    if tw is None or (model.cfg.keep >= 1 and (model.cfg.keep_deep or 1) >= 1):
+        return []
+    full = MoveNetLike(Arch.from_teacher(tw), {}).eval()
+    full.load_teacher(tw)
+    return reconstruct_pruned(model.net, full, normalise(images_uint8))
 
 
 def arch_of(model: nn.Module) -> Arch:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .augment import FLIP_INDEX
 from .cache import PoseCache
 from .losses import heat_bce, label_targets, pixel_kl, spatial_ce, teacher_targets
-from .students import StudentConfig, build_student, prepare
+from .students import StudentConfig, build_student, calibrate, prepare
 from .teachers import TEACHER_FILES, teachers_dir
 
 log = logging.getLogger("posekd.distill")
@@ -40,6 +40,7 @@ class TrainConfig:
     sim_weight: float = 0.1          # DistilPose: simulated vs teacher heatmaps (a squared distance × map area)
     coord_weight: float = 5.0        # DistilPose: L1 on coordinates
     holdout: int = 256               # last views of the cache, never trained on: the agreement curve
+    calibration: int = 96            # views used to refit pruned blocks to the teacher's features
     eval_every: int = 250
     threads: int = 0                 # torch threads (0: leave torch's default)
     seed: int = 0
@@ -227,7 +228,7 @@ def fit(student_cfg: StudentConfig, train_cfg: TrainConfig, cache: PoseCache, ou
         torch.set_num_threads(train_cfg.threads)
     torch.manual_seed(train_cfg.seed)
     tw = warm_start_weights(student_cfg)
-    model = build_student(student_cfg, tw).to(memory_format=torch.channels_last)
+    model = build_student(student_cfg, tw)
     warm_names = {n for n, _ in model.named_parameters()
                   if n.startswith("net.") and not n.startswith("net.heads.")} | \
         {n for n, _ in model.named_parameters() if n.startswith(("net.heads.b0.", "net.heads.attn."))}
@@ -245,6 +246,21 @@ def fit(student_cfg: StudentConfig, train_cfg: TrainConfig, cache: PoseCache, ou
             step, history = state["step"], state["history"]
             log.info("resumed %s at step %d", ckpt, step)
     batches = PoseBatches(cache, student_cfg.size, train_cfg.holdout, train_cfg.seed + step)
+    if step == 0 and tw is not None:
+        calib = batches.train_idx[:: max(1, len(batches.train_idx) // train_cfg.calibration)][: train_cfg.calibration]
+        x = torch.from_numpy(np.ascontiguousarray(cache.images[np.sort(calib)]))
+        if x.shape[1] != student_cfg.size:
+            x = F.interpolate(x.permute(0, 3, 1, 2).float(), size=(student_cfg.size,) * 2, mode="bilinear",
+                              antialias=True).round().clamp(0, 255).byte().permute(0, 2, 3, 1)
+        errors = calibrate(model, tw, x)
+        if errors:
+            log.info("pruned blocks refitted to the teacher's features; relative errors %s",
+                     " ".join(f"{e:.2f}" for e in errors))
+            ev = pose_agreement(model, batches, student_cfg.kind)
+            history.append({"step": 0, **ev, "seconds": 0.0})
+            if ev:
+                log.info("held-out agreement before training: %.3f", ev["agreement"])
+    model = model.to(memory_format=torch.channels_last)
     step_fn = regress_step if student_cfg.kind == "regress" else pose_step
     model.train()
     smooth = None
