@@ -1,7 +1,9 @@
 """Teacher-label caches: augmented views and what the teacher said about each, written once and read
 by every training epoch (memory-mapped ``.npy`` files plus ``meta.json``).
 
-Pose cache (one row per view): ``images`` uint8 (N, S, S, 3) at the student's size; ``teacher_kp``
+Images come in BGR (OpenCV, the service's pipeline, the teachers); the caches store RGB.
+
+Pose cache (one row per view): ``images`` uint8 RGB (N, S, S, 3) at the student's size; ``teacher_kp``
 (N, 17, 3) = x, y in 0..1 of the view and the teacher's score; ``teacher_hm`` float16 (N, 17, S/4, S/4)
 the teacher's heatmaps resampled to the student's grid (absent for teachers without heatmaps);
 ``gt_kp`` (N, 17, 3) = human labels in 0..1 of the view with v (0: none).
@@ -147,6 +149,7 @@ def build_pose_cache(records: list[Record], teacher: PoseTeacher, out: Path | st
             ms = scale_matrix(m, student_size / tsize)
             tview, sview = warp(image, m, tsize), warp(image, ms, student_size)
             photometric([tview, sview], rng, cfg)
+            sview = np.ascontiguousarray(sview[..., ::-1])  # BGR (teacher, service) -> RGB (student cache)
             gt = np.zeros((17, 3), np.float32)
             if person.keypoints is not None:
                 gt = transform_keypoints(person.keypoints, m, tsize, flipped)
@@ -221,6 +224,7 @@ def build_detection_cache(records: list[Record], teacher: DetectionTeacher, out:
             canvas = np.zeros((size, size, 3), np.uint8)
             canvas[:nh, :nw] = cv2.resize(view, (nw, nh), interpolation=cv2.INTER_AREA)
             photometric([canvas], rng, AugmentConfig(p_occlude=0.0, p_blur=0.05))
+            canvas = np.ascontiguousarray(canvas[..., ::-1])  # stored RGB, like the pose cache
             rows = np.zeros((max_boxes, 5), np.float32)
             b = boxes[:max_boxes]
             rows[:len(b), :4] = b[:, :4] * s / size

@@ -1,7 +1,10 @@
 """Readers for the training and evaluation data: COCO keypoint JSON, LSPET ``joints.mat``, plain image
 folders and video frames. Every reader yields :class:`Record` s: one image and the people in it, each
 with a box and, where humans labelled them, COCO-17 keypoints ``(17, 3)`` = (x, y, v) with v = 0 for
-joints that are not labelled (those are left out of the losses)."""
+joints that are not labelled (those are left out of the losses).
+
+Images are BGR uint8, as OpenCV decodes them and as the service's pipeline takes them; the training
+caches store the student's views in RGB (the students' manifests say RGB)."""
 from __future__ import annotations
 
 import json
@@ -31,23 +34,23 @@ class Record:
     source: str                        # dataset name (lineage)
     path: str                          # image file, or "video.mp4#frame"
     people: list[PersonLabel]
-    image: np.ndarray | None = None    # decoded RGB for video frames (files are read on demand)
+    image: np.ndarray | None = None    # decoded BGR for video frames (files are read on demand)
     image_id: int | None = None
 
     def load(self) -> np.ndarray:
         if self.image is not None:
             return self.image
-        im = cv2.imread(self.path, cv2.IMREAD_COLOR)
+        im = cv2.imread(self.path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         if im is None:
             raise OSError(f"cannot read image {self.path}")
-        return cv2.cvtColor(im, cv2.COLOR_BGR2RGB)
+        return im
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    im = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    im = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if im is None:
         raise OSError(f"cannot read image {path}")
-    return cv2.cvtColor(im, cv2.COLOR_BGR2RGB)
+    return im
 
 
 def keypoint_box(kps: np.ndarray, pad: float = 0.1, head_room: float = 0.0) -> np.ndarray | None:
@@ -134,7 +137,7 @@ def read_folder(root: str | Path, *, recursive: bool = True) -> list[Record]:
 
 def video_frames(path: str | Path, *, every: int = 10, max_frames: int | None = None,
                  max_side: int | None = 1280) -> Iterator[Record]:
-    """Every ``every``-th frame of a clip, decoded one at a time (RGB, optionally downscaled)."""
+    """Every ``every``-th frame of a clip, decoded one at a time (BGR, optionally downscaled)."""
     path = Path(path)
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
@@ -149,7 +152,6 @@ def video_frames(path: str | Path, *, every: int = 10, max_frames: int | None = 
                 ok, frame = cap.retrieve()
                 if not ok:
                     break
-                frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
                 if max_side and max(frame.shape[:2]) > max_side:
                     s = max_side / max(frame.shape[:2])
                     frame = cv2.resize(frame, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)

@@ -82,7 +82,7 @@ class PoseTeacher:
         return f"{self.model.name}:{self.model.version}"
 
     def label(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """crops: uint8 (N, H, W, 3) RGB at the teacher's input size."""
+        """crops: uint8 (N, H, W, 3) BGR (as the service pipeline takes them) at the teacher's input size."""
         m = self.model.manifest
         kps, hms = [], []
         for i in range(0, len(crops), self.batch):

@@ -375,3 +375,16 @@ def test_gflops_counts_convolutions():
     with torch.no_grad():
         module(torch.zeros(1, 3, 64, 64))
     assert gflops(data, "image", (1, 3, 64, 64)) == pytest.approx(2 * expected / 1e9, abs=1e-3)
+
+
+@pytest.mark.data
+def test_eval_harness_reproduces_the_teachers_readme_numbers():
+    """Lightning with ground-truth boxes on coco_mini_train: 0.306 AP in the teachers README. Guards the
+    whole harness (reading, BGR/RGB, crops, decoding, OKS) against silent drift."""
+    from distill.evaluate import coco_ap, predict
+    from distill.teachers import load_model
+
+    ann = DATA / "labeled" / "coco_mini_train" / "annotations" / "person_keypoints_train2017.json"
+    records = read_coco(ann)
+    results, _ = predict(load_model("movenet-lightning"), records)
+    assert coco_ap(ann, results, [r.image_id for r in records])["AP"] == pytest.approx(0.306, abs=0.005)
