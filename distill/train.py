@@ -116,8 +116,13 @@ def heatmap_losses(logits: torch.Tensor, b: dict, cfg: TrainConfig) -> dict[str,
     h, w = logits.shape[-2:]
     t_dist, t_level = teacher_targets(b["teacher_hm"], b["teacher_kp"], h, w)
     g_dist, g_weight = label_targets(b["gt_kp"], h, w)
-    kd = spatial_ce(logits, t_dist, b["teacher_kp"][..., 2])
-    out = {"kd": kd * cfg.kd_weight, "bce": heat_bce(logits, t_level) * cfg.bce_weight}
+    tscore = b["teacher_kp"][..., 2]
+    kd = spatial_ce(logits, t_dist, tscore)
+    # the served score is the map's peak value: teach the peak the teacher's score directly, and keep the
+    # rest of the map low with a light per-pixel BCE (alone, the many background pixels won: peaks ~0.01)
+    peak = logits.float().amax((-1, -2))
+    out = {"kd": kd * cfg.kd_weight, "score": F.binary_cross_entropy_with_logits(peak, tscore) * cfg.bce_weight,
+           "bce": heat_bce(logits, t_level) * cfg.bce_weight * 0.5}
     if g_weight.sum() > 0:
         out["gt"] = spatial_ce(logits, g_dist, g_weight) * cfg.gt_weight
     return out
