@@ -106,7 +106,7 @@ def cmd_train(args) -> int:
     cfg = dataclasses.replace(cfg, **overrides)
     tc = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, threads=args.threads or torch.get_num_threads(),
                      eval_every=args.eval_every, holdout=args.holdout, gt_weight=args.gt_weight,
-                     kl_weight=args.kl_weight, seed=args.seed)
+                     kl_weight=args.kl_weight, hint_weight=args.hint_weight, seed=args.seed)
     if cfg.kind == "detector":
         from .detector import DetectionCache, fit_detector
         model, summary = fit_detector(cfg, tc, DetectionCache(args.cache), args.out, resume=not args.restart,
@@ -324,6 +324,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--warm-start", help="teacher name or ONNX file to copy weights from; 'none': tiny random net")
     t.add_argument("--gt-weight", type=float, default=1.0)
     t.add_argument("--kl-weight", type=float, default=0.5)
+    t.add_argument("--hint-weight", type=float, default=0.0, help="FitNets-style hint on the teacher's FPN features")
     t.add_argument("--eval-every", type=int, default=250)
     t.add_argument("--holdout", type=int, default=256)
     t.add_argument("--threads", type=int, default=0)

@@ -306,11 +306,13 @@ class MoveNetLike(nn.Module):
 
 @torch.no_grad()
 def reconstruct_pruned(student: MoveNetLike, teacher: MoveNetLike, x: torch.Tensor, *, samples: int = 40000,
-                       ridge: float = 1e-3, seed: int = 0) -> list[float]:
+                       ridge: float = 1e-3, seed: int = 0, refine_steps: int = 0) -> list[float]:
     """Refit each pruned block's projection by least squares so that, fed with the pruned network's own
     activations, the block reproduces the teacher's block output (channel pruning with feature
     reconstruction, block by block so errors do not pile up). ``x``: calibration inputs, normalised.
-    Returns the relative error of each pruned block's output after the fit."""
+    With ``refine_steps``, every conv of the block (expand, depthwise, projection) is then tuned by
+    gradient descent on the same target (block-wise feature distillation), which the linear refit alone
+    cannot do. Returns the relative error of each pruned block's output after the fit."""
     g = torch.Generator().manual_seed(seed)
     xs = student.stem_project(F.relu6(student.stem_dw(F.relu6(student.conv1(x)))))
     xt = teacher.stem_project(F.relu6(teacher.stem_dw(F.relu6(teacher.conv1(x)))))
@@ -331,6 +333,8 @@ def reconstruct_pruned(student: MoveNetLike, teacher: MoveNetLike, x: torch.Tens
             sol = torch.linalg.solve(gram, a.T @ tm.double()).float()  # (k + 1, cout)
             bs.project.weight.copy_(sol[:-1].T[:, :, None, None])
             bs.project.bias.copy_(sol[-1])
+            if refine_steps:
+                _refine_block(bs, xs, yt, refine_steps, g)
             out = bs(xs)
             errors.append(float((out - yt).norm() / yt.norm().clamp_min(1e-8)))
             xs = out
@@ -338,6 +342,19 @@ def reconstruct_pruned(student: MoveNetLike, teacher: MoveNetLike, x: torch.Tens
             xs = bs(xs)
         xt = yt
     return errors
+
+
+def _refine_block(block: InvertedResidual, x: torch.Tensor, target: torch.Tensor, steps: int,
+                  g: torch.Generator, batch: int = 16, lr: float = 2e-3) -> None:
+    with torch.enable_grad():
+        opt = torch.optim.Adam(block.parameters(), lr=lr)
+        scale = target.pow(2).mean().clamp_min(1e-8)
+        for _ in range(steps):
+            pick = torch.randint(0, len(x), (min(batch, len(x)),), generator=g)
+            loss = F.mse_loss(block(x[pick]), target[pick]) / scale
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
 
 
 def normalise(x_uint8: torch.Tensor) -> torch.Tensor:

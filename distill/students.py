@@ -80,7 +80,7 @@ class PoseStudent(nn.Module):
     def forward(self, x: torch.Tensor) -> dict:
         out = self.net(x, features=True)
         maps = [out[f"b{i}"] for i in range(self.cfg.branches)]
-        res = {"branches": maps}
+        res = {"branches": maps, "features": out["features"]}
         if self.fau is not None:
             res["ensemble"], res["weights"] = self.fau(out["features"], maps)
         return res
@@ -97,7 +97,7 @@ class RegressionStudent(nn.Module):
         return self.net.load_teacher(tw, {"attn": "kpt_heatmap", "score": "kpt_heatmap"})
 
     def forward(self, x: torch.Tensor) -> dict:
-        out = self.net(x)
+        out = self.net(x, features=True)
         xy, spread = soft_argmax(out["attn"], self.log_beta.exp())
         # score: the score map read at the regressed location (bilinear), as a logit
         grid = (xy * 2 - 1)[:, :, None, :]  # (N, K, 1, 2) in -1..1
@@ -105,7 +105,7 @@ class RegressionStudent(nn.Module):
         n, k = s.shape[:2]
         logit = F.grid_sample(s.reshape(n * k, 1, *s.shape[2:]), grid.reshape(n * k, 1, 1, 2),
                               align_corners=False).reshape(n, k)
-        return {"xy": xy, "sigma": spread, "score_logit": logit, "attn": out["attn"]}
+        return {"xy": xy, "sigma": spread, "score_logit": logit, "attn": out["attn"], "features": out["features"]}
 
 
 class DetectorStudent(nn.Module):

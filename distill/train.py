@@ -39,6 +39,7 @@ class TrainConfig:
     bce_weight: float = 1.0          # keypoint score level
     sim_weight: float = 0.1          # DistilPose: simulated vs teacher heatmaps (a squared distance × map area)
     coord_weight: float = 5.0        # DistilPose: L1 on coordinates
+    hint_weight: float = 0.0         # FitNets-style hint on the teacher's stride-4 FPN features (off: no gain per CPU-minute)
     holdout: int = 256               # last views of the cache, never trained on: the agreement curve
     calibration: int = 96            # views used to refit pruned blocks to the teacher's features
     eval_every: int = 250
@@ -128,9 +129,19 @@ def heatmap_losses(logits: torch.Tensor, b: dict, cfg: TrainConfig) -> dict[str,
     return out
 
 
+def hint_loss(out: dict, b: dict, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """The warm-start teacher's own decoder features for the same view (computed in the loop): a dense
+    target for the whole trunk, where the keypoint losses only reach it through 17 maps."""
+    ft = b.get("teacher_features")
+    if ft is None or not cfg.hint_weight:
+        return {}
+    fs = out["features"]
+    return {"hint": F.mse_loss(fs.float(), ft) / ft.pow(2).mean().clamp_min(1e-6) * cfg.hint_weight}
+
+
 def pose_step(model, b: dict, cfg: TrainConfig) -> dict[str, torch.Tensor]:
     out = model(b["x"])
-    losses: dict[str, torch.Tensor] = {}
+    losses: dict[str, torch.Tensor] = hint_loss(out, b, cfg)
     for i, m in enumerate(out["branches"]):
         for k, v in heatmap_losses(m, b, cfg).items():
             losses[f"{k}{i}"] = v
@@ -156,7 +167,7 @@ def regress_step(model, b: dict, cfg: TrainConfig) -> dict[str, torch.Tensor]:
     s = sim / sim.sum((-1, -2), keepdim=True).clamp_min(1e-8)
     sim_loss = ((s - t) ** 2).sum((-1, -2)).mul(h * w).mul(tscore).mean()
     coord = (out["xy"] - b["teacher_kp"][..., :2]).abs().sum(-1)
-    losses = {"sim": sim_loss * cfg.sim_weight,
+    losses = {**hint_loss(out, b, cfg), "sim": sim_loss * cfg.sim_weight,
               "coord": (coord * tscore).mean() * cfg.coord_weight,
               "score": F.binary_cross_entropy_with_logits(out["score_logit"], tscore) * cfg.bce_weight,
               "attn": spatial_ce(out["attn"], t_dist, tscore) * 0.5}
@@ -284,8 +295,18 @@ def fit(student_cfg: StudentConfig, train_cfg: TrainConfig, cache: PoseCache, ou
                                                f"{student_cfg.size}px")
         return ev
 
+    hint_net = None
+    if tw is not None and train_cfg.hint_weight:
+        from .movenet import Arch, MoveNetLike
+        hint_net = MoveNetLike(Arch.from_teacher(tw), {}).eval().to(memory_format=torch.channels_last)
+        hint_net.load_teacher(tw)
+        for p in hint_net.parameters():
+            p.requires_grad_(False)
     while step < train_cfg.steps:
         b = batches.sample(train_cfg.batch)
+        if hint_net is not None:
+            with torch.no_grad():
+                b["teacher_features"] = hint_net.features(b["x"])
         losses = step_fn(model, b, train_cfg)
         loss = sum(losses.values())
         opt.zero_grad(set_to_none=True)
