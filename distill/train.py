@@ -39,7 +39,7 @@ class TrainConfig:
     bce_weight: float = 1.0          # keypoint score level
     sim_weight: float = 0.1          # DistilPose: simulated vs teacher heatmaps (a squared distance × map area)
     coord_weight: float = 5.0        # DistilPose: L1 on coordinates
-    hint_weight: float = 0.0         # FitNets-style hint on the teacher's stride-4 FPN features (off: no gain per CPU-minute)
+    hint_weight: float = 0.0         # FitNets hint on the teacher's FPN features (off: no gain per CPU-minute)
     holdout: int = 256               # last views of the cache, never trained on: the agreement curve
     calibration: int = 96            # views used to refit pruned blocks to the teacher's features
     eval_every: int = 250
