@@ -153,6 +153,12 @@ def _current_production(store, name: str):
     return store.manifest(name, store.aliases(name)["production"])
 
 
+def train_commands(meta: dict) -> list[str]:
+    """The training commands of a run, in order (a resumed run has several)."""
+    commands = meta.get("commands") or ([meta["command"]] if meta.get("command") else [])
+    return [c.split("  #")[0] for c in commands]
+
+
 def cmd_export(args) -> int:
     import torch
 
@@ -195,8 +201,9 @@ def cmd_export(args) -> int:
         "data": cache_meta.get("data", []),
         "excluded": cache_meta.get("exclude", []),
         "cache": {k: cache_meta.get(k) for k in ("count", "people", "seed", "teacher", "command") if k in cache_meta},
-        "command": " && ".join(c for c in (cache_meta.get("command"), state["meta"].get("command"), command_line(args))
-                               if c),
+        "command": " && ".join(c for c in (cache_meta.get("command"), *train_commands(state["meta"]),
+                                            command_line(args)) if c),
+        "train_resumed_at": state["meta"].get("resumed_at", []),
         "git_commit": git_commit(),
         "license": "weights derived from Google's MoveNet (Apache-2.0) on research-only data; research use",
     }

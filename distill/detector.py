@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .students import StudentConfig, build_student, calibrate, decode_centers, prepare
-from .train import TrainConfig, lr_lambda, make_optimizer, save_curve, warm_start_weights
+from .train import TrainConfig, lr_lambda, make_optimizer, resumed_meta, save_curve, warm_start_weights
 
 log = logging.getLogger("posekd.distill")
 
@@ -127,6 +127,7 @@ def fit_detector(cfg: StudentConfig, tc: TrainConfig, cache: DetectionCache, out
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             step, history = state["step"], state["history"]
+            meta = resumed_meta(state.get("meta", {}), meta, step)
     n = len(cache)
     if step == 0 and tw is not None:
         calib = np.arange(0, n, max(1, n // tc.calibration))[: tc.calibration]

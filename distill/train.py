@@ -95,6 +95,20 @@ class PoseBatches:
         return self.get(self.rng.choice(self.train_idx, batch, replace=len(self.train_idx) < batch))
 
 
+def resumed_meta(previous: dict, current: dict | None, step: int) -> dict:
+    """Keep every command that trained a run, in order (``command`` joins them with ``&&``), and the
+    steps at which it was resumed."""
+    current = dict(current or {})
+    commands = list(previous.get("commands") or ([previous["command"]] if previous.get("command") else []))
+    commands = [c.split("  #")[0] for c in commands]
+    if current.get("command"):
+        commands.append(current["command"])
+    current["commands"] = commands
+    current["command"] = " && ".join(commands)
+    current["resumed_at"] = [*previous.get("resumed_at", []), step]
+    return current
+
+
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     def f(step: int) -> float:
         if step < cfg.warmup:
@@ -260,6 +274,7 @@ def fit(student_cfg: StudentConfig, train_cfg: TrainConfig, cache: PoseCache, ou
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             step, history = state["step"], state["history"]
+            meta = resumed_meta(state.get("meta", {}), meta, step)
             log.info("resumed %s at step %d", ckpt, step)
     batches = PoseBatches(cache, student_cfg.size, train_cfg.holdout, train_cfg.seed + step)
     if step == 0 and tw is not None:

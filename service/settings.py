@@ -16,8 +16,8 @@ class Settings(BaseSettings):
 
     # --- model store -------------------------------------------------------------------------
     model_store: Path = Path("model_store")
-    default_pose_model: str = "movenet-thunder"
-    default_detector: str = "movenet-multipose"
+    default_pose_model: str = "pose-s"       # our distilled students, committed in model_store/
+    default_detector: str = "detector-s"
     default_alias: str = "production"
     store_poll_s: float = 10.0  # re-scan the store for changes this often; 0 turns polling off
     teachers: Path = _REPO_ROOT.parent / "shared" / "teachers"
