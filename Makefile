@@ -33,6 +33,7 @@ test: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(BIN)/posekd bench images
+	$(BIN)/posekd bench students
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check service distill tests bench
