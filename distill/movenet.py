@@ -70,9 +70,18 @@ def read_teacher(path: Path | str) -> TeacherWeights:
     if len(rest) % 3:
         raise ValueError(f"{path}: unexpected MobileNetV2 trunk ({len(trunk)} convs)")
     blocks = [rest[i:i + 3] for i in range(0, len(rest), 3)]
-    fpn = convs[out_idx + 1:out_idx + 11]
+    # the FPN's convs by name (their order in the graph differs between Thunder and MultiPose)
+    fpn_names = ["conv2d", "conv2d_1", "separable_conv2d", "re_lu", "conv2d_2", "separable_conv2d_1", "re_lu_1",
+                 "conv2d_3", "separable_conv2d_2", "re_lu_2"]
+    tail = convs[out_idx + 1:]
+    fpn = []
+    for key in fpn_names:
+        found = [c for c in tail if f"model_1/{key}/" in c.name]
+        if len(found) != 1:
+            raise ValueError(f"{path}: FPN conv {key!r} not found once ({len(found)})")
+        fpn.append(found[0])
     heads: dict[str, list[ConvW]] = {}
-    for c in convs[out_idx + 11:]:
+    for c in tail:
         m = re.search(r"/(\w+?)_0/", c.name)
         if m:
             heads.setdefault(m.group(1), []).append(c)

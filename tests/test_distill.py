@@ -390,3 +390,26 @@ def test_eval_harness_reproduces_the_teachers_readme_numbers():
     records = read_coco(ann)
     results, _ = predict(load_model("movenet-lightning"), records)
     assert coco_ap(ann, results, [r.image_id for r in records])["AP"] == pytest.approx(0.306, abs=0.005)
+
+
+@pytest.mark.data
+def test_torch_copy_of_multipose_reproduces_its_centre_heatmap(tmp_path):
+    """The detector student starts from MultiPose: its FPN convs come in another graph order than
+    Thunder's, so they are matched by name."""
+    import onnxruntime as ort
+
+    from distill.movenet import Arch, MoveNetLike, normalise, read_teacher
+    from distill.teachers_import import make_heads
+
+    make_heads(TEACHERS / "movenet_multipose.onnx", tmp_path / "heads.onnx")
+    tw = read_teacher(TEACHERS / "movenet_multipose.onnx")
+    net = MoveNetLike(Arch.from_teacher(tw), {"center": 1}).eval()
+    assert net.load_teacher(tw, {"center": "center"}) == ["center"]
+    image = cv2.resize(cv2.imread(str(DATA / "opencv_samples" / "basketball1.png")), (256, 256))
+    x = np.ascontiguousarray(image[..., ::-1])[None]
+    sess = ort.InferenceSession(str(tmp_path / "heads.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    outs = dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: x.astype(np.int32)})))
+    with torch.no_grad():
+        got = torch.sigmoid(net(normalise(torch.from_numpy(x)))["center"]).numpy()
+    assert np.abs(got - outs["center_heatmap"]).max() < 1e-4
