@@ -112,8 +112,16 @@ def cmd_train(args) -> int:
         model, summary = fit_detector(cfg, tc, DetectionCache(args.cache), args.out, resume=not args.restart,
                                       meta={"command": command_line(args), "cache": str(args.cache)})
     else:
+        init = None
+        if args.init:
+            from service.settings import get_settings
+            from service.store import ModelStore
+
+            from .teachers import load_model_bytes
+            init = load_model_bytes(args.init, store=ModelStore(args.store or get_settings().model_store))[1]
         model, summary = fit(cfg, tc, PoseCache(args.cache), args.out, resume=not args.restart,
-                             meta={"command": command_line(args), "cache": str(args.cache)})
+                             meta={"command": command_line(args), "cache": str(args.cache),
+                                   **({"init": args.init} if args.init else {})}, init=init)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -337,6 +345,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--threads", type=int, default=0)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    t.add_argument("--init", help="start from a registered student (e.g. pose-s:1): continue training in a "
+                                  "later session without its checkpoint")
+    t.add_argument("--store", help="model store for --init (default POSEKD_MODEL_STORE)")
     t.set_defaults(func=cmd_train)
 
     x = dsub.add_parser("export", help="export a run to ONNX, check parity, evaluate, register, gate")

@@ -247,8 +247,29 @@ def save_curve(history: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def load_exported(model: torch.nn.Module, onnx_bytes: bytes) -> list[str]:
+    """Start from a registered student: copy the weights its ONNX graph kept (initializers named
+    ``student.<parameter>``: the exported branch, trunk and decoder; other branches stay fresh).
+    Lets a later session continue a committed model without a checkpoint. Returns the loaded names."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load_from_string(onnx_bytes).graph
+    own = model.state_dict()
+    found = {}
+    for t in graph.initializer:
+        name = t.name.removeprefix("student.")
+        if name in own and tuple(own[name].shape) == tuple(t.dims):
+            found[name] = torch.from_numpy(numpy_helper.to_array(t).copy())
+    if not found:
+        raise ValueError("the ONNX graph has no initializers that match this student")
+    model.load_state_dict(found, strict=False)
+    return sorted(found)
+
+
 def fit(student_cfg: StudentConfig, train_cfg: TrainConfig, cache: PoseCache, out: Path | str, *,
-        resume: bool = True, progress: bool = True, meta: dict | None = None) -> tuple[torch.nn.Module, dict]:
+        resume: bool = True, progress: bool = True, meta: dict | None = None,
+        init: bytes | None = None) -> tuple[torch.nn.Module, dict]:
     """Train a pose or regression student on a pose cache; returns (model, summary)."""
     from tqdm import tqdm
 
@@ -277,7 +298,10 @@ def fit(student_cfg: StudentConfig, train_cfg: TrainConfig, cache: PoseCache, ou
             meta = resumed_meta(state.get("meta", {}), meta, step)
             log.info("resumed %s at step %d", ckpt, step)
     batches = PoseBatches(cache, student_cfg.size, train_cfg.holdout, train_cfg.seed + step)
-    if step == 0 and tw is not None:
+    if step == 0 and init is not None:
+        loaded = load_exported(model, init)
+        log.info("initialised %d tensors from the given exported model", len(loaded))
+    elif step == 0 and tw is not None:
         calib = batches.train_idx[:: max(1, len(batches.train_idx) // train_cfg.calibration)][: train_cfg.calibration]
         x = torch.from_numpy(np.ascontiguousarray(cache.images[np.sort(calib)]))
         if x.shape[1] != student_cfg.size:

@@ -413,3 +413,19 @@ def test_torch_copy_of_multipose_reproduces_its_centre_heatmap(tmp_path):
     with torch.no_grad():
         got = torch.sigmoid(net(normalise(torch.from_numpy(x)))["center"]).numpy()
     assert np.abs(got - outs["center_heatmap"]).max() < 1e-4
+
+
+def test_a_student_restarts_from_its_exported_onnx():
+    from distill.train import load_exported
+
+    cfg = StudentConfig("pose", 64, 1.0, 2, "none")
+    torch.manual_seed(1)
+    a = build_student(cfg, None)
+    data = to_onnx(PoseExport(a).eval(), cfg)
+    torch.manual_seed(2)
+    b = build_student(cfg, None)
+    loaded = load_exported(b, data)
+    assert "net.conv1.weight" in loaded and not any(n.startswith("net.heads.b1.") for n in loaded)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(PoseExport(a).eval()(x), PoseExport(b).eval()(x), atol=1e-6)
