@@ -62,7 +62,9 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, b
     neg = 1 - pos
     pos_loss = torch.log(p) * (1 - p) ** alpha * pos
     neg_loss = torch.log(1 - p) * p ** alpha * (1 - target) ** beta * neg
-    npos = pos.sum().clamp_min(1.0)
+    # normalised by the number of centres, but never by fewer than one per image: a batch of mostly
+    # empty views would otherwise scale the background loss up by hundreds (seen: loss spikes of 10^3)
+    npos = pos.sum().clamp_min(float(len(target)))
     return -(pos_loss.sum() + neg_loss.sum()) / npos
 
 

@@ -429,3 +429,20 @@ def test_a_student_restarts_from_its_exported_onnx():
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         assert torch.allclose(PoseExport(a).eval()(x), PoseExport(b).eval()(x), atol=1e-6)
+
+
+def test_detector_targets_and_focal_loss_stay_bounded_without_people():
+    from distill.detector import center_targets, focal_loss
+
+    boxes = np.zeros((2, 3, 5), np.float32)
+    boxes[0, 0] = (0.25, 0.25, 0.5, 0.75, 0.9)  # one person in the first view, none in the second
+    t = center_targets(boxes, 16)
+    assert t["mask"][0].sum() == 1 and t["mask"][1].sum() == 0
+    iy, ix = np.argwhere(t["mask"][0, 0])[0]
+    assert (iy, ix) == (8, 6) and t["heat"][0, 0, iy, ix] == 1.0
+    assert np.allclose(np.exp(t["size"][0, :, iy, ix]), [8.0, 4.0])  # height, width in cells
+    logits = torch.zeros(2, 1, 16, 16)  # p = 0.5 everywhere
+    loss = focal_loss(logits, torch.from_numpy(t["heat"]))
+    empty = focal_loss(logits, torch.zeros(2, 1, 16, 16))
+    assert float(empty) < 2 * 16 * 16  # normalised per image at least, not per (absent) centre
+    assert float(loss) > 0
