@@ -104,7 +104,8 @@ def cmd_train(args) -> int:
     overrides = {k: v for k, v in (("size", args.size), ("keep", args.keep), ("branches", args.branches),
                                    ("warm_start", args.warm_start)) if v}
     cfg = dataclasses.replace(cfg, **overrides)
-    tc = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, threads=args.threads or torch.get_num_threads(),
+    tc = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, warm_start_lr=args.warm_lr,
+                     threads=args.threads or torch.get_num_threads(),
                      eval_every=args.eval_every, holdout=args.holdout, gt_weight=args.gt_weight,
                      kl_weight=args.kl_weight, hint_weight=args.hint_weight, seed=args.seed)
     if cfg.kind == "detector":
@@ -332,7 +333,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", required=True)
     t.add_argument("--steps", type=int, default=3000)
     t.add_argument("--batch", type=int, default=32)
-    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--lr", type=float, default=1e-3, help="learning rate of freshly initialised parameters")
+    t.add_argument("--warm-lr", type=float, default=4e-4, help="learning rate of parameters copied from the teacher")
     t.add_argument("--size", type=int, help="override the preset's input size")
     t.add_argument("--keep", type=float, help="override the preset's kept channel fraction")
     t.add_argument("--branches", type=int, help="override the preset's OKDHP branch count")
