@@ -65,12 +65,24 @@ def parity(module: torch.nn.Module, onnx_bytes: bytes, cfg: StudentConfig, *, ba
         got = sess.run(None, {"image": x.numpy()})[0]
         if got.shape != ref.shape:
             raise AssertionError(f"ONNX output shape {got.shape} != torch {ref.shape}")
-        if cfg.kind == "detector":  # rows past the last real peak (score 0) are padding in any order
-            pad = (ref[..., 4:5] <= 1e-6) & (got[..., 4:5] <= 1e-6)
-            ref, got = np.where(pad, 0, ref), np.where(pad, 0, got)
+        if cfg.kind == "detector":
+            worst = max(worst, _box_rows_diff(ref, got))
+            continue
         worst = max(worst, float(np.abs(got - ref).max()))
     if worst > atol:
         raise AssertionError(f"ONNX differs from torch by {worst:.2e} (> {atol:.0e})")
+    return worst
+
+
+def _box_rows_diff(ref: np.ndarray, got: np.ndarray, min_score: float = 0.05) -> float:
+    """Detector outputs compared as sets of boxes: peaks with (nearly) equal scores may come out of
+    top-k in either order, and padding rows (no peak) carry no meaning. Every box scoring above
+    ``min_score`` in one output must have a twin in the other."""
+    worst = 0.0
+    for a, b in ((ref, got), (got, ref)):
+        for rows_a, rows_b in zip(a, b):
+            for row in rows_a[rows_a[:, 4] > min_score]:
+                worst = max(worst, float(np.abs(rows_b - row).max(-1).min()))
     return worst
 
 
