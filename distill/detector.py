@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .students import StudentConfig, build_student, calibrate, decode_centers, prepare
-from .train import TrainConfig, lr_lambda, make_optimizer, resumed_meta, save_curve, warm_start_weights
+from .students import StudentConfig, calibrate, decode_centers, prepare
+from .train import TrainConfig, TrainingRun
 
 log = logging.getLogger("posekd.distill")
 
@@ -107,58 +106,24 @@ def box_recall(model, cache: DetectionCache, idx: np.ndarray, iou: float = 0.5, 
 
 def fit_detector(cfg: StudentConfig, tc: TrainConfig, cache: DetectionCache, out: Path | str, *, resume: bool = True,
                  progress: bool = True, meta: dict | None = None):
-    from tqdm import tqdm
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    torch.manual_seed(tc.seed)
-    tw = warm_start_weights(cfg)
-    model = build_student(cfg, tw)
-    warm = {n for n, _ in model.named_parameters()
-            if not n.startswith("net.heads.") or n.startswith("net.heads.center.")}
-    opt = make_optimizer(model, tc, warm)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc))
-    ckpt = out / "checkpoint.pt"
-    step, history = 0, []
-    if resume and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if state["student"] == cfg.to_dict():
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            step, history = state["step"], state["history"]
-            meta = resumed_meta(state.get("meta", {}), meta, step)
+    run = TrainingRun(cfg, tc, out, lambda n: not n.startswith("net.heads.") or n.startswith("net.heads.center."),
+                      resume=resume, meta=meta, progress=progress, desc=f"distilling detector {Path(out).name}",
+                      curve_title=f"{Path(out).name}: detector (agreement = teacher-box recall@0.5)")
+    model, tw = run.model, run.tw
     n = len(cache)
-    if step == 0 and tw is not None:
+    if run.step == 0 and tw is not None:
         calib = np.arange(0, n, max(1, n // tc.calibration))[: tc.calibration]
         errors = calibrate(model, tw, torch.from_numpy(np.ascontiguousarray(cache.images[calib])))
         if errors:
             log.info("pruned blocks refitted to the teacher's features; relative errors %s",
                      " ".join(f"{e:.2f}" for e in errors))
-    model = model.to(memory_format=torch.channels_last)
+    model = run.model = model.to(memory_format=torch.channels_last)
     holdout = min(tc.holdout, max(0, n // 5))
     train_idx, val_idx = np.arange(0, n - holdout), np.arange(n - holdout, n)
-    rng = np.random.default_rng(tc.seed + step)
+    rng = np.random.default_rng(tc.seed + run.step)
     grid = cfg.size // 4
-    started = time.time()
-    smooth = None
-    bar = tqdm(total=tc.steps, initial=step, desc=f"distilling detector {out.name}", disable=not progress, unit="step")
-
-    def checkpoint():
-        rec = box_recall(model, cache, val_idx) if len(val_idx) else None
-        history.append({"step": step, **({"agreement": rec} if rec is not None else {}),
-                        "seconds": round(time.time() - started, 1)})
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "step": step, "history": history, "student": cfg.to_dict(), "train": tc.__dict__,
-                    "meta": meta or {}}, ckpt)
-        (out / "history.json").write_text(json.dumps(history))
-        save_curve(history, out / "curve.png", f"{out.name}: detector (agreement = teacher-box recall@0.5)")
-        return rec
-
     model.train()
-    while step < tc.steps:
+    while run.running:
         sel = np.sort(rng.choice(train_idx, tc.batch, replace=len(train_idx) < tc.batch))
         images = torch.from_numpy(np.ascontiguousarray(cache.images[sel]))
         boxes = cache.boxes[sel].copy()
@@ -168,25 +133,9 @@ def fit_detector(cfg: StudentConfig, tc: TrainConfig, cache: DetectionCache, out
             boxes[..., 2] = 1 - boxes[..., 0]
             boxes[..., 0] = x1
         t = {k: torch.from_numpy(v) for k, v in center_targets(boxes, grid).items()}
-        losses = detector_step(model, prepare(images), t, tc)
-        loss = sum(losses.values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        sched.step()
-        step += 1
-        smooth = float(loss) if smooth is None else 0.98 * smooth + 0.02 * float(loss)
-        if step % 10 == 0:
-            history.append({"step": step, "loss": round(smooth, 5),
-                            **{k: round(float(v), 5) for k, v in losses.items()}})
-            bar.set_postfix(loss=f"{smooth:.4f}")
-        bar.update(1)
-        if step % tc.eval_every == 0 or step == tc.steps:
-            rec = checkpoint()
+        if run.update(detector_step(model, prepare(images), t, tc)):
+            rec = box_recall(model, cache, val_idx) if len(val_idx) else None
+            run.save({"agreement": rec} if rec is not None else {})
             if rec is not None:
-                bar.write(f"step {step}: loss {smooth:.4f}, teacher-box recall {rec:.3f}")
-    bar.close()
-    model.eval()
-    last = [h for h in history if "agreement" in h]
-    return model, {"steps": step, "agreement": last[-1]["agreement"] if last else None}
+                run.report("teacher-box recall", rec)
+    return run.finish()

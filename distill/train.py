@@ -267,41 +267,101 @@ def load_exported(model: torch.nn.Module, onnx_bytes: bytes) -> list[str]:
     return sorted(found)
 
 
+class TrainingRun:
+    """What every student's training loop shares: build and warm-start the student, the optimiser and
+    schedule, resuming from ``OUT/checkpoint.pt``, the update step with a smoothed loss and progress bar,
+    and checkpoints (model, optimiser, history, curve image)."""
+
+    def __init__(self, cfg: StudentConfig, tc: TrainConfig, out: Path | str, warm: Callable[[str], bool], *,
+                 resume: bool, meta: dict | None, progress: bool, desc: str, curve_title: str):
+        from tqdm import tqdm
+
+        self.cfg, self.tc, self.curve_title = cfg, tc, curve_title
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        torch.manual_seed(tc.seed)
+        self.tw = warm_start_weights(cfg)
+        self.model = build_student(cfg, self.tw)
+        self.opt = make_optimizer(self.model, tc, {n for n, _ in self.model.named_parameters() if warm(n)})
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(tc))
+        self.history: list[dict] = []
+        self.step = 0
+        self.meta = meta
+        self.ckpt = self.out / "checkpoint.pt"
+        if resume and self.ckpt.exists():
+            state = torch.load(self.ckpt, map_location="cpu", weights_only=False)
+            if state["student"] == cfg.to_dict():
+                self.model.load_state_dict(state["model"])
+                self.opt.load_state_dict(state["optimizer"])
+                self.sched.load_state_dict(state["scheduler"])
+                self.step, self.history = state["step"], state["history"]
+                self.meta = resumed_meta(state.get("meta", {}), meta, self.step)
+                log.info("resumed %s at step %d", self.ckpt, self.step)
+        self.smooth: float | None = None
+        self.started = time.time()
+        self.bar = tqdm(total=tc.steps, initial=self.step, desc=desc, disable=not progress, unit="step")
+
+    @property
+    def running(self) -> bool:
+        return self.step < self.tc.steps
+
+    def update(self, losses: dict[str, torch.Tensor]) -> bool:
+        """One optimiser step on the summed losses; True when a checkpoint is due."""
+        loss = sum(losses.values())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
+        self.opt.step()
+        self.sched.step()
+        self.step += 1
+        value = float(loss.detach())
+        self.smooth = value if self.smooth is None else 0.98 * self.smooth + 0.02 * value
+        if self.step % 10 == 0:
+            self.history.append({"step": self.step, "loss": round(self.smooth, 5),
+                                 **{k: round(float(v), 5) for k, v in losses.items()}})
+            self.bar.set_postfix(loss=f"{self.smooth:.4f}")
+        self.bar.update(1)
+        return self.step % self.tc.eval_every == 0 or self.step == self.tc.steps
+
+    def save(self, evaluation: dict) -> None:
+        """A checkpoint with ``evaluation`` (e.g. the held-out agreement) added to the history."""
+        self.history.append({"step": self.step, **evaluation, "seconds": round(time.time() - self.started, 1)})
+        torch.save({"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                    "scheduler": self.sched.state_dict(), "step": self.step, "history": self.history,
+                    "student": self.cfg.to_dict(), "train": self.tc.__dict__, "meta": self.meta or {}}, self.ckpt)
+        (self.out / "history.json").write_text(json.dumps(self.history))
+        save_curve(self.history, self.out / "curve.png", self.curve_title)
+
+    def report(self, what: str, value: float) -> None:
+        self.bar.write(f"step {self.step}: loss {self.smooth:.4f}, {what} {value:.3f}")
+
+    def finish(self) -> tuple[torch.nn.Module, dict]:
+        self.bar.close()
+        self.model.eval()
+        last = [h for h in self.history if "agreement" in h]
+        return self.model, {"steps": self.step, "agreement": last[-1]["agreement"] if last else None,
+                            "seconds_this_run": round(time.time() - self.started, 1)}
+
+
 def fit(student_cfg: StudentConfig, train_cfg: TrainConfig, cache: PoseCache, out: Path | str, *,
         resume: bool = True, progress: bool = True, meta: dict | None = None,
         init: bytes | None = None) -> tuple[torch.nn.Module, dict]:
     """Train a pose or regression student on a pose cache; returns (model, summary)."""
-    from tqdm import tqdm
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if train_cfg.threads:
-        torch.set_num_threads(train_cfg.threads)
-    torch.manual_seed(train_cfg.seed)
-    tw = warm_start_weights(student_cfg)
-    model = build_student(student_cfg, tw)
-    warm_names = {n for n, _ in model.named_parameters()
-                  if n.startswith("net.") and not n.startswith("net.heads.")} | \
-        {n for n, _ in model.named_parameters() if n.startswith(("net.heads.b0.", "net.heads.attn."))}
-    opt = make_optimizer(model, train_cfg, warm_names)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(train_cfg))
-    history: list[dict] = []
-    step = 0
-    ckpt = out / "checkpoint.pt"
-    if resume and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if state["student"] == student_cfg.to_dict():
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            step, history = state["step"], state["history"]
-            meta = resumed_meta(state.get("meta", {}), meta, step)
-            log.info("resumed %s at step %d", ckpt, step)
-    batches = PoseBatches(cache, student_cfg.size, train_cfg.holdout, train_cfg.seed + step)
-    if step == 0 and init is not None:
+    run = TrainingRun(student_cfg, train_cfg, out,
+                      lambda n: (n.startswith("net.") and not n.startswith("net.heads."))
+                      or n.startswith(("net.heads.b0.", "net.heads.attn.")),
+                      resume=resume, meta=meta, progress=progress,
+                      desc=f"distilling {student_cfg.kind} {Path(out).name}",
+                      curve_title=f"{Path(out).name}: {student_cfg.kind}, keep {student_cfg.keep}, "
+                                  f"{student_cfg.size}px")
+    model, tw = run.model, run.tw
+    batches = PoseBatches(cache, student_cfg.size, train_cfg.holdout, train_cfg.seed + run.step)
+    if run.step == 0 and init is not None:
         loaded = load_exported(model, init)
         log.info("initialised %d tensors from the given exported model", len(loaded))
-    elif step == 0 and tw is not None:
+    elif run.step == 0 and tw is not None:
         calib = batches.train_idx[:: max(1, len(batches.train_idx) // train_cfg.calibration)][: train_cfg.calibration]
         x = torch.from_numpy(np.ascontiguousarray(cache.images[np.sort(calib)]))
         if x.shape[1] != student_cfg.size:
@@ -312,26 +372,16 @@ def fit(student_cfg: StudentConfig, train_cfg: TrainConfig, cache: PoseCache, ou
             log.info("pruned blocks refitted to the teacher's features; relative errors %s",
                      " ".join(f"{e:.2f}" for e in errors))
             ev = pose_agreement(model, batches, student_cfg.kind)
-            history.append({"step": 0, **ev, "seconds": 0.0})
+            run.history.append({"step": 0, **ev, "seconds": 0.0})
             if ev:
                 log.info("held-out agreement before training: %.3f", ev["agreement"])
-    model = model.to(memory_format=torch.channels_last)
+    model = run.model = model.to(memory_format=torch.channels_last)
     step_fn = regress_step if student_cfg.kind == "regress" else pose_step
     model.train()
-    smooth = None
-    started = time.time()
-    bar = tqdm(total=train_cfg.steps, initial=step, desc=f"distilling {student_cfg.kind} {out.name}",
-               disable=not progress, unit="step")
 
     def checkpoint():
         ev = pose_agreement(model, batches, student_cfg.kind)
-        history.append({"step": step, **ev, "seconds": round(time.time() - started, 1)})
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "step": step, "history": history, "student": student_cfg.to_dict(),
-                    "train": train_cfg.__dict__, "meta": meta or {}}, ckpt)
-        (out / "history.json").write_text(json.dumps(history))
-        save_curve(history, out / "curve.png", f"{out.name}: {student_cfg.kind}, keep {student_cfg.keep}, "
-                                               f"{student_cfg.size}px")
+        run.save(ev)
         return ev
 
     hint_net = None
@@ -341,34 +391,15 @@ def fit(student_cfg: StudentConfig, train_cfg: TrainConfig, cache: PoseCache, ou
         hint_net.load_teacher(tw)
         for p in hint_net.parameters():
             p.requires_grad_(False)
-    while step < train_cfg.steps:
+    while run.running:
         b = batches.sample(train_cfg.batch)
         if hint_net is not None:
             with torch.no_grad():
                 b["teacher_features"] = hint_net.features(b["x"])
-        losses = step_fn(model, b, train_cfg)
-        loss = sum(losses.values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        sched.step()
-        step += 1
-        value = float(loss.detach())
-        smooth = value if smooth is None else 0.98 * smooth + 0.02 * value
-        if step % 10 == 0:
-            history.append({"step": step, "loss": round(smooth, 5),
-                            **{k: round(float(v), 5) for k, v in losses.items()}})
-            bar.set_postfix(loss=f"{smooth:.4f}")
-        bar.update(1)
-        if step % train_cfg.eval_every == 0 or step == train_cfg.steps:
+        if run.update(step_fn(model, b, train_cfg)):
             ev = checkpoint()
             if ev:
-                bar.write(f"step {step}: loss {smooth:.4f}, held-out agreement {ev['agreement']:.3f}")
-    bar.close()
-    if not ckpt.exists() or torch.load(ckpt, map_location="cpu", weights_only=False)["step"] != step:
+                run.report("held-out agreement", ev["agreement"])
+    if not run.ckpt.exists() or torch.load(run.ckpt, map_location="cpu", weights_only=False)["step"] != run.step:
         checkpoint()
-    model.eval()
-    last = [h for h in history if "agreement" in h]
-    return model, {"steps": step, "agreement": last[-1]["agreement"] if last else None,
-                   "seconds_this_run": round(time.time() - started, 1)}
+    return run.finish()
