@@ -1,4 +1,4 @@
-"""``posekd`` command line: serve, models, bench, distill, eval, teachers."""
+"""``posekd`` command line: serve, worker, models, bench, distill, eval, teachers."""
 from __future__ import annotations
 
 import argparse
@@ -27,6 +27,17 @@ def cmd_serve(args) -> int:
     app = create_app(s, handle_signals=True)
     uvicorn.run(app, host=host, port=port, log_level=s.log_level, access_log=args.access_log)
     return 0
+
+
+def cmd_worker(args) -> int:
+    from .worker import serve
+
+    s = get_settings()
+    if args.name:
+        s = s.model_copy(update={"worker_name": args.name})
+    if args.device_id is not None:
+        s = s.model_copy(update={"cuda_device_id": args.device_id})
+    return serve(s, args.metrics_port)
 
 
 # ---- models -----------------------------------------------------------------------------------
@@ -165,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--access-log", action="store_true")
     serve.set_defaults(func=cmd_serve)
 
+    worker = sub.add_parser("worker", help="serve the Redis request stream (needs POSEKD_REDIS_URL)")
+    worker.add_argument("--metrics-port", type=int, help="Prometheus port (default POSEKD_METRICS_PORT, 9100; 0: off)")
+    worker.add_argument("--name", help="consumer name in the group (default POSEKD_WORKER_NAME or host-pid)")
+    worker.add_argument("--device-id", type=int, help="CUDA device (default POSEKD_CUDA_DEVICE_ID)")
+    worker.set_defaults(func=cmd_worker)
+
     models = sub.add_parser("models", help="inspect and change the model store")
     models.add_argument("--store", help="store root (default POSEKD_MODEL_STORE or ./model_store)")
     msub = models.add_subparsers(dest="models_command", required=True)
@@ -201,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(func=cmd_models_import)
 
     bench = sub.add_parser("bench", help="benchmarks (bench/); results go to bench/RESULTS.md")
-    bench.add_argument("what", choices=["images", "students"])
+    bench.add_argument("what", choices=["images", "students", "queue"])
     bench.set_defaults(func=None)
 
     for register in _plugins():

@@ -43,3 +43,15 @@ def publish_models(registry) -> None:
         aliases = [a for a, v in registry.served_aliases(served.name).items() if v == served.version]
         for alias in aliases or [""]:
             MODEL_INFO.labels(served.name, str(served.version), alias).set(1)
+
+# ---- Redis mode (scale-out) -------------------------------------------------------------------
+WORKERS = Gauge("posekd_workers_ready", "Workers whose heartbeat is fresh, as seen by this API replica",
+                registry=REGISTRY)
+BROKER_ERRORS = Counter("posekd_broker_errors_total", "Failed Redis operations, by side (api or worker)",
+                        ["side"], registry=REGISTRY)
+WORKER_ENTRIES = Counter("posekd_worker_entries_total",
+                         "Request-stream entries a worker finished, by outcome: ok, error (answered with an "
+                         "error), skipped (cancelled or past its deadline), dead_letter (failed too often)",
+                         ["outcome"], registry=REGISTRY)
+RECLAIMED = Counter("posekd_reclaimed_total", "Entries taken over from a worker that stopped answering",
+                    registry=REGISTRY)

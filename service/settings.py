@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -37,6 +37,20 @@ class Settings(BaseSettings):
     request_timeout_s: float = 30.0
     workers: int = 1  # in-process inference threads
 
+    # --- Redis mode (POSEKD_REDIS_URL set): API replicas and `posekd worker` processes ---------------
+    redis_prefix: str = "posekd"  # every key starts with it (service/broker/keys.py)
+    redis_payload: Literal["encoded", "raw"] = "encoded"  # uploaded bytes, or decoded pixels (bench queue)
+    redis_connect_timeout_s: float = 1.0  # a Redis that does not answer in time means 503, not a hang
+    redis_op_timeout_s: float = 2.0
+    visibility_timeout_s: float = 30.0  # an entry idle this long in a worker's hands is taken over
+    max_deliveries: int = 3  # an entry delivered this often is answered with an error, not retried
+    reply_ttl_s: float = 300.0  # reply streams of vanished API replicas expire after this
+    require_workers: bool = True  # 503 at once when no worker heartbeat is fresh (false for scale-to-zero)
+    worker_heartbeat_s: float = 2.0
+    worker_stale_s: float = 10.0  # a worker whose heartbeat is older counts as gone
+    worker_name: str | None = None  # consumer name in the group; default host-pid
+    metrics_port: int = 9100  # `posekd worker` serves Prometheus metrics here
+
     # --- request limits ----------------------------------------------------------------------
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
@@ -66,7 +80,7 @@ class Settings(BaseSettings):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
 
-    @field_validator("max_batch", "queue_max", "max_batch_images", "pose_max_batch", "workers")
+    @field_validator("max_batch", "queue_max", "max_batch_images", "pose_max_batch", "workers", "max_deliveries")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value < 1:

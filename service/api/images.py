@@ -108,11 +108,9 @@ def reduction_for(kind: str, w: int, h: int, max_side: int) -> int:
     return factor
 
 
-def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, max_side: int = 0) -> tuple[np.ndarray, float]:
-    """The decoded BGR image and the factor from its pixels to the original's (1.0, or 2/4/8 for a
-    large JPEG decoded reduced, see :func:`reduction_for`)."""
-    import cv2
-
+def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[str, int, int]:
+    """(format, width, height) from the bytes and the header alone, with every limit checked: what
+    the API does before an upload goes to a worker that decodes it."""
     if not data:
         raise InvalidImage("the image is empty")
     if len(data) > max_bytes:
@@ -130,6 +128,15 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, max_side: int 
         raise InvalidImage(f"the image claims a size of {w}×{h}")
     if w * h > max_pixels:
         raise PayloadTooLarge(f"the image is {w}×{h} = {w * h} pixels; the limit is {max_pixels}")
+    return kind, w, h
+
+
+def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, max_side: int = 0) -> tuple[np.ndarray, float]:
+    """The decoded BGR image and the factor from its pixels to the original's (1.0, or 2/4/8 for a
+    large JPEG decoded reduced, see :func:`reduction_for`)."""
+    import cv2
+
+    kind, w, h = inspect_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
     factor = reduction_for(kind, w, h, max_side)
     flag = getattr(cv2, _REDUCED[factor]) if factor > 1 else cv2.IMREAD_COLOR
     image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)  # applies EXIF orientation

@@ -21,6 +21,9 @@ async def _readiness(request: Request) -> tuple[bool, dict]:
     broker_ok = await state.broker.ready()
     models_ok = state.models_ready()
     detail = {"broker": broker_ok, "models": models_ok, "default_models": state.default_specs()}
+    workers = getattr(state.broker, "workers", None)
+    if workers is not None:
+        detail["workers"] = workers
     if state.preload_errors:
         detail["errors"] = state.preload_errors
     return broker_ok and models_ok, detail
@@ -66,7 +69,7 @@ def _metadata(state, name: str, version: int | None) -> dict:
     served = next((s for s in state.registry.loaded() if s.name == name and s.version == version), None)
     spec = m.input
     shape = [-1, 3, spec.height, spec.width] if spec.layout == "NCHW" else [-1, spec.height, spec.width, 3]
-    if served is not None:
+    if served is not None and served.runner is not None:
         outputs = [{"name": o.name, "datatype": _ORT_DTYPES.get(o.type, o.type),
                     "shape": [d if isinstance(d, int) else -1 for d in o.shape]}
                    for o in served.runner.session.get_outputs() if o.name in served.runner.output_names]

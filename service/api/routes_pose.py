@@ -1,6 +1,8 @@
 """``POST /v1/pose`` and ``POST /v1/pose/batch``."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -16,7 +18,7 @@ from ..keypoints import COCO17
 from ..pipeline import ImageTask
 from ..store import ModelSpec
 from .bodies import form_files, is_multipart, read_body
-from .images import check_declared_type, decode_image
+from .images import check_declared_type, decode_image, inspect_image
 from .schemas import BatchResponse, ErrorResponse, PoseResponse
 from .security import RequireKey
 
@@ -67,8 +69,56 @@ async def _resolve(state, spec: str, task: str) -> tuple[str, dict]:
     return f"{served.name}:{served.version}", {"name": served.name, "version": served.version}
 
 
+async def _read_images(state, images: list[bytes]) -> list[tuple]:
+    """(pixels, scale, data) per upload. A broker whose workers decode elsewhere (Redis, ``encoded``
+    payload) gets the checked bytes: the header is read here, the pixels by the worker."""
+    s = state.settings
+    decode = getattr(state.broker, "wants_pixels", True)
+    out = []
+    for i, data in enumerate(images):
+        try:
+            if decode:
+                image, scale = await run_in_threadpool(decode_image, data, max_bytes=s.max_image_bytes,
+                                                       max_pixels=s.max_image_pixels, max_side=s.decode_max_side)
+                out.append((image, scale, None))
+            else:
+                inspect_image(data, max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels)
+                out.append((None, 1.0, data))
+        except PoseKDError as exc:
+            if len(images) > 1:
+                exc.message = f"image {i}: {exc.message}"
+            raise
+    return out
+
+
+async def _until_disconnect(request: Request) -> None:
+    """Returns when the client goes away (the body is already read, so only a disconnect can come)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _submit(request: Request, job: PoseJob, timeout: float) -> JobResult:
+    """The broker's answer, unless the client disconnects first: then the wait is cancelled and the
+    broker drops the job (workers skip it), so no work is done for nobody."""
+    broker = request.app.state.service.broker
+    answer = asyncio.ensure_future(broker.submit(job, timeout))
+    gone = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if answer.done():
+        return answer.result()
+    answer.cancel()
+    with contextlib.suppress(asyncio.CancelledError, PoseKDError):
+        await answer
+    raise PoseKDError("the client closed the connection before the answer", code="client_closed", status=499)
+
+
 async def _run(request: Request, images: list[bytes], model, detector, min_score, max_people,
-               boxes) -> tuple[list, dict, dict | None, JobResult]:
+               boxes) -> JobResult:
     state = request.app.state.service
     s = state.settings
     if max_people is not None and max_people > s.max_people:
@@ -76,31 +126,22 @@ async def _run(request: Request, images: list[bytes], model, detector, min_score
     max_people = max_people or s.max_people
     min_score = s.min_score if min_score is None else min_score
     parsed_boxes = _parse_boxes(boxes, s.max_people)
-    decoded = []
-    for i, data in enumerate(images):
-        try:
-            decoded.append(await run_in_threadpool(decode_image, data, max_bytes=s.max_image_bytes,
-                                                   max_pixels=s.max_image_pixels, max_side=s.decode_max_side))
-        except PoseKDError as exc:
-            if len(images) > 1:
-                exc.message = f"image {i}: {exc.message}"
-            raise
+    decoded = await _read_images(state, images)
     pose_ref, pose_info = await _resolve(state, model or s.default_pose_model, "pose")
     det_ref, det_info = None, None
     if parsed_boxes is None:
         det_ref, det_info = await _resolve(state, detector or s.default_detector, "person_detection")
-    tasks = [ImageTask(im, parsed_boxes, min_score, max_people, scale) for im, scale in decoded]
-    result = await state.broker.submit(PoseJob(pose_ref, det_ref, tasks), s.request_timeout_s)
-    return decoded, pose_info, det_info, result
+    tasks = [ImageTask(im, parsed_boxes, min_score, max_people, scale, data) for im, scale, data in decoded]
+    result = await _submit(request, PoseJob(pose_ref, det_ref, tasks), s.request_timeout_s)
+    return pose_info, det_info, result
 
 
-def _image_response(decoded, res, pose_info, det_info, queue_s, t0) -> dict:
-    image, scale = decoded
+def _image_response(res, pose_info, det_info, queue_s, t0) -> dict:
     return {
         "id": uuid.uuid4().hex,
         "model": pose_info,
         "detector": det_info,
-        "image": {"width": round(image.shape[1] * scale), "height": round(image.shape[0] * scale)},
+        "image": {"width": res.size[0], "height": res.size[1]},
         "keypoint_names": list(COCO17),
         "people": [p.as_dict() for p in res.people],
         "timing_ms": {"queue": round(queue_s * 1000, 2), "inference": round(res.timing_ms["inference"], 2),
@@ -122,9 +163,8 @@ async def pose(request: Request, model: str | None = ModelQ, detector: str | Non
     else:
         check_declared_type(request.headers.get("content-type"))
         data = await read_body(request, s.max_image_bytes)
-    decoded, pose_info, det_info, result = await _run(request, [data], model, detector, min_score,
-                                                      max_people, boxes)
-    return JSONResponse(_image_response(decoded[0], result.results[0], pose_info, det_info, result.queue_s, t0))
+    pose_info, det_info, result = await _run(request, [data], model, detector, min_score, max_people, boxes)
+    return JSONResponse(_image_response(result.results[0], pose_info, det_info, result.queue_s, t0))
 
 
 @router.post("/pose/batch", response_model=BatchResponse, responses=_ERRORS, openapi_extra=_BATCH_BODY,
@@ -140,9 +180,7 @@ async def pose_batch(request: Request, model: str | None = ModelQ, detector: str
                           code="unsupported_media_type", status=415)
     body = await read_body(request, s.max_image_bytes * s.max_batch_images + 64 * 1024)
     files = await form_files(request, body, "images", s.max_batch_images)
-    decoded, pose_info, det_info, result = await _run(request, files, model, detector, min_score,
-                                                      max_people, boxes)
-    results = [_image_response(im, res, pose_info, det_info, result.queue_s, t0)
-               for im, res in zip(decoded, result.results)]
+    pose_info, det_info, result = await _run(request, files, model, detector, min_score, max_people, boxes)
+    results = [_image_response(res, pose_info, det_info, result.queue_s, t0) for res in result.results]
     return JSONResponse({"results": results,
                          "timing_ms": {"total": round((time.perf_counter() - t0) * 1000, 2)}})

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from .. import metrics
 from ..broker import Broker, LocalBroker
+from ..broker.redis import RedisBroker
 from ..pipeline import PosePipeline
 from ..pipeline.runtime import OnnxModel
 from ..settings import Settings
@@ -26,24 +27,35 @@ class ServiceState:
     @classmethod
     def build(cls, settings: Settings) -> ServiceState:
         store = ModelStore(settings.model_store)
-        registry = ModelRegistry(store, lambda m, data: OnnxModel.from_settings(m, data, settings),
-                                 default_alias=settings.default_alias)
+        # In Redis mode the workers run the models; the API only verifies them (sha256) and resolves names.
+        loader = (lambda m, data: None) if settings.redis_url else (
+            lambda m, data: OnnxModel.from_settings(m, data, settings))
+        registry = ModelRegistry(store, loader, default_alias=settings.default_alias)
         registry.on_change(lambda: metrics.publish_models(registry))
         pipeline = PosePipeline.from_settings(settings)
+        broker: Broker
         if settings.redis_url:
-            raise NotImplementedError("Redis mode (POSEKD_REDIS_URL) arrives with the queue issue; "
-                                      "unset it to run embedded")
-        broker = LocalBroker(pipeline, registry, max_batch=settings.max_batch,
-                             max_delay_ms=settings.max_delay_ms, queue_max=settings.queue_max,
-                             workers=settings.workers)
+            broker = RedisBroker(settings.redis_url, prefix=settings.redis_prefix, queue_max=settings.queue_max,
+                                 payload=settings.redis_payload, connect_timeout_s=settings.redis_connect_timeout_s,
+                                 op_timeout_s=settings.redis_op_timeout_s, reply_ttl_s=settings.reply_ttl_s,
+                                 worker_stale_s=settings.worker_stale_s, require_workers=settings.require_workers)
+        else:
+            broker = LocalBroker(pipeline, registry, max_batch=settings.max_batch,
+                                 max_delay_ms=settings.max_delay_ms, queue_max=settings.queue_max,
+                                 workers=settings.workers)
         return cls(settings, store, registry, pipeline, broker, {})
+
+    @property
+    def runs_models(self) -> bool:
+        """False in Redis mode: the workers load and run the models; the API only resolves names."""
+        return isinstance(self.broker, LocalBroker)
 
     def default_specs(self) -> list[str]:
         return [self.settings.default_pose_model, self.settings.default_detector]
 
     def preload(self) -> None:
         self.preload_errors = self.registry.preload(self.default_specs())
-        if not self.preload_errors:
+        if not self.preload_errors and self.runs_models:
             self.warm_up()
         for spec, err in self.preload_errors.items():
             log.error("default model %s is not served: %s", spec, err)

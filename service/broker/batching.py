@@ -27,10 +27,12 @@ def gather(first: PoseJob, take: Callable[[float], PoseJob | None], max_batch: i
     return batch
 
 
-def execute(pipeline: PosePipeline, registry: ModelRegistry, jobs: list[PoseJob]) -> list[JobResult | Exception]:
+def execute(pipeline: PosePipeline, registry: ModelRegistry, jobs: list[PoseJob],
+            clock: Callable[[], float] = time.perf_counter) -> list[JobResult | Exception]:
     """Run a batch; one outcome per job, in order. A job whose models fail gets its exception,
-    the rest of the batch still runs."""
-    start = time.perf_counter()
+    the rest of the batch still runs. ``clock`` is the one ``job.enqueued_at`` was read from
+    (``time.time`` when the job crossed machines)."""
+    start = clock()
     outcomes: list[JobResult | Exception | None] = [None] * len(jobs)
     groups: dict[tuple[str, str | None], list[int]] = defaultdict(list)
     for i, job in enumerate(jobs):

@@ -17,12 +17,13 @@ from .decoders import DETECTION_DECODERS, POSE_DECODERS
 
 @dataclass
 class ImageTask:
-    image: np.ndarray  # BGR uint8, H×W×3
+    image: np.ndarray | None  # BGR uint8, H×W×3 (None only while the upload is still encoded, see data)
     boxes: np.ndarray | None = None  # client boxes (M, 4) in image pixels: skip detection
     min_score: float = 0.2
     max_people: int = 20
     scale: float = 1.0  # original pixels per pixel of ``image`` (> 1 when decoded reduced); boxes and
     # results are in original pixels
+    data: bytes | None = None  # the uploaded bytes, when a worker elsewhere decodes them (Redis broker)
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Person:
 class ImageResult:
     people: list[Person] = field(default_factory=list)
     timing_ms: dict[str, float] = field(default_factory=dict)
+    size: tuple[int, int] = (0, 0)  # (width, height) of the original image
 
 
 def nms(boxes: np.ndarray, iou: float) -> np.ndarray:
@@ -154,6 +156,7 @@ class PosePipeline:
             people.sort(key=lambda p: -p.score)
             people = people[: task.max_people]
             metrics.PEOPLE.observe(len(people))
+            size = (round(task.image.shape[1] * task.scale), round(task.image.shape[0] * task.scale))
             results.append(ImageResult(people, {"detect": (t1 - t0) * 1000, "pose": (t2 - t1) * 1000,
-                                                "inference": (t2 - t0) * 1000}))
+                                                "inference": (t2 - t0) * 1000}, size))
         return results

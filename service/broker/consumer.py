@@ -1,0 +1,252 @@
+"""Redis Streams broker, worker side: read the request stream as a member of the consumer group,
+batch across requests (``max_batch`` images or ``max_delay_ms``, whichever comes first), run the
+pipeline, then — in one MULTI — write every reply, acknowledge and delete the entries. An entry is
+acknowledged only once its reply is written.
+
+Entries whose worker died stay pending in the group; any worker takes them over (XCLAIM) once they
+have been idle for ``visibility_timeout_s``. An entry delivered ``max_deliveries`` times is answered
+with an error instead of being tried again (it may be what kills workers). Entries of a cancelled job
+or past their deadline are acknowledged without running."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+
+from .. import metrics
+from ..errors import PoseKDError
+from ..pipeline import PosePipeline
+from ..store import ModelRegistry
+from . import codec
+from .base import PoseJob
+from .batching import execute
+from .keys import GROUP, RedisKeys
+
+log = logging.getLogger("posekd.worker")
+
+
+class StreamConsumer:
+    def __init__(self, url: str, name: str, pipeline: PosePipeline, registry: ModelRegistry, settings, *,
+                 prefix: str = "posekd", max_batch: int = 8, max_delay_ms: float = 5.0,
+                 visibility_timeout_s: float = 30.0, max_deliveries: int = 3, reply_ttl_s: float = 300.0,
+                 heartbeat_s: float = 2.0, connect_timeout_s: float = 1.0, block_ms: int = 1000):
+        self.url = url
+        self.name = name
+        self.pipeline = pipeline
+        self.registry = registry
+        self.settings = settings  # image limits for decoding uploads
+        self.keys = RedisKeys(prefix)
+        self.max_batch = max_batch
+        self.max_delay = max_delay_ms / 1000.0
+        self.visibility_ms = int(visibility_timeout_s * 1000)
+        self.max_deliveries = max_deliveries
+        self.reply_ttl = int(reply_ttl_s)
+        self.heartbeat_s = heartbeat_s
+        self.connect_timeout_s = connect_timeout_s
+        self.block_ms = block_ms  # longest wait for new entries: how soon a stop is noticed
+        self.batches = 0
+        self._next_reclaim = 0.0
+        self._redis = None
+
+    # ---- main loop ---------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set; then finish and acknowledge the batch in hand and return."""
+        from redis import asyncio as aioredis
+        from redis.exceptions import RedisError
+
+        self._redis = aioredis.from_url(self.url, socket_connect_timeout=self.connect_timeout_s,
+                                        socket_timeout=5.0, health_check_interval=15)
+        beat = asyncio.get_running_loop().create_task(self._heartbeat(stop))
+        backoff, grouped = 0.1, False
+        try:
+            while not stop.is_set():
+                try:
+                    if not grouped:
+                        await self._ensure_group()
+                        grouped = True
+                    entries = await self._reclaim() or await self._read(stop)
+                    if entries:
+                        await self._process(entries)
+                    backoff = 0.1
+                except RedisError as exc:
+                    if "NOGROUP" in str(exc):  # Redis restarted empty: make the group again
+                        grouped = False
+                        continue
+                    metrics.BROKER_ERRORS.labels("worker").inc()
+                    log.warning("Redis error (%s); retrying in %.1f s", exc, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await beat
+            with contextlib.suppress(Exception):
+                await self._redis.zrem(self.keys.workers, self.name)
+            with contextlib.suppress(Exception):
+                await self._redis.aclose()
+            log.info("worker %s stopped after %d batches", self.name, self.batches)
+
+    async def _ensure_group(self) -> None:
+        from redis.exceptions import ResponseError
+        try:  # id 0: entries added before the group existed are served too
+            await self._redis.xgroup_create(self.keys.requests, GROUP, id="0", mkstream=True)
+            log.info("created consumer group %s on %s", GROUP, self.keys.requests)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
+        from redis.exceptions import RedisError
+        while not stop.is_set():
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.zadd(self.keys.workers, {self.name: time.time()})
+                    pipe.xlen(self.keys.requests)
+                    _, depth = await pipe.execute()
+                metrics.QUEUE_DEPTH.labels(self.keys.requests).set(depth)
+            except RedisError as exc:
+                log.debug("heartbeat failed: %s", exc)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.heartbeat_s)
+
+    # ---- reading -----------------------------------------------------------------------------
+    async def _read(self, stop: asyncio.Event) -> list:
+        """Up to ``max_batch`` new entries: block (at most ``block_ms``, to notice ``stop``) for the
+        first, then wait at most ``max_delay`` for company."""
+        got = await self._xread(self.max_batch, self.block_ms)
+        if not got:
+            return []
+        deadline = time.perf_counter() + self.max_delay
+        while len(got) < self.max_batch and not stop.is_set():
+            left_ms = int((deadline - time.perf_counter()) * 1000)
+            if left_ms < 1:  # BLOCK 0 would wait forever
+                break
+            more = await self._xread(self.max_batch - len(got), left_ms)
+            if not more:
+                break
+            got += more
+        return got
+
+    async def _xread(self, count: int, block_ms: int) -> list:
+        streams = await self._redis.xreadgroup(GROUP, self.name, {self.keys.requests: ">"}, count=count,
+                                               block=block_ms)
+        return [e for _, entries in streams or [] for e in entries]
+
+    async def _reclaim(self) -> list:
+        """Entries idle past the visibility timeout in any consumer's hands, now in ours."""
+        now = time.monotonic()
+        if now < self._next_reclaim:
+            return []
+        self._next_reclaim = now + max(self.visibility_ms / 4000.0, 0.2)
+        pending = await self._redis.xpending_range(self.keys.requests, GROUP, min="-", max="+",
+                                                   count=self.max_batch, idle=self.visibility_ms)
+        if not pending:
+            return []
+        ids = [p["message_id"] for p in pending]
+        tries = {p["message_id"]: p["times_delivered"] for p in pending}
+        claimed = await self._redis.xclaim(self.keys.requests, GROUP, self.name, self.visibility_ms, ids)
+        live, dead, gone = [], [], []
+        for entry_id, fields in claimed:
+            if not fields:  # deleted meanwhile (cancelled): just forget it
+                gone.append(entry_id)
+            elif tries.get(entry_id, 0) >= self.max_deliveries:
+                dead.append((entry_id, fields))
+            else:
+                live.append((entry_id, fields))
+        if gone:
+            await self._redis.xack(self.keys.requests, GROUP, *gone)
+        if live:
+            metrics.RECLAIMED.inc(len(live))
+            log.warning("reclaimed %d entries idle for more than %d ms", len(live), self.visibility_ms)
+        if dead:
+            await self._dead_letter(dead)
+        return live
+
+    async def _dead_letter(self, entries: list) -> None:
+        replies = []
+        for entry_id, fields in entries:
+            try:
+                req = codec.Request.parse(entry_id, fields)
+            except (KeyError, ValueError):
+                replies.append((entry_id, None))
+                continue
+            log.error("entry %s of job %s failed on %d deliveries; answering with an error", req.entry_id,
+                      req.job_id, self.max_deliveries)
+            exc = PoseKDError(f"the request failed on {self.max_deliveries} workers and was given up",
+                              code="worker_failed", status=500)
+            replies.append((entry_id, (req.reply, codec.reply_error(req, exc, self.name))))
+        await self._finish(replies)
+        metrics.WORKER_ENTRIES.labels("dead_letter").inc(len(entries))
+
+    # ---- processing --------------------------------------------------------------------------
+    async def _process(self, entries: list) -> None:
+        requests, finished = [], []
+        for entry_id, fields in entries:
+            try:
+                requests.append(codec.Request.parse(entry_id, fields))
+            except (KeyError, ValueError, TypeError) as exc:
+                log.error("dropping malformed entry %s: %s", entry_id, exc)
+                finished.append((entry_id, None))
+        # skip what nobody waits for any more: cancelled jobs and passed deadlines
+        now = time.time()
+        jobs = sorted({r.job_id for r in requests})
+        flags = dict(zip(jobs, await self._redis.mget([self.keys.cancelled(j) for j in jobs]))) if jobs else {}
+        live = []
+        for req in requests:
+            if flags.get(req.job_id) or req.deadline < now:
+                finished.append((req.entry_id, None))
+                metrics.WORKER_ENTRIES.labels("skipped").inc()
+            else:
+                live.append(req)
+        if live:
+            finished += await asyncio.to_thread(self._run, live)
+            self.batches += 1
+        await self._finish(finished)
+
+    def _run(self, requests: list[codec.Request]) -> list:
+        """Decode and run one batch (in a thread: ONNX Runtime releases the GIL); a reply per request."""
+        out, ready = [], []
+        for req in requests:
+            try:
+                req.decode(self.settings)
+                ready.append(req)
+            except Exception as exc:
+                out.append((req.entry_id, (req.reply, codec.reply_error(req, exc, self.name))))
+                metrics.WORKER_ENTRIES.labels("error").inc()
+        jobs = [PoseJob(r.pose_ref, r.detector_ref, [r.task], id=r.entry_id, enqueued_at=r.enqueued)
+                for r in ready]
+        try:
+            outcomes = execute(self.pipeline, self.registry, jobs, clock=time.time) if jobs else []
+        except Exception as exc:  # never lose the batch: answer every request with the error
+            log.exception("batch failed")
+            outcomes = [exc] * len(jobs)
+        for req, outcome in zip(ready, outcomes):
+            if isinstance(outcome, BaseException):
+                reply = codec.reply_error(req, outcome, self.name)
+                metrics.WORKER_ENTRIES.labels("error").inc()
+            else:
+                reply = codec.reply_ok(req, outcome.results[0], outcome.queue_s, outcome.batch_images, self.name)
+                metrics.WORKER_ENTRIES.labels("ok").inc()
+            out.append((req.entry_id, (req.reply, reply)))
+        return out
+
+    async def _finish(self, finished: list) -> None:
+        """Write the replies, then acknowledge and delete the entries, all in one MULTI/EXEC: an entry is
+        never acknowledged without its reply. On failure the entries stay pending and are reclaimed."""
+        if not finished:
+            return
+        by_stream = defaultdict(list)
+        for _, reply in finished:
+            if reply is not None:
+                by_stream[reply[0]].append(reply[1])
+        ids = [entry_id for entry_id, _ in finished]
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for stream, replies in by_stream.items():
+                for fields in replies:
+                    pipe.xadd(stream, fields, maxlen=10_000, approximate=True)
+                pipe.expire(stream, self.reply_ttl)
+            pipe.xack(self.keys.requests, GROUP, *ids)
+            pipe.xdel(self.keys.requests, *ids)
+            await pipe.execute()

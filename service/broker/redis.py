@@ -1,0 +1,280 @@
+"""Redis Streams broker, API side: each image of a job becomes an entry of the request stream (added
+atomically with a length check, so the queue is bounded), workers in a consumer group answer on this
+replica's reply stream, and a reader task hands each reply to the request waiting for it.
+
+Failure handling: a Redis that does not answer makes ``submit`` fail fast with ``Overloaded`` (503,
+``Retry-After``); the client reconnects by itself when Redis is back. Requests waiting when the
+connection to Redis is lost are answered 503 at once rather than left to time out. A request that
+times out or whose client went away marks its job cancelled and deletes its entries, so workers do not
+compute answers for nobody. Replies that arrive twice (an entry reclaimed from a slow worker) are
+dropped."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+
+from .. import metrics
+from ..errors import Overloaded, PoseKDError, Timeout
+from ..pipeline import ImageResult
+from . import codec
+from .base import Broker, JobResult, PoseJob
+from .keys import RedisKeys
+
+log = logging.getLogger("posekd.broker.redis")
+
+# KEYS[1] request stream; ARGV: max length, entry count, then per entry its field count and fields.
+# Adds every entry or none: the job is refused when it would push the stream past the limit.
+_ADD = """
+local len = redis.call('XLEN', KEYS[1])
+local n = tonumber(ARGV[2])
+if len + n > tonumber(ARGV[1]) then return {-1, len} end
+local out = {len + n}
+local pos = 3
+for e = 1, n do
+  local count = tonumber(ARGV[pos])
+  out[#out + 1] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, pos + 1, pos + count))
+  pos = pos + count + 1
+end
+return out
+"""
+
+
+class _Waiter:
+    """Collects the per-image replies of one job."""
+
+    def __init__(self, size: int, future: asyncio.Future):
+        self.results: list[ImageResult | None] = [None] * size
+        self.queue_s = 0.0
+        self.batch = 0
+        self.future = future
+
+    def add(self, reply: codec.Reply) -> None:
+        if self.future.done() or not 0 <= reply.index < len(self.results) or self.results[reply.index]:
+            return  # late, duplicate (reclaimed entry answered twice) or foreign
+        outcome = reply.outcome()
+        if isinstance(outcome, PoseKDError):
+            self.future.set_exception(outcome)
+            return
+        self.results[reply.index] = outcome
+        self.queue_s = max(self.queue_s, reply.body["queue_s"])
+        self.batch = max(self.batch, reply.body["batch"])
+        if all(r is not None for r in self.results):
+            self.future.set_result(JobResult(self.results, self.queue_s, self.batch))
+
+
+class RedisBroker(Broker):
+    name = "redis"
+
+    def __init__(self, url: str, *, prefix: str = "posekd", queue_max: int = 256, payload: str = "encoded",
+                 connect_timeout_s: float = 1.0, op_timeout_s: float = 2.0, reply_ttl_s: float = 300.0,
+                 worker_stale_s: float = 10.0, require_workers: bool = True, poll_s: float = 1.0):
+        if payload not in codec.FORMATS:
+            raise ValueError(f"payload must be one of {codec.FORMATS}")
+        self.url = url
+        self.keys = RedisKeys(prefix)
+        self.queue_max = queue_max
+        self.payload = payload
+        self.connect_timeout_s = connect_timeout_s
+        self.op_timeout_s = op_timeout_s
+        self.reply_ttl_s = reply_ttl_s
+        self.worker_stale_s = worker_stale_s
+        self.require_workers = require_workers
+        self.poll_s = poll_s
+        self.replica = uuid.uuid4().hex[:16]
+        self.reply_key = self.keys.replies(self.replica)
+        self._waiting: dict[str, _Waiter] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._accepting = False
+        self._closing = False
+        self._connected = False
+        self._depth = 0
+        self._workers: int | None = None  # live workers at the last poll; None: not known yet
+        self._last_read = "0-0"
+        self._redis = self._reader_redis = None
+
+    @property
+    def wants_pixels(self) -> bool:
+        return self.payload == "raw"
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        from redis import asyncio as aioredis
+
+        common = {"socket_connect_timeout": self.connect_timeout_s, "health_check_interval": 15}
+        self._redis = aioredis.from_url(self.url, socket_timeout=self.op_timeout_s, **common)
+        # the reader blocks for up to a second per call; its socket timeout must outlast that
+        self._reader_redis = aioredis.from_url(self.url, socket_timeout=self.op_timeout_s + 1.0, **common)
+        self._add = self._redis.register_script(_ADD)
+        self._accepting = True
+        self._spawn(self._read_replies())
+        self._spawn(self._poll())
+        log.info("Redis broker: stream %s, replies on %s, payload %s", self.keys.requests, self.reply_key,
+                 self.payload)
+
+    async def stop(self) -> None:
+        """Refuse new jobs, wait (up to the request timeouts) for the accepted ones, then disconnect."""
+        self._accepting = False
+        pending = [w.future for w in self._waiting.values()]
+        if pending:
+            await asyncio.wait(pending)
+        self._closing = True  # redis-py may turn a cancelled read into a connection error: loops check this
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.wait(list(self._tasks), timeout=self.op_timeout_s + 2)
+        with contextlib.suppress(Exception):
+            await self._redis.delete(self.reply_key)
+        for client in (self._redis, self._reader_redis):
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def depth(self) -> int:
+        return self._depth
+
+    @property
+    def workers(self) -> int | None:
+        return self._workers
+
+    async def ready(self) -> bool:
+        if not self._accepting:
+            return False
+        try:
+            await asyncio.wait_for(self._redis.ping(), self.op_timeout_s)
+        except Exception:
+            return False
+        return True
+
+    # ---- API side ----------------------------------------------------------------------------
+    async def submit(self, job: PoseJob, timeout: float) -> JobResult:
+        from redis.exceptions import RedisError
+
+        if not self._accepting:
+            raise Overloaded("the service is shutting down", retry_after=5)
+        if self.require_workers and self._workers == 0 and not await self._workers_now():
+            raise Overloaded("no worker is serving the queue", retry_after=5, code="no_workers")
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(job.size, loop.create_future())
+        now = time.time()
+        args: list = [self.queue_max, job.size]
+        for i, task in enumerate(job.tasks):
+            fields = codec.request_fields(job.id, i, job.size, job.pose_ref, job.detector_ref, self.reply_key,
+                                          now + timeout, now, task, self.payload)
+            args.append(2 * len(fields))
+            for key, value in fields.items():
+                args += [key, value]
+        self._waiting[job.id] = waiter
+        entry_ids: list = []
+        try:
+            try:
+                added = await self._add(keys=[self.keys.requests], args=args)
+            except RedisError as exc:
+                self._lost(exc)
+                raise Overloaded(f"the queue is unavailable (Redis: {exc})", retry_after=2,
+                                 code="broker_unavailable") from None
+            self._connected = True
+            if int(added[0]) < 0:
+                self._set_depth(int(added[1]))
+                raise Overloaded(f"queue full ({int(added[1])} images waiting)", retry_after=1)
+            self._set_depth(int(added[0]))
+            entry_ids = list(added[1:])
+            try:
+                return await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+            except asyncio.TimeoutError:
+                raise Timeout(f"no result within {timeout:g} s") from None
+        finally:
+            self._waiting.pop(job.id, None)
+            if entry_ids and not waiter.future.done():
+                # timed out or the client went away: nobody will read this answer
+                waiter.future.cancel()
+                self._spawn(self._abandon(job.id, entry_ids, timeout))
+
+    async def _workers_now(self) -> int:
+        """Live workers asked of Redis now (the poll's count may predate a worker's first heartbeat)."""
+        from redis.exceptions import RedisError
+        try:
+            self._workers = int(await self._redis.zcount(self.keys.workers, time.time() - self.worker_stale_s, "+inf"))
+        except RedisError as exc:
+            self._lost(exc)
+            raise Overloaded(f"the queue is unavailable (Redis: {exc})", retry_after=2,
+                             code="broker_unavailable") from None
+        return self._workers
+
+    async def _abandon(self, job_id: str, entry_ids: list, ttl: float) -> None:
+        from redis.exceptions import RedisError
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(self.keys.cancelled(job_id), 1, ex=max(int(ttl) + 60, 60))
+                pipe.xdel(self.keys.requests, *entry_ids)
+                await pipe.execute()
+        except RedisError as exc:  # the deadline in each entry still stops workers from running it
+            log.debug("could not cancel job %s: %s", job_id, exc)
+
+    def _set_depth(self, depth: int) -> None:
+        self._depth = depth
+        metrics.QUEUE_DEPTH.labels(self.keys.requests).set(depth)
+
+    def _lost(self, exc: Exception) -> None:
+        """Redis stopped answering: every request still waiting gets 503 now, not a timeout later."""
+        if self._connected:
+            log.warning("lost the connection to Redis (%s); answering 503 until it is back", exc)
+        self._connected = False
+        metrics.BROKER_ERRORS.labels("api").inc()
+        for waiter in list(self._waiting.values()):
+            if not waiter.future.done():
+                waiter.future.set_exception(Overloaded("lost the connection to the queue (Redis)", retry_after=2,
+                                                       code="broker_unavailable"))
+
+    async def _read_replies(self) -> None:
+        from redis.exceptions import RedisError
+        backoff = 0.1
+        while not self._closing:
+            try:
+                streams = await self._reader_redis.xread({self.reply_key: self._last_read}, count=512, block=1000)
+            except RedisError as exc:
+                if self._closing:
+                    return
+                self._lost(exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if not self._connected:
+                log.info("connected to Redis again")
+            self._connected, backoff = True, 0.1
+            for _, entries in streams or []:
+                for entry_id, fields in entries:
+                    self._last_read = entry_id
+                    try:
+                        reply = codec.Reply.parse(fields)
+                    except (KeyError, ValueError) as exc:
+                        log.warning("dropping a malformed reply: %s", exc)
+                        continue
+                    waiter = self._waiting.get(reply.job_id)
+                    if waiter is not None:
+                        waiter.add(reply)
+
+    async def _poll(self) -> None:
+        """Queue depth and live workers for metrics and admission; trims replies already read."""
+        from redis.exceptions import RedisError
+        while not self._closing:
+            try:
+                now = time.time()
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.xlen(self.keys.requests)
+                    pipe.zremrangebyscore(self.keys.workers, "-inf", now - self.worker_stale_s)
+                    pipe.zcard(self.keys.workers)
+                    pipe.xtrim(self.reply_key, minid=self._last_read, approximate=False)
+                    depth, _, workers, _ = await pipe.execute()
+                self._set_depth(int(depth))
+                self._workers = int(workers)
+                metrics.WORKERS.set(self._workers)
+            except RedisError as exc:
+                self._lost(exc)
+            await asyncio.sleep(self.poll_s)

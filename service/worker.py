@@ -1,0 +1,88 @@
+"""``posekd worker``: one process per GPU (or CPU socket) that serves the Redis request stream.
+
+It loads the default models (and any other on first use) from the model store, batches across
+requests, answers on each API replica's reply stream, exports Prometheus metrics on its own port
+and, on SIGTERM or SIGINT, stops reading, finishes and acknowledges the batch in hand, and exits."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+
+from . import metrics
+from .broker.consumer import StreamConsumer
+from .pipeline import PosePipeline
+from .pipeline.runtime import OnnxModel
+from .settings import Settings
+from .store import ModelRegistry, ModelStore
+
+log = logging.getLogger("posekd.worker")
+
+
+def report_device(settings: Settings, registry: ModelRegistry) -> None:
+    """Say which execution provider the loaded models really run on; a CUDA request that ended on the
+    CPU is a warning, not a silent slowdown."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    for served in registry.loaded():
+        provider = served.runner.provider
+        log.info("%s:%d runs on %s", served.name, served.version, provider)
+        if settings.device != "cpu" and provider != "CUDAExecutionProvider":
+            why = ("onnxruntime has no CUDA provider here (install onnxruntime-gpu)"
+                   if "CUDAExecutionProvider" not in available else
+                   f"CUDA device {settings.cuda_device_id} could not be used")
+            level = logging.WARNING if settings.device == "cuda" else logging.INFO
+            log.log(level, "falling back to the CPU for %s:%d: %s", served.name, served.version, why)
+
+
+def build(settings: Settings) -> StreamConsumer:
+    store = ModelStore(settings.model_store)
+    registry = ModelRegistry(store, lambda m, data: OnnxModel.from_settings(m, data, settings),
+                             default_alias=settings.default_alias)
+    registry.on_change(lambda: metrics.publish_models(registry))
+    errors = registry.preload([settings.default_pose_model, settings.default_detector])
+    for spec, err in errors.items():
+        log.error("default model %s is not loaded: %s (requests for it will fail)", spec, err)
+    metrics.publish_models(registry)
+    report_device(settings, registry)
+    name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
+    return StreamConsumer(settings.redis_url, name, PosePipeline.from_settings(settings), registry, settings,
+                          prefix=settings.redis_prefix, max_batch=settings.max_batch,
+                          max_delay_ms=settings.max_delay_ms, visibility_timeout_s=settings.visibility_timeout_s,
+                          max_deliveries=settings.max_deliveries, reply_ttl_s=settings.reply_ttl_s,
+                          heartbeat_s=settings.worker_heartbeat_s,
+                          connect_timeout_s=settings.redis_connect_timeout_s)
+
+
+def serve(settings: Settings, metrics_port: int | None = None) -> int:
+    if not settings.redis_url:
+        log.error("posekd worker needs POSEKD_REDIS_URL (the embedded service runs its own workers)")
+        return 2
+    from prometheus_client import start_http_server
+
+    port = settings.metrics_port if metrics_port is None else metrics_port
+    if port:
+        start_http_server(port, addr="0.0.0.0", registry=metrics.REGISTRY)
+        log.info("metrics on :%d/metrics", port)
+    consumer = build(settings)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_signal(sig: signal.Signals) -> None:
+            if not stop.is_set():
+                log.info("%s: finishing the batch in hand, then exiting", sig.name)
+            stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        log.info("worker %s serving %s (max_batch %d, max_delay_ms %g)", consumer.name, consumer.keys.requests,
+                 consumer.max_batch, consumer.max_delay * 1000)
+        await consumer.run(stop)
+
+    asyncio.run(main())
+    return 0
