@@ -114,3 +114,38 @@ def jpeg_with_orientation(image: np.ndarray, orientation: int) -> bytes:
     app1 = b"Exif\x00\x00" + tiff
     segment = b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1
     return jpg[:2] + segment + jpg[2:]
+
+
+def slow_pose_onnx(path: Path, size: int = 1024, steps: int = 36) -> Path:
+    """tiny_pose_onnx plus a chain of ``steps`` size×size matrix products that depend on the input (so
+    ONNX Runtime cannot fold them away) and add nothing to the heatmaps: same answers, slow batches."""
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 64, 64])
+    y = helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, ["N", 17, HM, HM])
+    rng = np.random.default_rng(0)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [size, size],
+                           (rng.standard_normal((size, size)) / np.sqrt(size)).astype(np.float32).tobytes(), raw=True)
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [size, size])
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["gray"], axes=[1], keepdims=1),
+        helper.make_node("AveragePool", ["gray"], ["pooled"], kernel_shape=[4, 4], strides=[4, 4]),
+        helper.make_node("Concat", ["pooled"] * 17, ["hm"], axis=1),
+        helper.make_node("ReduceMean", ["image"], ["m"], keepdims=0),
+        helper.make_node("Expand", ["m", "shape"], ["x0"]),
+    ]
+    prev = "x0"
+    for i in range(steps):
+        nodes.append(helper.make_node("MatMul", [prev, "w"], [f"x{i + 1}"]))
+        prev = f"x{i + 1}"
+    nodes += [helper.make_node("ReduceSum", [prev], ["s"], keepdims=0),
+              helper.make_node("Mul", ["s", "zero"], ["z"]),
+              helper.make_node("Add", ["hm", "z"], ["heatmaps"])]
+    graph = helper.make_graph(nodes, "slow_pose", [x], [y], initializer=[w, shape, zero])
+    return _save(graph, path)
+
+
+def add_slow_pose(store: ModelStore) -> None:
+    """Register slow-pose:1 (production) beside the tiny models."""
+    build = store.root.parent / "onnx"
+    build.mkdir(exist_ok=True)
+    import_model(store, slow_pose_onnx(build / "slow.onnx"), {**POSE_FIELDS, "name": "slow-pose"})

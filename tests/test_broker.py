@@ -55,7 +55,7 @@ class RedisPair:
         return getattr(self.broker, name)
 
 
-@pytest.fixture(params=["local", "redis"])
+@pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.redis)])
 def make_broker(request, store):
     def make(max_batch=8, max_delay_ms=5.0, queue_max=256):
         reg = ModelRegistry(store, lambda m, d: OnnxModel(m, d, device="cpu", intra_threads=1))

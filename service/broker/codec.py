@@ -21,6 +21,8 @@ def _s(value) -> str:
 
 def request_fields(job_id: str, index: int, count: int, pose_ref: str, detector_ref: str | None, reply: str,
                    deadline: float, enqueued: float, task: ImageTask, fmt: str) -> dict[str, bytes | str]:
+    if task.data is None:  # only pixels at hand (a caller that decoded itself): send those
+        fmt = "raw"
     params = {"min_score": task.min_score, "max_people": task.max_people, "scale": task.scale,
               "boxes": None if task.boxes is None else np.asarray(task.boxes, np.float32).tolist()}
     fields: dict[str, bytes | str] = {
@@ -32,8 +34,6 @@ def request_fields(job_id: str, index: int, count: int, pose_ref: str, detector_
         image = np.ascontiguousarray(task.image, np.uint8)
         fields[k.F_SHAPE] = f"{image.shape[0]},{image.shape[1]}"
         fields[k.F_IMAGE] = image.tobytes()
-    elif task.data is None:
-        raise ValueError("the encoded format needs the uploaded bytes (ImageTask.data)")
     else:
         fields[k.F_IMAGE] = task.data
     return fields

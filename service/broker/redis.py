@@ -102,8 +102,14 @@ class RedisBroker(Broker):
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         from redis import asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
 
-        common = {"socket_connect_timeout": self.connect_timeout_s, "health_check_interval": 15}
+        # one retry on a fresh connection: pooled connections die when Redis restarts, and a command sent on
+        # one of those was never run; a Redis that is really down costs one more refused connect.
+        common = {"socket_connect_timeout": self.connect_timeout_s, "health_check_interval": 15,
+                  "retry": Retry(NoBackoff(), 1), "retry_on_error": [RedisConnectionError]}
         self._redis = aioredis.from_url(self.url, socket_timeout=self.op_timeout_s, **common)
         # the reader blocks for up to a second per call; its socket timeout must outlast that
         self._reader_redis = aioredis.from_url(self.url, socket_timeout=self.op_timeout_s + 1.0, **common)
@@ -144,8 +150,9 @@ class RedisBroker(Broker):
         return self._workers
 
     async def ready(self) -> bool:
-        if not self._accepting:
-            return False
+        return self._accepting and await self._reachable()
+
+    async def _reachable(self) -> bool:
         try:
             await asyncio.wait_for(self._redis.ping(), self.op_timeout_s)
         except Exception:
@@ -221,12 +228,15 @@ class RedisBroker(Broker):
         self._depth = depth
         metrics.QUEUE_DEPTH.labels(self.keys.requests).set(depth)
 
-    def _lost(self, exc: Exception) -> None:
-        """Redis stopped answering: every request still waiting gets 503 now, not a timeout later."""
+    def _lost(self, exc: Exception, fail_waiting: bool = False) -> None:
+        """Redis stopped answering. With ``fail_waiting`` (the reply reader lost Redis for good), every
+        request still waiting gets 503 now, not a timeout later."""
         if self._connected:
             log.warning("lost the connection to Redis (%s); answering 503 until it is back", exc)
         self._connected = False
         metrics.BROKER_ERRORS.labels("api").inc()
+        if not fail_waiting:
+            return
         for waiter in list(self._waiting.values()):
             if not waiter.future.done():
                 waiter.future.set_exception(Overloaded("lost the connection to the queue (Redis)", retry_after=2,
@@ -241,7 +251,7 @@ class RedisBroker(Broker):
             except RedisError as exc:
                 if self._closing:
                     return
-                self._lost(exc)
+                self._lost(exc, fail_waiting=not await self._reachable())
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue

@@ -1,0 +1,187 @@
+"""What only the Redis broker has: reclaiming a dead worker's entries, giving up on an entry that keeps
+failing, duplicate replies, cancelled jobs leaving the stream, both payload formats, and a fast 503
+when Redis cannot be reached. Real Redis (POSEKD_TEST_REDIS_URL or 127.0.0.1:6379)."""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import redis
+
+from service.broker import PoseJob, codec
+from service.broker.consumer import StreamConsumer
+from service.broker.keys import GROUP, RedisKeys
+from service.broker.redis import RedisBroker, _Waiter
+from service.errors import Overloaded, PoseKDError
+from service.pipeline import ImageResult, ImageTask, PosePipeline
+from service.pipeline.runtime import OnnxModel
+from service.settings import Settings
+from service.store import ModelRegistry
+
+from .helpers import blob_image, encode
+from .procs import free_port
+
+pytestmark = pytest.mark.redis
+
+
+def consumer(store, url, prefix, **kw) -> StreamConsumer:
+    reg = ModelRegistry(store, lambda m, d: OnnxModel(m, d, device="cpu", intra_threads=1))
+    return StreamConsumer(url, kw.pop("name", "w"), PosePipeline(detector_threshold=0.1), reg, Settings(),
+                          prefix=prefix, block_ms=100, **kw)
+
+
+def pixel_job(x=60, y=80) -> PoseJob:
+    return PoseJob("tiny-pose:1", "tiny-det:1", [ImageTask(blob_image(at=(x, y)), min_score=0.0)])
+
+
+def encoded_job(data: bytes) -> PoseJob:
+    return PoseJob("tiny-pose:1", "tiny-det:1", [ImageTask(None, min_score=0.0, data=data)])
+
+
+async def serve(cons: StreamConsumer):
+    stop = asyncio.Event()
+    return stop, asyncio.get_running_loop().create_task(cons.run(stop))
+
+
+def test_entries_of_a_dead_worker_are_reclaimed_and_answered(store, redis_url, redis_prefix):
+    keys = RedisKeys(redis_prefix)
+    raw = redis.Redis.from_url(redis_url)
+
+    async def main():
+        broker = RedisBroker(redis_url, prefix=redis_prefix, payload="raw", require_workers=False)
+        await broker.start()
+        raw.xgroup_create(keys.requests, GROUP, id="0", mkstream=True)
+        answer = asyncio.ensure_future(broker.submit(pixel_job(70, 90), 20))
+        await asyncio.sleep(0.2)
+        # a worker takes the entry and dies before answering
+        taken = raw.xreadgroup(GROUP, "dead-worker", {keys.requests: ">"}, count=10)
+        assert len(taken[0][1]) == 1
+        stop, task = await serve(consumer(store, redis_url, redis_prefix, visibility_timeout_s=0.5))
+        result = await answer
+        stop.set()
+        await task
+        await broker.stop()
+        return result
+
+    result = asyncio.run(main())
+    kp = result.results[0].people[0].keypoints
+    assert abs(kp[0, 0] - 70) < 4 and abs(kp[0, 1] - 90) < 4
+    assert raw.xlen(keys.requests) == 0  # acknowledged and deleted
+    assert raw.xpending(keys.requests, GROUP)["pending"] == 0
+
+
+def test_an_entry_that_keeps_failing_is_answered_with_an_error(store, redis_url, redis_prefix):
+    keys = RedisKeys(redis_prefix)
+    raw = redis.Redis.from_url(redis_url)
+
+    async def main():
+        broker = RedisBroker(redis_url, prefix=redis_prefix, payload="raw", require_workers=False)
+        await broker.start()
+        raw.xgroup_create(keys.requests, GROUP, id="0", mkstream=True)
+        answer = asyncio.ensure_future(broker.submit(pixel_job(), 20))
+        await asyncio.sleep(0.2)
+        raw.xreadgroup(GROUP, "crashy-1", {keys.requests: ">"}, count=10)
+        entry = raw.xpending_range(keys.requests, GROUP, "-", "+", 10)[0]["message_id"]
+        raw.xclaim(keys.requests, GROUP, "crashy-2", 0, [entry])  # delivered twice, both workers died
+        stop, task = await serve(consumer(store, redis_url, redis_prefix, visibility_timeout_s=0.3,
+                                          max_deliveries=2))
+        try:
+            with pytest.raises(PoseKDError) as err:
+                await answer
+        finally:
+            stop.set()
+            await task
+            await broker.stop()
+        return err.value
+
+    err = asyncio.run(main())
+    assert err.code == "worker_failed" and err.status == 500
+    assert raw.xlen(keys.requests) == 0
+
+
+def test_duplicate_and_foreign_replies_are_ignored():
+    async def main():
+        waiter = _Waiter(2, asyncio.get_running_loop().create_future())
+        good = ImageResult([], {"inference": 1.0}, (10, 10))
+        req = codec.Request("1-0", "job", 0, 2, "p:1", None, "r", 0, 0, "raw", ImageTask(None))
+        first = codec.Reply.parse(codec.reply_ok(req, good, 0.1, 2, "w"))
+        waiter.add(first)
+        waiter.add(first)  # the same image answered again (a reclaimed entry run twice)
+        waiter.add(codec.Reply("job", 7, first.body))  # an index the job does not have
+        assert not waiter.future.done()
+        req.index = 1
+        waiter.add(codec.Reply.parse(codec.reply_ok(req, good, 0.2, 2, "w")))
+        return await waiter.future
+
+    result = asyncio.run(main())
+    assert len(result.results) == 2 and result.queue_s == 0.2
+
+
+def test_a_cancelled_wait_takes_its_entries_out_of_the_stream(redis_url, redis_prefix):
+    keys = RedisKeys(redis_prefix)
+    raw = redis.Redis.from_url(redis_url)
+
+    async def main():
+        broker = RedisBroker(redis_url, prefix=redis_prefix, payload="raw", require_workers=False)
+        await broker.start()
+        job = pixel_job()
+        waiting = asyncio.ensure_future(broker.submit(job, 20))
+        await asyncio.sleep(0.2)
+        assert raw.xlen(keys.requests) == 1
+        waiting.cancel()  # what the API does when the client disconnects
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await asyncio.sleep(0.2)
+        await broker.stop()
+        return job.id
+
+    job_id = asyncio.run(main())
+    assert raw.xlen(keys.requests) == 0
+    assert raw.exists(keys.cancelled(job_id))
+
+
+def test_both_payload_formats_give_the_same_answer_and_bad_bytes_a_400(store, redis_url, redis_prefix):
+    png = encode(blob_image(at=(80, 70)))
+
+    async def main():
+        out = {}
+        stop, task = await serve(consumer(store, redis_url, redis_prefix))
+        for fmt in ("raw", "encoded"):
+            broker = RedisBroker(redis_url, prefix=redis_prefix, payload=fmt)
+            await broker.start()
+            job = pixel_job(80, 70) if fmt == "raw" else encoded_job(png)
+            out[fmt] = await broker.submit(job, 20)
+            if fmt == "encoded":  # a valid header on a corrupt body: only the decoder finds out
+                with pytest.raises(PoseKDError) as err:
+                    await broker.submit(encoded_job(png[:60] + b"\0" * 200), 20)
+                out["bad"] = err.value
+            await broker.stop()
+        stop.set()
+        await task
+        return out
+
+    out = asyncio.run(main())
+    a, b = (out[f].results[0] for f in ("raw", "encoded"))
+    assert a.size == b.size == (300, 200)
+    np.testing.assert_allclose(a.people[0].keypoints, b.people[0].keypoints, atol=1e-3)
+    assert out["bad"].status == 400 and out["bad"].code == "invalid_image"
+
+
+def test_unreachable_redis_answers_503_at_once_and_is_not_ready():
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+
+    async def main():
+        broker = RedisBroker(url, connect_timeout_s=0.5)
+        await broker.start()
+        try:
+            with pytest.raises(Overloaded) as err:
+                # far less than the request timeout: a hang would fail here, not after 30 s
+                await asyncio.wait_for(broker.submit(pixel_job(), 30), 10)
+            ready = await broker.ready()
+        finally:
+            await broker.stop()
+        return err.value, ready
+
+    err, ready = asyncio.run(main())
+    assert err.status == 503 and err.retry_after and not ready

@@ -1,0 +1,198 @@
+"""Scale-out through a real Redis with real processes: `posekd serve` in Redis mode and `posekd worker`s.
+Hundreds of concurrent requests each answered to its own caller; a worker killed with SIGKILL mid-batch
+whose entries another worker answers; a worker stopped with SIGTERM that finishes what it holds; Redis
+stopped and restarted under load (503s, never 500s or hangs, and recovery without restarting anything)."""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import time
+
+import httpx
+import pytest
+import redis
+
+from service.broker.keys import GROUP, RedisKeys
+
+from .helpers import add_slow_pose, blob_image, encode
+from .procs import RedisServer, metric, service_env, start_api, start_worker, wait_until
+
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
+
+def spot(i: int) -> tuple[int, int]:
+    return 40 + (i * 37) % 130, 40 + (i * 53) % 120  # inside the box tiny-det always finds
+
+
+async def post_many(base: str, indices, concurrency: int, timeout: float, params=None) -> dict:
+    """POST one blob image per index; {index: (status, json or None, seconds)}."""
+    out = {}
+    sem = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=timeout,
+                                 limits=httpx.Limits(max_connections=concurrency)) as client:
+        async def one(i):
+            x, y = spot(i)
+            async with sem:
+                t = time.perf_counter()
+                r = await client.post("/v1/pose", params=params, content=encode(blob_image(at=(x, y))),
+                                      headers={"content-type": "image/png"})
+                out[i] = (r.status_code, r.json(), time.perf_counter() - t)
+
+        await asyncio.gather(*(one(i) for i in indices))
+    return out
+
+
+def assert_answers_are_their_own(results: dict) -> None:
+    for i, (status, body, _) in results.items():
+        assert status == 200, (i, status, body)
+        nose = body["people"][0]["keypoints"][0]
+        x, y = spot(i)
+        assert abs(nose[0] - x) < 4 and abs(nose[1] - y) < 4, (i, nose, (x, y))
+
+
+@pytest.fixture
+def cluster(tmp_path, store, redis_url, redis_prefix):
+    """Start processes on demand; every one is stopped at the end and its log shown on failure."""
+    procs = []
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
+    class Cluster:
+        def env(self, url=redis_url, **extra):
+            return service_env(store.root, url, redis_prefix, **extra)
+
+        def worker(self, name, **extra):
+            proc, port = start_worker(self.env(**extra), name, logs)
+            procs.append(proc)
+            return proc, port
+
+        def api(self, **extra):
+            proc, base = start_api(self.env(**extra), logs)
+            procs.append(proc)
+            return proc, base
+
+    yield Cluster()
+    for proc in procs:
+        proc.stop()
+
+
+def test_two_workers_and_the_api_answer_hundreds_of_concurrent_requests(cluster):
+    (_, port_a), (_, port_b) = cluster.worker("w-a", POSEKD_MAX_BATCH=8), cluster.worker("w-b", POSEKD_MAX_BATCH=8)
+    _, base = cluster.api()
+    results = asyncio.run(post_many(base, range(300), concurrency=48, timeout=60))
+    assert len(results) == 300
+    assert_answers_are_their_own(results)
+    served_a = metric(port_a, "posekd_worker_entries_total", 'outcome="ok"')
+    served_b = metric(port_b, "posekd_worker_entries_total", 'outcome="ok"')
+    assert served_a + served_b >= 300 and served_a > 0 and served_b > 0
+    assert metric(port_a, "posekd_batch_size_count") > 0  # the worker's own metrics port
+    assert "posekd_queue_depth" in httpx.get(f"http://127.0.0.1:{port_a}/metrics").text
+    assert metric(base, "posekd_workers_ready") == 2
+
+
+def _pending_of(client: redis.Redis, prefix: str, consumer: str) -> int:
+    summary = client.xpending(RedisKeys(prefix).requests, GROUP)
+    return sum(c["pending"] for c in summary.get("consumers", []) if c["name"].decode() == consumer)
+
+
+def test_a_worker_killed_mid_batch_has_its_requests_answered_by_another(cluster, store, redis_url, redis_prefix):
+    add_slow_pose(store)  # ~0.4 s per batch: the kill lands mid-batch
+    visibility = 2.0
+    common = dict(POSEKD_MAX_BATCH=4, POSEKD_MAX_DELAY_MS=20, POSEKD_VISIBILITY_TIMEOUT_S=visibility,
+                  POSEKD_DEFAULT_POSE_MODEL="slow-pose")
+    victim, _ = cluster.worker("victim", **common)
+    _, port_b = cluster.worker("survivor", **common)
+    _, base = cluster.api(POSEKD_REQUEST_TIMEOUT_S=visibility + 25, POSEKD_DEFAULT_POSE_MODEL="slow-pose")
+    client = redis.Redis.from_url(redis_url)
+
+    async def scenario():
+        load = asyncio.ensure_future(post_many(base, range(24), concurrency=24, timeout=60))
+        while _pending_of(client, redis_prefix, "victim") == 0:
+            await asyncio.sleep(0.02)
+        held = _pending_of(client, redis_prefix, "victim")
+        victim.signal(signal.SIGKILL)
+        return held, await load
+
+    held, results = asyncio.run(scenario())
+    assert held > 0
+    assert_answers_are_their_own(results)
+    assert all(seconds < visibility + 20 for _, _, seconds in results.values())
+    assert metric(port_b, "posekd_reclaimed_total") >= held
+
+
+def test_sigterm_finishes_the_batch_in_hand_then_exits(cluster, store, redis_url, redis_prefix):
+    add_slow_pose(store)
+    # a visibility timeout far past the test: only the stopping worker itself can answer what it holds
+    common = dict(POSEKD_MAX_BATCH=4, POSEKD_MAX_DELAY_MS=20, POSEKD_VISIBILITY_TIMEOUT_S=600,
+                  POSEKD_DEFAULT_POSE_MODEL="slow-pose")
+    leaving, _ = cluster.worker("leaving", **common)
+    _, base = cluster.api(POSEKD_DEFAULT_POSE_MODEL="slow-pose")
+    client = redis.Redis.from_url(redis_url)
+
+    async def scenario():
+        load = asyncio.ensure_future(post_many(base, range(4), concurrency=4, timeout=60))
+        while _pending_of(client, redis_prefix, "leaving") == 0:
+            await asyncio.sleep(0.02)
+        leaving.signal(signal.SIGTERM)
+        return await load
+
+    results = asyncio.run(scenario())
+    assert leaving.popen.wait(20) == 0
+    assert_answers_are_their_own(results)
+    assert _pending_of(client, redis_prefix, "leaving") == 0
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
+def test_redis_down_then_back_503s_then_recovers_without_restarts(cluster, tmp_path):
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        worker, _ = cluster.worker("w", url=server.url)
+        api, base = cluster.api(url=server.url, POSEKD_REQUEST_TIMEOUT_S=5)
+        timeout = 5 + 3  # the request timeout plus slack: nothing may hang past it
+        statuses: list[tuple[str, int, float]] = []
+
+        async def load(phase: str, seconds: float):
+            async with httpx.AsyncClient(base_url=base, timeout=timeout + 5) as client:
+                end = time.monotonic() + seconds
+
+                async def loop(k):
+                    i = k
+                    while time.monotonic() < end:
+                        x, y = spot(i)
+                        t = time.perf_counter()
+                        r = await client.post("/v1/pose", content=encode(blob_image(at=(x, y))),
+                                              headers={"content-type": "image/png"})
+                        statuses.append((phase, r.status_code, time.perf_counter() - t))
+                        if r.status_code == 503:
+                            assert r.headers.get("retry-after")
+                            assert r.json()["error"]["code"] in ("broker_unavailable", "no_workers", "overloaded")
+                            await asyncio.sleep(0.05)
+                        i += 8
+
+                await asyncio.gather(*(loop(k) for k in range(8)))
+
+        asyncio.run(load("before", 1.5))
+        server.stop()
+        asyncio.run(load("down", 2.5))
+        assert httpx.get(base + "/readyz", timeout=timeout).status_code == 503
+        server.start()  # empty: no persistence in this server, so the group and heartbeats come back by themselves
+
+        def recovered():
+            r = httpx.post(base + "/v1/pose", content=encode(blob_image(at=(90, 100))),
+                           headers={"content-type": "image/png"}, timeout=timeout)
+            statuses.append(("after", r.status_code, 0.0))
+            return r.status_code == 200
+
+        wait_until(recovered, 30, "a request to succeed after Redis came back", every=0.3)
+        asyncio.run(load("after-ok", 1.0))
+        assert api.alive() and worker.alive()
+    finally:
+        server.stop()
+
+    codes = {phase: {s for p, s, _ in statuses if p == phase} for phase in ("before", "down", "after", "after-ok")}
+    assert codes["before"] == {200}
+    assert codes["down"] and codes["down"] <= {503}, codes  # never 500, never a timeout (504)
+    assert codes["after"] <= {200, 503} and codes["after-ok"] == {200}
+    assert max(sec for _, _, sec in statuses) < timeout
