@@ -34,7 +34,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     POSEKD_MODEL_STORE=/app/model_store \
     POSEKD_DEVICE=auto
 USER posekd
-EXPOSE 8000
+# 8000: the API (posekd serve); 9100: a worker's Prometheus metrics (posekd worker --metrics-port 9100)
+EXPOSE 8000 9100
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"POSEKD_PORT\", \"8000\")}/healthz', timeout=2)"]
 CMD ["posekd", "serve"]
