@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
 from .. import metrics
 from ..errors import PoseKDError
@@ -47,19 +49,21 @@ class StreamConsumer:
         self.connect_timeout_s = connect_timeout_s
         self.block_ms = block_ms  # longest wait for new entries: how soon a stop is noticed
         self.batches = 0
+        self._decoder = ThreadPoolExecutor(max(2, min(8, os.cpu_count() or 2)), thread_name_prefix="posekd-decode")
         self._next_reclaim = 0.0
         self._redis = None
 
     # ---- main loop ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set; then finish and acknowledge the batch in hand and return."""
-        from redis import asyncio as aioredis
         from redis.exceptions import RedisError
 
-        self._redis = aioredis.from_url(self.url, socket_connect_timeout=self.connect_timeout_s,
-                                        socket_timeout=5.0, health_check_interval=15)
-        beat = asyncio.get_running_loop().create_task(self._heartbeat(stop))
+        from .redis import connect
+        self._redis = connect(self.url, self.connect_timeout_s, self.block_ms / 1000.0 + 5.0)
+        loop = asyncio.get_running_loop()
+        beat = loop.create_task(self._heartbeat(stop))
         backoff, grouped = 0.1, False
+        running: asyncio.Task | None = None  # the batch on the models now; the next one is read meanwhile
         try:
             while not stop.is_set():
                 try:
@@ -67,8 +71,19 @@ class StreamConsumer:
                         await self._ensure_group()
                         grouped = True
                     entries = await self._reclaim() or await self._read(stop)
-                    if entries:
-                        await self._process(entries)
+                    if not entries:
+                        continue
+                    live, done = await self._prepare(entries)
+                    if running is not None:
+                        await running  # one batch on the models at a time
+                        live, skipped = await self._unwanted(live)  # given up on while we waited
+                        done += skipped
+                        if live and len(live) < self.max_batch and not stop.is_set():
+                            more = await self._xread(self.max_batch - len(live), None)  # arrived meanwhile
+                            if more:
+                                extra_live, extra_done = await self._prepare(more)
+                                live, done = live + extra_live, done + extra_done
+                    running = loop.create_task(self._complete(live, done))
                     backoff = 0.1
                 except RedisError as exc:
                     if "NOGROUP" in str(exc):  # Redis restarted empty: make the group again
@@ -79,6 +94,9 @@ class StreamConsumer:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
         finally:
+            if running is not None:  # SIGTERM: the batch in hand is finished and acknowledged
+                with contextlib.suppress(Exception):
+                    await running
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await beat
@@ -114,22 +132,23 @@ class StreamConsumer:
     # ---- reading -----------------------------------------------------------------------------
     async def _read(self, stop: asyncio.Event) -> list:
         """Up to ``max_batch`` new entries: block (at most ``block_ms``, to notice ``stop``) for the
-        first, then wait at most ``max_delay`` for company."""
+        first, then gather company for at most ``max_delay``. The short wait polls without BLOCK: Redis
+        expires blocked reads on its timer tick (hz 10: up to 100 ms late), not on time."""
         got = await self._xread(self.max_batch, self.block_ms)
         if not got:
             return []
         deadline = time.perf_counter() + self.max_delay
         while len(got) < self.max_batch and not stop.is_set():
-            left_ms = int((deadline - time.perf_counter()) * 1000)
-            if left_ms < 1:  # BLOCK 0 would wait forever
-                break
-            more = await self._xread(self.max_batch - len(got), left_ms)
-            if not more:
-                break
+            more = await self._xread(self.max_batch - len(got), None)
             got += more
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                break
+            if not more:
+                await asyncio.sleep(min(left, 0.001))
         return got
 
-    async def _xread(self, count: int, block_ms: int) -> list:
+    async def _xread(self, count: int, block_ms: int | None) -> list:
         streams = await self._redis.xreadgroup(GROUP, self.name, {self.keys.requests: ">"}, count=count,
                                                block=block_ms)
         return [e for _, entries in streams or [] for e in entries]
@@ -181,7 +200,10 @@ class StreamConsumer:
         metrics.WORKER_ENTRIES.labels("dead_letter").inc(len(entries))
 
     # ---- processing --------------------------------------------------------------------------
-    async def _process(self, entries: list) -> None:
+    async def _prepare(self, entries: list) -> tuple[list[codec.Request], list]:
+        """Parse, drop what nobody waits for (cancelled jobs, passed deadlines) and decode the uploads
+        (in parallel threads, while the previous batch is on the models). Returns the requests ready to
+        run and the entries already finished, with their replies where one is owed."""
         requests, finished = [], []
         for entry_id, fields in entries:
             try:
@@ -189,40 +211,69 @@ class StreamConsumer:
             except (KeyError, ValueError, TypeError) as exc:
                 log.error("dropping malformed entry %s: %s", entry_id, exc)
                 finished.append((entry_id, None))
-        # skip what nobody waits for any more: cancelled jobs and passed deadlines
+        wanted, skipped = await self._unwanted(requests)
+        finished += skipped
+        loop = asyncio.get_running_loop()
+        errors = await asyncio.gather(*(loop.run_in_executor(self._decoder, self._decode, r) for r in wanted))
+        live = []
+        for req, exc in zip(wanted, errors):
+            if exc is None:
+                live.append(req)
+            else:
+                finished.append((req.entry_id, (req.reply, codec.reply_error(req, exc, self.name))))
+                metrics.WORKER_ENTRIES.labels("error").inc()
+        return live, finished
+
+    async def _unwanted(self, requests: list[codec.Request]) -> tuple[list[codec.Request], list]:
+        """Split off what nobody waits for any more: cancelled jobs and passed deadlines."""
         now = time.time()
         jobs = sorted({r.job_id for r in requests})
         flags = dict(zip(jobs, await self._redis.mget([self.keys.cancelled(j) for j in jobs]))) if jobs else {}
-        live = []
+        wanted, skipped = [], []
         for req in requests:
             if flags.get(req.job_id) or req.deadline < now:
-                finished.append((req.entry_id, None))
+                skipped.append((req.entry_id, None))
                 metrics.WORKER_ENTRIES.labels("skipped").inc()
             else:
-                live.append(req)
+                wanted.append(req)
+        return wanted, skipped
+
+    async def _complete(self, live: list[codec.Request], finished: list) -> None:
+        """Run a prepared batch and write its replies. A Redis failure leaves the entries pending
+        (another worker, or this one, reclaims them after the visibility timeout)."""
+        from redis.exceptions import RedisError
         if live:
-            finished += await asyncio.to_thread(self._run, live)
+            finished = finished + await asyncio.to_thread(self._run, live)
             self.batches += 1
-        await self._finish(finished)
+        for attempt in range(4):  # a short Redis blip should not cost the clients a visibility timeout
+            try:
+                await self._finish(finished)
+                return
+            except RedisError as exc:
+                metrics.BROKER_ERRORS.labels("worker").inc()
+                if attempt == 3:
+                    log.warning("could not write %d replies (%s); their entries stay pending", len(finished), exc)
+                    return
+                await asyncio.sleep(0.2 * 2 ** attempt)
+
+    def _decode(self, req: codec.Request) -> Exception | None:
+        try:
+            req.decode(self.settings)
+        except Exception as exc:  # a bad upload fails alone
+            return exc
+        return None
 
     def _run(self, requests: list[codec.Request]) -> list:
-        """Decode and run one batch (in a thread: ONNX Runtime releases the GIL); a reply per request."""
-        out, ready = [], []
-        for req in requests:
-            try:
-                req.decode(self.settings)
-                ready.append(req)
-            except Exception as exc:
-                out.append((req.entry_id, (req.reply, codec.reply_error(req, exc, self.name))))
-                metrics.WORKER_ENTRIES.labels("error").inc()
+        """Run one decoded batch (in a thread: ONNX Runtime releases the GIL); a reply per request."""
+        out = []
         jobs = [PoseJob(r.pose_ref, r.detector_ref, [r.task], id=r.entry_id, enqueued_at=r.enqueued)
-                for r in ready]
+                for r in requests]
         try:
-            outcomes = execute(self.pipeline, self.registry, jobs, clock=time.time) if jobs else []
+            outcomes = execute(self.pipeline, self.registry, jobs, clock=time.time)
         except Exception as exc:  # never lose the batch: answer every request with the error
             log.exception("batch failed")
             outcomes = [exc] * len(jobs)
-        for req, outcome in zip(ready, outcomes):
+        for req, outcome in zip(requests, outcomes):
             if isinstance(outcome, BaseException):
                 reply = codec.reply_error(req, outcome, self.name)
                 metrics.WORKER_ENTRIES.labels("error").inc()

@@ -42,6 +42,20 @@ return out
 """
 
 
+def connect(url: str, connect_timeout_s: float, socket_timeout_s: float):
+    """An asyncio Redis client that retries a command once on a fresh connection: pooled connections die
+    when Redis restarts, and a command (or MULTI/EXEC) sent on one of those never ran; a Redis that is
+    really down costs one more refused connect."""
+    from redis import asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    return aioredis.from_url(url, socket_connect_timeout=connect_timeout_s, socket_timeout=socket_timeout_s,
+                             health_check_interval=15, retry=Retry(NoBackoff(), 1),
+                             retry_on_error=[RedisConnectionError])
+
+
 class _Waiter:
     """Collects the per-image replies of one job."""
 
@@ -101,18 +115,9 @@ class RedisBroker(Broker):
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        from redis import asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-        from redis.exceptions import ConnectionError as RedisConnectionError
-
-        # one retry on a fresh connection: pooled connections die when Redis restarts, and a command sent on
-        # one of those was never run; a Redis that is really down costs one more refused connect.
-        common = {"socket_connect_timeout": self.connect_timeout_s, "health_check_interval": 15,
-                  "retry": Retry(NoBackoff(), 1), "retry_on_error": [RedisConnectionError]}
-        self._redis = aioredis.from_url(self.url, socket_timeout=self.op_timeout_s, **common)
+        self._redis = connect(self.url, self.connect_timeout_s, self.op_timeout_s)
         # the reader blocks for up to a second per call; its socket timeout must outlast that
-        self._reader_redis = aioredis.from_url(self.url, socket_timeout=self.op_timeout_s + 1.0, **common)
+        self._reader_redis = connect(self.url, self.connect_timeout_s, self.op_timeout_s + 1.0)
         self._add = self._redis.register_script(_ADD)
         self._accepting = True
         self._spawn(self._read_replies())
