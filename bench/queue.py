@@ -165,10 +165,12 @@ def main(argv: list[str] | None = None) -> int:
                       f"p99 {pct(r['lat'], .99):.1f} ms errors {r['errors']}", flush=True)
             saturation = max(r["rps"] for r in points.values())
             single = statistics.median(points[min(levels)]["lat"]) * 1000
+            single_p99 = pct(points[min(levels)]["lat"], .99)
             half = asyncio.run(open_loop(stack.base, images, saturation / 2, args.requests // 2))
             print(f"{mode}, open loop at {saturation / 2:.1f}/s: p99 {pct(half['lat'], .99):.1f} ms "
                   f"(single {single:.1f} ms)", flush=True)
-        summary[mode] = {"saturation": saturation, "single": single, "half_p99": pct(half["lat"], .99),
+        summary[mode] = {"saturation": saturation, "single": single, "single_p99": single_p99,
+                         "half_p99": pct(half["lat"], .99),
                          "half_rate": saturation / 2}
         for c, r in points.items():
             rows.append(f"| {mode} | {c} | {r['rps']:.2f} | {pct(r['lat'], .5):.1f} | {pct(r['lat'], .99):.1f} "
@@ -189,22 +191,27 @@ def main(argv: list[str] | None = None) -> int:
         f"| raw pipeline, in-process, one at a time | 1 | {raw['rps']:.2f} | {pct(raw['lat'], .5):.1f} | "
         f"{pct(raw['lat'], .99):.1f} | 0 |",
         *rows, "",
-        "| mode | saturated images/s | vs embedded | single-request p50 ms | p99 at half saturation ms | p99 / single |",
-        "|---|---|---|---|---|---|",
+        "| mode | saturated images/s | vs embedded | vs raw pipeline | single request p50 / p99 ms "
+        "| p99 at half saturation ms | ÷ single p99 | ÷ single p50 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for mode, m in summary.items():
-        lines.append(f"| {mode} | {m['saturation']:.2f} | {m['saturation'] / emb:.2f} | {m['single']:.1f} | "
-                     f"{m['half_p99']:.1f} | {m['half_p99'] / m['single']:.2f} |")
+        lines.append(f"| {mode} | {m['saturation']:.2f} | {m['saturation'] / emb:.2f} "
+                     f"| {m['saturation'] / raw['rps']:.2f} "
+                     f"| {m['single']:.1f} / {m['single_p99']:.1f} | {m['half_p99']:.1f} "
+                     f"| {m['half_p99'] / m['single_p99']:.2f} | {m['half_p99'] / m['single']:.2f} |")
     lines += ["", f"Redis payload at {top} clients, 1 worker: uploaded bytes (`encoded`, the worker decodes) "
                   f"{payload['encoded']['rps']:.2f} images/s, p50 {pct(payload['encoded']['lat'], .5):.1f} ms; "
                   f"decoded pixels (`raw`, the API decodes) {payload['raw']['rps']:.2f} images/s, p50 "
                   f"{pct(payload['raw']['lat'], .5):.1f} ms.",
               "", f"Goals: Redis throughput at saturation ≥ 0.8 × embedded (1 worker "
                   f"{summary['redis, 1 worker']['saturation'] / emb:.2f}, 2 workers "
-                  f"{summary['redis, 2 workers']['saturation'] / emb:.2f}); p99 at half saturation < 2 × single "
-                  f"(" + ", ".join(f"{k} {v['half_p99'] / v['single']:.2f}" for k, v in summary.items()) + "). "
-                  f"max_batch {s.max_batch}, max_delay_ms {s.max_delay_ms:g}; the load generator runs on the same "
-                  f"machine."]
+                  f"{summary['redis, 2 workers']['saturation'] / emb:.2f}); p99 at half saturation < 2 × the "
+                  f"single-request p99 (" + ", ".join(f"{k} {v['half_p99'] / v['single_p99']:.2f}"
+                                                       for k, v in summary.items()) + "). "
+                  f"The images differ a lot in cost (a 3.6 MP JPEG beside 0.3 MP PNGs), so the single-request "
+                  f"latency is a distribution: the same percentile is compared. max_batch {s.max_batch}, "
+                  f"max_delay_ms {s.max_delay_ms:g}; the load generator runs on the same 2 cores."]
     table = "\n".join(lines)
     print("\n" + table)
     if not args.no_record:
