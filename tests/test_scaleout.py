@@ -196,3 +196,35 @@ def test_redis_down_then_back_503s_then_recovers_without_restarts(cluster, tmp_p
     assert codes["down"] and codes["down"] <= {503}, codes  # never 500, never a timeout (504)
     assert codes["after"] <= {200, 503} and codes["after-ok"] == {200}, (codes, worker.tail(), api.tail())
     assert max(sec for _, _, sec in statuses) < timeout
+
+
+def test_a_client_that_disconnects_leaves_no_work_behind(cluster, store, redis_url, redis_prefix):
+    add_slow_pose(store)
+    common = dict(POSEKD_MAX_BATCH=1, POSEKD_MAX_DELAY_MS=0, POSEKD_DEFAULT_POSE_MODEL="slow-pose")
+    _, port = cluster.worker("only", **common)
+    _, base = cluster.api(POSEKD_DEFAULT_POSE_MODEL="slow-pose")
+    client = redis.Redis.from_url(redis_url)
+    host, http_port = base.removeprefix("http://").split(":")
+    body = encode(blob_image(at=(60, 60)))
+
+    async def scenario():
+        held = asyncio.ensure_future(post_many(base, [0], concurrency=1, timeout=60))  # keeps the worker busy
+        while _pending_of(client, redis_prefix, "only") == 0:
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection(host, int(http_port))
+        writer.write(b"POST /v1/pose HTTP/1.1\r\nhost: x\r\ncontent-type: image/png\r\n"
+                     b"content-length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        while client.xlen(RedisKeys(redis_prefix).requests) < 2:  # queued behind the held one
+            await asyncio.sleep(0.01)
+        writer.close()  # the client gives up
+        await writer.wait_closed()
+        return await held
+
+    assert_answers_are_their_own(asyncio.run(scenario()))
+    keys = RedisKeys(redis_prefix)
+    wait_until(lambda: client.xlen(keys.requests) == 0, 10, "the abandoned entry to leave the stream")
+    assert list(client.scan_iter(match=keys.cancelled("*")))
+    time.sleep(1.0)  # the worker would have taken it by now
+    assert metric(port, "posekd_worker_entries_total", 'outcome="ok"') == 1  # only the held request ran
+    assert metric(base, "posekd_requests_total", 'code="499"') == 1
