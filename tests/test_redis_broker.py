@@ -39,6 +39,14 @@ def encoded_job(data: bytes) -> PoseJob:
     return PoseJob("tiny-pose:1", "tiny-det:1", [ImageTask(None, min_score=0.0, data=data)])
 
 
+async def broker_with_group(url: str, prefix: str) -> RedisBroker:
+    """An API-side broker on a stream whose consumer group exists, with no worker running yet."""
+    broker = RedisBroker(url, prefix=prefix, payload="raw", require_workers=False)
+    await broker.start()
+    redis.Redis.from_url(url).xgroup_create(RedisKeys(prefix).requests, GROUP, id="0", mkstream=True)
+    return broker
+
+
 async def serve(cons: StreamConsumer):
     stop = asyncio.Event()
     return stop, asyncio.get_running_loop().create_task(cons.run(stop))
@@ -49,9 +57,7 @@ def test_entries_of_a_dead_worker_are_reclaimed_and_answered(store, redis_url, r
     raw = redis.Redis.from_url(redis_url)
 
     async def main():
-        broker = RedisBroker(redis_url, prefix=redis_prefix, payload="raw", require_workers=False)
-        await broker.start()
-        raw.xgroup_create(keys.requests, GROUP, id="0", mkstream=True)
+        broker = await broker_with_group(redis_url, redis_prefix)
         answer = asyncio.ensure_future(broker.submit(pixel_job(70, 90), 20))
         await asyncio.sleep(0.2)
         # a worker takes the entry and dies before answering
@@ -76,9 +82,7 @@ def test_an_entry_that_keeps_failing_is_answered_with_an_error(store, redis_url,
     raw = redis.Redis.from_url(redis_url)
 
     async def main():
-        broker = RedisBroker(redis_url, prefix=redis_prefix, payload="raw", require_workers=False)
-        await broker.start()
-        raw.xgroup_create(keys.requests, GROUP, id="0", mkstream=True)
+        broker = await broker_with_group(redis_url, redis_prefix)
         answer = asyncio.ensure_future(broker.submit(pixel_job(), 20))
         await asyncio.sleep(0.2)
         raw.xreadgroup(GROUP, "crashy-1", {keys.requests: ">"}, count=10)
