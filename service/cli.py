@@ -40,6 +40,21 @@ def cmd_worker(args) -> int:
     return serve(s, args.metrics_port)
 
 
+def cmd_video(args) -> int:
+    from .video.offline import run
+
+    result = run(get_settings(), Path(args.clip), Path(args.output) if args.output else None,
+                 Path(args.render) if args.render else None, model=args.model, detector=args.detector,
+                 keyframe_interval=args.keyframe_interval, smoothing=False if args.no_smoothing else None)
+    s = result["stats"]
+    print(f"{result['video']['frames']} frames, {len(result['tracks'])} tracks, {s['fps']} frames/s, "
+          f"keyframes {s['keyframe_ratio']:.0%}" + (f"; overlay {args.render} ({s['rendered_with']})" if args.render
+                                                    else ""), file=sys.stderr)
+    if not args.output:
+        print(json.dumps(result))
+    return 0
+
+
 # ---- models -----------------------------------------------------------------------------------
 def cmd_models_list(args) -> int:
     store = _store(args)
@@ -181,6 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--name", help="consumer name in the group (default POSEKD_WORKER_NAME or host-pid)")
     worker.add_argument("--device-id", type=int, help="CUDA device (default POSEKD_CUDA_DEVICE_ID)")
     worker.set_defaults(func=cmd_worker)
+
+    video = sub.add_parser("video", help="track the people of a clip offline (the video job's code)")
+    video.add_argument("clip")
+    video.add_argument("-o", "--output", help="result JSON (default: stdout)")
+    video.add_argument("--render", help="also write the overlay MP4 here")
+    video.add_argument("--model", help="pose model (default POSEKD_DEFAULT_POSE_MODEL)")
+    video.add_argument("--detector", help="person detector (default POSEKD_DEFAULT_DETECTOR)")
+    video.add_argument("--keyframe-interval", type=int, help="detect every K frames (1: every frame)")
+    video.add_argument("--no-smoothing", action="store_true", help="raw keypoints (no One-Euro filter)")
+    video.set_defaults(func=cmd_video)
 
     models = sub.add_parser("models", help="inspect and change the model store")
     models.add_argument("--store", help="store root (default POSEKD_MODEL_STORE or ./model_store)")

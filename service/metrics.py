@@ -55,3 +55,14 @@ WORKER_ENTRIES = Counter("posekd_worker_entries_total",
                          ["outcome"], registry=REGISTRY)
 RECLAIMED = Counter("posekd_reclaimed_total", "Entries taken over from a worker that stopped answering",
                     registry=REGISTRY)
+
+# ---- video jobs ---------------------------------------------------------------------------------
+VIDEO_FRAME_SECONDS = Histogram("posekd_video_frame_seconds",
+                                "Processing time per video frame (detect + pose on keyframes, a share of the "
+                                "batched pose call in between)", buckets=_LATENCY, registry=REGISTRY)
+VIDEO_KEYFRAMES = Counter("posekd_video_keyframes_total",
+                          "Video frames the person detector ran on (keyframe ratio = this / posekd_video_frames_total)",
+                          registry=REGISTRY)
+VIDEO_ACTIVE_TRACKS = Gauge("posekd_video_active_tracks", "Tracks seen on the last processed video frame",
+                            registry=REGISTRY)
+VIDEO_JOBS = Counter("posekd_video_jobs_total", "Video jobs finished, by status", ["status"], registry=REGISTRY)

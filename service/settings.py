@@ -62,6 +62,25 @@ class Settings(BaseSettings):
     min_score: float = 0.2  # default person score threshold
     detector_threshold: float = 0.15  # boxes the detector must reach before the pose stage sees them
 
+    # --- video jobs --------------------------------------------------------------------------
+    max_video_bytes: int = 200 * 1024 * 1024
+    max_video_seconds: float = 600.0
+    max_video_frames: int = 20_000
+    max_video_pixels: int = 3840 * 2160  # per frame
+    video_dir: Path | None = None  # uploads, results and overlays (embedded mode); default: a temp dir
+    job_ttl_s: float = 3600.0  # finished jobs (state, result, overlay) are deleted after this
+    video_workers: int = 1  # clips processed at the same time per process
+    video_keyframe_interval: int = 5  # run the detector every K frames (1: every frame)
+    video_window: int = 4  # propagated frames whose pose crops are batched together
+    video_smoothing: bool = True
+    video_min_score: float = 0.25
+    one_euro_min_cutoff: float = 1.0  # Hz: lower = smoother at rest
+    one_euro_beta: float = 0.02  # per px/s: higher = less lag on fast motion
+    one_euro_d_cutoff: float = 1.0
+    track_match_threshold: float = 0.3  # OKS/IoU similarity needed to continue a track
+    track_max_lost: int = 30  # frames a lost track is remembered (occlusion, re-entry)
+    track_start_score: float = 0.4  # score a person needs to start a new track
+
     # --- security ----------------------------------------------------------------------------
     # Comma-separated. With any key set, /v1 routes need a key and admin routes an admin key
     # (when no admin key is set, every API key is an admin key).
@@ -80,7 +99,8 @@ class Settings(BaseSettings):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
 
-    @field_validator("max_batch", "queue_max", "max_batch_images", "pose_max_batch", "workers", "max_deliveries")
+    @field_validator("max_batch", "queue_max", "max_batch_images", "pose_max_batch", "workers", "max_deliveries",
+                     "video_workers", "video_keyframe_interval", "video_window")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value < 1:

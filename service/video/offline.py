@@ -1,0 +1,60 @@
+"""``posekd video CLIP -o result.json [--render out.mp4]``: the job's code, run offline."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from ..pipeline import PosePipeline
+from ..pipeline.runtime import OnnxModel
+from ..settings import Settings
+from ..store import ModelRegistry, ModelStore
+from . import decode
+from .processor import VideoOptions, VideoProcessor
+
+
+def load(settings: Settings, model: str | None, detector: str | None):
+    registry = ModelRegistry(ModelStore(settings.model_store), lambda m, d: OnnxModel.from_settings(m, d, settings),
+                             default_alias=settings.default_alias)
+    pose = registry.get(model or settings.default_pose_model, task="pose")
+    det = registry.get(detector or settings.default_detector, task="person_detection")
+    return PosePipeline.from_settings(settings), pose, det
+
+
+class Progress:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream, self.t0, self.last = stream, time.perf_counter(), 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - self.last < 0.2 and done < total:
+            return
+        self.last = now
+        fps = done / max(now - self.t0, 1e-9)
+        width = 30
+        filled = int(width * done / max(total, 1))
+        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} frames  {fps:.1f} fps")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.write("\n")
+
+
+def run(settings: Settings, clip: Path, out: Path | None, render: Path | None, *, model=None, detector=None,
+        keyframe_interval=None, smoothing=None, quiet=False) -> dict:
+    info = decode.probe(clip, max_seconds=settings.max_video_seconds, max_frames=settings.max_video_frames,
+                        max_pixels=settings.max_video_pixels)
+    pipeline, pose, det = load(settings, model, detector)
+    opts = VideoOptions.from_settings(settings, keyframe_interval=keyframe_interval, smoothing=smoothing)
+    bar = None if quiet else Progress()
+    try:
+        result = VideoProcessor(pipeline, pose, det, opts).run(clip, info, bar, render)
+    finally:
+        if bar:
+            bar.close()
+    if out is not None:
+        out.write_text(json.dumps(result, separators=(",", ":")))
+    return result

@@ -1,0 +1,197 @@
+"""One clip → tracked, smoothed poses (and optionally an overlay), streaming frame by frame.
+
+Keyframes and propagation (DKD's idea made practical): the person detector runs only on keyframes —
+every ``keyframe_interval`` frames, or sooner when the people carried over lose confidence or
+someone is lost. In between, each person's box comes from their keypoints on the previous frame, so
+the pose student alone carries the frames between keyframes; the crops of ``window`` consecutive
+frames go through the pose model in one batch (all boxed from the keypoints just before the window).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import metrics
+from ..keypoints import COCO17
+from ..pipeline import PosePipeline
+from ..pipeline.pipeline import nms
+from ..store.registry import ServedModel
+from . import decode
+from .render import Mp4Writer, draw
+from .smoothing import TrackSmoother
+from .tracker import Tracker, iou
+
+
+@dataclass
+class VideoOptions:
+    keyframe_interval: int = 5  # 1: detect on every frame
+    window: int = 4  # propagated frames whose pose crops are batched together
+    smoothing: bool = True
+    min_cutoff: float = 1.0  # One-Euro parameters
+    beta: float = 0.02
+    d_cutoff: float = 1.0
+    min_score: float = 0.25  # people below this mean keypoint score are dropped
+    redetect_score: float = 0.35  # propagated people below this trigger a keyframe
+    match_threshold: float = 0.3  # tracker: similarity needed to continue a track
+    max_lost: int = 30  # tracker: frames a lost track is remembered
+    start_score: float = 0.4  # tracker: score a person needs to start a track
+    max_people: int = 20
+    max_frames: int = 20_000
+
+    @classmethod
+    def from_settings(cls, s, **overrides) -> VideoOptions:
+        opts = cls(keyframe_interval=s.video_keyframe_interval, window=s.video_window, smoothing=s.video_smoothing,
+                   min_cutoff=s.one_euro_min_cutoff, beta=s.one_euro_beta, d_cutoff=s.one_euro_d_cutoff,
+                   min_score=s.video_min_score, match_threshold=s.track_match_threshold,
+                   max_lost=s.track_max_lost, start_score=s.track_start_score, max_people=s.max_people,
+                   max_frames=s.max_video_frames)
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(opts, key, value)
+        return opts
+
+
+class Cancelled(Exception):
+    """Raised by a progress callback to stop a job."""
+
+
+def box_from_keypoints(kps: np.ndarray, min_score: float = 0.2) -> np.ndarray | None:
+    """A person box around the confident keypoints, padded for the head top and the limbs' ends."""
+    good = kps[kps[:, 2] >= min_score]
+    if len(good) < 3:
+        return None
+    x1, y1 = good[:, 0].min(), good[:, 1].min()
+    x2, y2 = good[:, 0].max(), good[:, 1].max()
+    w, h = max(x2 - x1, 8.0), max(y2 - y1, 8.0)
+    return np.array([x1 - 0.1 * w, y1 - 0.15 * h, x2 + 0.1 * w, y2 + 0.05 * h], np.float32)
+
+
+class VideoProcessor:
+    def __init__(self, pipeline: PosePipeline, pose: ServedModel, detector: ServedModel, opts: VideoOptions):
+        self.pipeline, self.pose_model, self.detector, self.opts = pipeline, pose, detector, opts
+
+    def run(self, path: Path, info: decode.VideoInfo, progress: Callable[[int, int], None] | None = None,
+            render: Path | None = None) -> dict:
+        o = self.opts
+        tracker = Tracker(match_threshold=o.match_threshold, max_lost=o.max_lost, start_score=o.start_score)
+        smoother = TrackSmoother(o.min_cutoff, o.beta, o.d_cutoff) if o.smoothing else None
+        writer = Mp4Writer(render, info.width, info.height, info.fps) if render else None
+        out_frames: list[dict] = []
+        state = {"prev": [], "force": True, "keyframes": 0}
+        buffer: list[tuple[int, float, np.ndarray]] = []
+        t0 = time.perf_counter()
+
+        def emit(idx: int, t: float, image: np.ndarray, people: list, seconds: float) -> None:
+            people = self._dedupe(people)
+            boxes = np.array([p[0] for p in people], np.float32).reshape(-1, 4)
+            kps = np.array([p[1] for p in people], np.float32).reshape(-1, 17, 3)
+            scores = np.array([p[2] for p in people], np.float32)
+            ids = tracker.update(idx, boxes, kps, scores)
+            shown = []
+            for (box, kp, score), tid in zip(people, ids):
+                if tid is None:
+                    continue
+                xy = smoother(tid, kp, t) if smoother else kp
+                shown.append({"track_id": tid, "bbox": [round(float(v), 2) for v in box],
+                              "score": round(float(score), 4),
+                              "keypoints": [[round(float(x), 2), round(float(y), 2), round(float(s), 4)]
+                                            for (x, y, _), s in zip(xy, kp[:, 2])]})
+            out_frames.append({"frame": idx, "time": round(t, 4), "people": shown})
+            if writer is not None:
+                writer.write(draw(image, shown))
+            metrics.VIDEO_FRAMES.inc()
+            metrics.VIDEO_FRAME_SECONDS.observe(seconds)
+            metrics.VIDEO_ACTIVE_TRACKS.set(len(tracker.active))
+            if progress is not None:
+                progress(len(out_frames), max(info.frames, len(out_frames)))
+
+        def flush() -> None:
+            if not buffer:
+                return
+            start = time.perf_counter()
+            carried = [box_from_keypoints(p[1]) for p in state["prev"]]
+            carried = np.array([b for b in carried if b is not None], np.float32).reshape(-1, 4)
+            images = [im for _, _, im in buffer]
+            kps = self.pipeline.pose(self.pose_model, images, [carried] * len(images)) if len(carried) else \
+                [np.zeros((0, 17, 3), np.float32)] * len(images)
+            per_frame = (time.perf_counter() - start) / len(buffer)
+            for (idx, t, image), frame_kps in zip(buffer, kps):
+                people = self._people(frame_kps, None)
+                emit(idx, t, image, people, per_frame)
+                lost = len(people) < len(state["prev"])
+                weak = people and np.mean([p[2] for p in people]) < o.redetect_score
+                state["force"] = state["force"] or lost or bool(weak)
+                state["prev"] = people
+            buffer.clear()
+
+        try:
+            for idx, t, image in decode.frames(path, o.max_frames):
+                scheduled = idx % max(o.keyframe_interval, 1) == 0
+                if scheduled or state["force"] or len(buffer) >= max(o.window, 1):
+                    flush()
+                if scheduled or state["force"] or not state["prev"]:
+                    start = time.perf_counter()
+                    found = self.pipeline.detect(self.detector, [image])[0][: o.max_people]
+                    frame_kps = self.pipeline.pose(self.pose_model, [image], [found])[0]
+                    people = self._people(frame_kps, found)
+                    state["keyframes"] += 1
+                    metrics.VIDEO_KEYFRAMES.inc()
+                    emit(idx, t, image, people, time.perf_counter() - start)
+                    state["prev"], state["force"] = people, False
+                else:
+                    buffer.append((idx, t, image))
+            flush()
+        finally:
+            if writer is not None:
+                writer.close()
+        seconds = time.perf_counter() - t0
+        if not out_frames:
+            raise decode.InvalidVideo("the video has no frames")
+        seen = {p["track_id"] for f in out_frames for p in f["people"]}
+        tracks = [{"track_id": tr.id, "first_frame": tr.first_frame, "last_frame": tr.last_frame,
+                   "frames": tr.frames} for tr in tracker.all_tracks() if tr.id in seen]
+        video = {**info.as_dict(), "frames": len(out_frames)}
+        return {"video": video,
+                "model": {"name": self.pose_model.name, "version": self.pose_model.version},
+                "detector": {"name": self.detector.name, "version": self.detector.version},
+                "keypoint_names": list(COCO17), "tracks": tracks, "frames": out_frames,
+                "stats": {"keyframes": state["keyframes"], "keyframe_ratio": round(state["keyframes"] / len(out_frames), 4),
+                          "seconds": round(seconds, 3), "fps": round(len(out_frames) / max(seconds, 1e-9), 2),
+                          "smoothing": o.smoothing, "keyframe_interval": o.keyframe_interval,
+                          "rendered_with": writer.codec if writer else None}}
+
+    def _people(self, kps: np.ndarray, det_boxes: np.ndarray | None) -> list:
+        """(box, keypoints, score) for the confident people of one frame; the box is the detector's on
+        keyframes and the keypoints' own in between."""
+        people = []
+        for i, kp in enumerate(kps):
+            score = float(kp[:, 2].mean())
+            if score < self.opts.min_score:
+                continue
+            box = det_boxes[i, :4] if det_boxes is not None else box_from_keypoints(kp)
+            if box is None:
+                continue
+            people.append((np.asarray(box, np.float32), kp, score))
+        return people
+
+    @staticmethod
+    def _dedupe(people: list) -> list:
+        """Two boxes carried onto the same person collapse: keep the better one."""
+        if len(people) < 2:
+            return people
+        rows = np.array([[*p[0], p[2]] for p in people], np.float32)
+        kept = nms(rows, 0.6)
+        keep_rows = {tuple(r) for r in kept.tolist()}
+        out, used = [], set()
+        for p, r in zip(people, rows.tolist()):
+            if tuple(r) in keep_rows and tuple(r) not in used:
+                out.append(p)
+                used.add(tuple(r))
+        return out
+
+
+__all__ = ["Cancelled", "VideoOptions", "VideoProcessor", "box_from_keypoints", "iou"]
