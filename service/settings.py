@@ -69,7 +69,8 @@ class Settings(BaseSettings):
     max_video_pixels: int = 3840 * 2160  # per frame
     video_dir: Path | None = None  # uploads, results and overlays (embedded mode); default: a temp dir
     job_ttl_s: float = 3600.0  # finished jobs (state, result, overlay) are deleted after this
-    video_workers: int = 1  # clips processed at the same time per process
+    video_workers: int = 1  # clips processed at the same time per process (embedded mode)
+    video_visibility_s: float = 60.0  # Redis mode: a job whose worker sent no progress this long is taken over
     video_keyframe_interval: int = 5  # run the detector every K frames (1: every frame)
     video_window: int = 4  # propagated frames whose pose crops are batched together
     video_smoothing: bool = True

@@ -1,4 +1,5 @@
-"""``posekd worker``: one process per GPU (or CPU socket) that serves the Redis request stream.
+"""``posekd worker``: one process per GPU (or CPU socket) that serves the Redis request stream and,
+on a thread of its own, the video job stream.
 
 It loads the default models (and any other on first use) from the model store, batches across
 requests, answers on each API replica's reply stream, exports Prometheus metrics on its own port
@@ -10,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 
 from . import metrics
 from .broker.consumer import StreamConsumer
@@ -17,6 +19,8 @@ from .pipeline import PosePipeline
 from .pipeline.runtime import OnnxModel
 from .settings import Settings
 from .store import ModelRegistry, ModelStore
+from .video.jobs import RedisJobStore
+from .video.runner import VideoConsumer
 
 log = logging.getLogger("posekd.worker")
 
@@ -38,7 +42,7 @@ def report_device(settings: Settings, registry: ModelRegistry) -> None:
             log.log(level, "falling back to the CPU for %s:%d: %s", served.name, served.version, why)
 
 
-def build(settings: Settings) -> StreamConsumer:
+def build(settings: Settings) -> tuple[StreamConsumer, VideoConsumer]:
     store = ModelStore(settings.model_store)
     registry = ModelRegistry(store, lambda m, data: OnnxModel.from_settings(m, data, settings),
                              default_alias=settings.default_alias)
@@ -49,12 +53,16 @@ def build(settings: Settings) -> StreamConsumer:
     metrics.publish_models(registry)
     report_device(settings, registry)
     name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
-    return StreamConsumer(settings.redis_url, name, PosePipeline.from_settings(settings), registry, settings,
+    pipeline = PosePipeline.from_settings(settings)
+    videos = VideoConsumer(RedisJobStore(settings.redis_url, settings.redis_prefix, settings.job_ttl_s,
+                                         settings.redis_connect_timeout_s),
+                           name, settings, registry, pipeline, settings.video_visibility_s)
+    return StreamConsumer(settings.redis_url, name, pipeline, registry, settings,
                           prefix=settings.redis_prefix, max_batch=settings.max_batch,
                           max_delay_ms=settings.max_delay_ms, visibility_timeout_s=settings.visibility_timeout_s,
                           max_deliveries=settings.max_deliveries, reply_ttl_s=settings.reply_ttl_s,
                           heartbeat_s=settings.worker_heartbeat_s,
-                          connect_timeout_s=settings.redis_connect_timeout_s)
+                          connect_timeout_s=settings.redis_connect_timeout_s), videos
 
 
 def serve(settings: Settings, metrics_port: int | None = None) -> int:
@@ -67,7 +75,8 @@ def serve(settings: Settings, metrics_port: int | None = None) -> int:
     if port:
         start_http_server(port, addr="0.0.0.0", registry=metrics.REGISTRY)
         log.info("metrics on :%d/metrics", port)
-    consumer = build(settings)
+    consumer, videos = build(settings)
+    video_thread = threading.Thread(target=videos.run, name="posekd-video", daemon=True)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -77,12 +86,15 @@ def serve(settings: Settings, metrics_port: int | None = None) -> int:
             if not stop.is_set():
                 log.info("%s: finishing the batch in hand, then exiting", sig.name)
             stop.set()
+            videos.stop_event.set()  # a running video job goes back to the queue for another worker
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
         log.info("worker %s serving %s (max_batch %d, max_delay_ms %g)", consumer.name, consumer.keys.requests,
                  consumer.max_batch, consumer.max_delay * 1000)
+        video_thread.start()
         await consumer.run(stop)
+        await asyncio.to_thread(video_thread.join, 30)
 
     asyncio.run(main())
     return 0

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__, metrics
 from ..errors import PoseKDError
 from ..settings import Settings, get_settings
-from . import routes_health, routes_models, routes_pose
+from . import routes_health, routes_models, routes_pose, routes_video
 from .state import ServiceState
 
 log = logging.getLogger("posekd.api")
@@ -97,6 +97,8 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(signal.SIGHUP)
             await svc.broker.stop()
+            if svc.video_runner is not None:
+                await run_in_threadpool(svc.video_runner.stop)
 
     app = FastAPI(title="PoseKD", version=__version__, lifespan=lifespan,
                   description="Human keypoints (COCO-17) from distilled student models. "
@@ -134,4 +136,5 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
     app.include_router(routes_health.router)
     app.include_router(routes_pose.router)
     app.include_router(routes_models.router)
+    app.include_router(routes_video.router)
     return app

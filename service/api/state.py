@@ -11,6 +11,8 @@ from ..pipeline import PosePipeline
 from ..pipeline.runtime import OnnxModel
 from ..settings import Settings
 from ..store import ModelRegistry, ModelSpec, ModelStore
+from ..video.jobs import JobStore, LocalJobStore, RedisJobStore
+from ..video.runner import LocalRunner
 
 log = logging.getLogger("posekd.api")
 
@@ -23,6 +25,8 @@ class ServiceState:
     pipeline: PosePipeline
     broker: Broker
     preload_errors: dict[str, str]
+    jobs: JobStore | None = None
+    video_runner: LocalRunner | None = None  # embedded mode; in Redis mode the workers run the jobs
 
     @classmethod
     def build(cls, settings: Settings) -> ServiceState:
@@ -43,7 +47,14 @@ class ServiceState:
             broker = LocalBroker(pipeline, registry, max_batch=settings.max_batch,
                                  max_delay_ms=settings.max_delay_ms, queue_max=settings.queue_max,
                                  workers=settings.workers)
-        return cls(settings, store, registry, pipeline, broker, {})
+        if settings.redis_url:
+            jobs: JobStore = RedisJobStore(settings.redis_url, settings.redis_prefix, settings.job_ttl_s,
+                                           settings.redis_connect_timeout_s)
+            runner = None
+        else:
+            jobs = LocalJobStore(settings.video_dir, settings.job_ttl_s)
+            runner = LocalRunner(jobs, settings, registry, pipeline, settings.video_workers)
+        return cls(settings, store, registry, pipeline, broker, {}, jobs, runner)
 
     @property
     def runs_models(self) -> bool:

@@ -159,7 +159,8 @@ class VideoProcessor:
                 "model": {"name": self.pose_model.name, "version": self.pose_model.version},
                 "detector": {"name": self.detector.name, "version": self.detector.version},
                 "keypoint_names": list(COCO17), "tracks": tracks, "frames": out_frames,
-                "stats": {"keyframes": state["keyframes"], "keyframe_ratio": round(state["keyframes"] / len(out_frames), 4),
+                "stats": {"keyframes": state["keyframes"],
+                          "keyframe_ratio": round(state["keyframes"] / len(out_frames), 4),
                           "seconds": round(seconds, 3), "fps": round(len(out_frames) / max(seconds, 1e-9), 2),
                           "smoothing": o.smoothing, "keyframe_interval": o.keyframe_interval,
                           "rendered_with": writer.codec if writer else None}}

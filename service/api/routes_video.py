@@ -1,0 +1,144 @@
+"""Video jobs: ``POST /v1/videos``, ``GET /v1/jobs/{id}`` (+ ``/result``, ``/video``), ``DELETE``."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from ..errors import InvalidParameter, PayloadTooLarge, PoseKDError
+from ..store import ModelSpec
+from ..video import decode
+from ..video.jobs import FINAL, Job
+from .schemas import ErrorResponse
+from .security import RequireKey
+
+router = APIRouter(prefix="/v1", tags=["video"], dependencies=[RequireKey])
+_ERRORS = {c: {"model": ErrorResponse} for c in (400, 401, 403, 404, 409, 413, 415, 422, 503)}
+_VIDEO_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["video"], "properties": {"video": {"type": "string", "format": "binary"}}}}}}}
+
+
+async def _save_upload(request: Request, limit: int, into: Path) -> Path:
+    """The multipart ``video`` field written to ``into`` (spooled by the parser, never whole in memory)."""
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        raise PoseKDError("send the clip as multipart/form-data, field 'video'", code="unsupported_media_type",
+                          status=415)
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise PayloadTooLarge(f"the request body has {declared} bytes; the limit is {limit}")
+    try:
+        form = await request.form(max_files=1, max_fields=20)
+    except MultiPartException as exc:
+        raise PoseKDError(f"malformed multipart body: {exc.message}", code="invalid_request", status=400) from exc
+    try:
+        upload = form.get("video")
+        if not isinstance(upload, UploadFile):
+            raise InvalidParameter("the multipart body needs a file field 'video'")
+        path = into / "clip"
+        with open(path, "wb") as out:
+            size = 0
+            while chunk := await upload.read(1 << 20):
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"the clip passes the limit of {limit} bytes")
+                out.write(chunk)
+        if size == 0:
+            raise decode.InvalidVideo("the clip is empty")
+        return path
+    finally:
+        await form.close()
+
+
+@router.post("/videos", status_code=202, responses=_ERRORS, openapi_extra=_VIDEO_BODY,
+             summary="Upload a clip; its people are tracked in the background")
+async def create_video_job(request: Request,
+                           model: str | None = Query(None, max_length=140, description="pose model"),
+                           detector: str | None = Query(None, max_length=140, description="person detector"),
+                           render: bool = Query(False, description="also render the overlay MP4"),
+                           keyframe_interval: int | None = Query(None, ge=1, le=300,
+                                                                 description="detect every K frames (1: every frame)"),
+                           smoothing: bool | None = Query(None, description="One-Euro smoothing of keypoints")):
+    state = request.app.state.service
+    s = state.settings
+    for spec, task in ((model or s.default_pose_model, "pose"), (detector or s.default_detector, "person_detection")):
+        await run_in_threadpool(state.registry.get, ModelSpec.parse(spec), task)  # 404 before the upload is kept
+    tmp = Path(tempfile.mkdtemp(prefix="posekd-upload-"))
+    try:
+        clip = await _save_upload(request, s.max_video_bytes, tmp)
+        info = await run_in_threadpool(decode.probe, clip, max_seconds=s.max_video_seconds,
+                                       max_frames=s.max_video_frames, max_pixels=s.max_video_pixels)
+        job = Job(render=render, frames_total=info.frames,
+                  options={"model": model, "detector": detector, "keyframe_interval": keyframe_interval,
+                           "smoothing": smoothing})
+        await run_in_threadpool(state.jobs.create, job, clip)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if state.video_runner is not None:
+        state.video_runner.submit(job.id)
+    url = f"/v1/jobs/{job.id}"
+    return JSONResponse({"job_id": job.id, "status": job.status, "status_url": url,
+                         "result_url": url + "/result", "video": info.as_dict()},
+                        status_code=202, headers={"Location": url})
+
+
+async def _job(request: Request, job_id: str) -> Job:
+    return await run_in_threadpool(request.app.state.service.jobs.get, job_id)
+
+
+@router.get("/jobs/{job_id}", responses=_ERRORS, summary="A job's status and progress")
+async def job_status(request: Request, job_id: str):
+    return (await _job(request, job_id)).public()
+
+
+def _not_finished(job: Job) -> PoseKDError:
+    if job.status == "failed":
+        return PoseKDError(f"the job failed: {job.error}", code="job_failed", status=409)
+    if job.status == "cancelled":
+        return PoseKDError("the job was cancelled", code="job_cancelled", status=409)
+    return PoseKDError(f"the job is {job.status} ({job.progress:.0%}); try again later", code="job_not_finished",
+                       status=409)
+
+
+@router.get("/jobs/{job_id}/result", responses=_ERRORS, summary="Tracked poses (409 until the job succeeded)")
+async def job_result(request: Request, job_id: str):
+    job = await _job(request, job_id)
+    if job.status != "succeeded":
+        raise _not_finished(job)
+    data = await run_in_threadpool(request.app.state.service.jobs.result, job_id)
+    return Response(data, media_type="application/json")
+
+
+@router.get("/jobs/{job_id}/video", responses=_ERRORS, summary="The overlay MP4 (jobs with render=true)")
+async def job_video(request: Request, job_id: str):
+    job = await _job(request, job_id)
+    if not job.render:
+        raise PoseKDError("the job was submitted without render=true", code="no_overlay", status=404)
+    if job.status != "succeeded":
+        raise _not_finished(job)
+    overlay = await run_in_threadpool(request.app.state.service.jobs.overlay, job_id)
+    if overlay is None:
+        raise PoseKDError("the overlay has expired", code="no_overlay", status=404)
+    if isinstance(overlay, Path):
+        return FileResponse(overlay, media_type="video/mp4", filename=f"{job_id}.mp4")
+    return Response(overlay, media_type="video/mp4",
+                    headers={"Content-Disposition": f'attachment; filename="{job_id}.mp4"'})
+
+
+@router.delete("/jobs/{job_id}", responses=_ERRORS, summary="Cancel a job, or delete a finished one")
+async def job_delete(request: Request, job_id: str):
+    jobs = request.app.state.service.jobs
+    job = await _job(request, job_id)
+    if job.status in FINAL:
+        await run_in_threadpool(jobs.delete, job_id)
+        return {"job_id": job_id, "status": job.status, "deleted": True}
+    await run_in_threadpool(lambda: jobs.update(job_id, cancel_requested=True))
+    if job.status == "queued":
+        await run_in_threadpool(jobs.finish, job_id, "cancelled")
+        return {"job_id": job_id, "status": "cancelled", "deleted": False}
+    return JSONResponse({"job_id": job_id, "status": "cancelling", "deleted": False}, status_code=202)

@@ -1,0 +1,242 @@
+"""Video jobs: their state, inputs and outputs, in one of two stores behind one interface.
+
+- :class:`LocalJobStore` (embedded mode): a directory per job (``job.json``, the clip, ``result.json``,
+  ``overlay.mp4``) under ``POSEKD_VIDEO_DIR``; jobs a restart interrupted are marked failed.
+- :class:`RedisJobStore` (Redis mode): a hash per job plus keys for the clip, the result and the
+  overlay, all expiring; jobs are queued on a stream that workers read as a consumer group, so state
+  and results survive an API restart and a job whose worker died is taken over.
+
+Both are synchronous (workers call them from their processing thread; the API from its thread pool)."""
+from __future__ import annotations
+
+import abc
+import json
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import PoseKDError
+
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+class JobNotFound(PoseKDError):
+    code, status = "job_not_found", 404
+
+
+@dataclass
+class Job:
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    status: str = "queued"
+    progress: float = 0.0
+    frames_done: int = 0
+    frames_total: int = 0
+    error: str | None = None
+    created: float = field(default_factory=time.time)
+    finished: float | None = None
+    render: bool = False
+    options: dict = field(default_factory=dict)  # model, detector, keyframe_interval, smoothing
+    cancel_requested: bool = False
+
+    def public(self) -> dict:
+        return {"job_id": self.id, "status": self.status, "progress": round(self.progress, 4),
+                "frames_done": self.frames_done, "frames_total": self.frames_total, "error": self.error,
+                "render": self.render, "created": self.created, "finished": self.finished}
+
+
+class JobStore(abc.ABC):
+    ttl_s: float
+
+    @abc.abstractmethod
+    def create(self, job: Job, clip: Path) -> None:
+        """Register a queued job and take the clip (the file is moved or copied in)."""
+
+    @abc.abstractmethod
+    def get(self, job_id: str) -> Job:
+        """The job; JobNotFound when unknown or expired."""
+
+    @abc.abstractmethod
+    def update(self, job_id: str, **fields) -> None: ...
+
+    @abc.abstractmethod
+    def clip(self, job_id: str, into: Path) -> Path:
+        """The uploaded clip as a local file (a copy under ``into`` when it lives elsewhere)."""
+
+    @abc.abstractmethod
+    def save_outputs(self, job_id: str, result: dict, overlay: Path | None) -> None: ...
+
+    @abc.abstractmethod
+    def result(self, job_id: str) -> bytes: ...
+
+    @abc.abstractmethod
+    def overlay(self, job_id: str) -> Path | bytes | None: ...
+
+    @abc.abstractmethod
+    def delete(self, job_id: str) -> None: ...
+
+    def finish(self, job_id: str, status: str, error: str | None = None) -> None:
+        self.update(job_id, status=status, error=error, finished=time.time())
+
+
+# ---- embedded ----------------------------------------------------------------------------------
+class LocalJobStore(JobStore):
+    def __init__(self, root: Path | None, ttl_s: float = 3600.0):
+        self.root = Path(root) if root else Path(tempfile.gettempdir()) / "posekd-videos"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.ttl_s = ttl_s
+        self._interrupted()
+
+    def _dir(self, job_id: str) -> Path:
+        if not job_id.isalnum():
+            raise JobNotFound(f"unknown job {job_id!r}")
+        return self.root / job_id
+
+    def _write(self, job: Job) -> None:
+        path = self._dir(job.id) / "job.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(job)))
+        tmp.replace(path)
+
+    def _interrupted(self) -> None:
+        """A restart ends whatever was queued or running in this directory: say so, never leave it stuck."""
+        for path in self.root.glob("*/job.json"):
+            try:
+                job = Job(**json.loads(path.read_text()))
+            except (OSError, ValueError, TypeError):
+                continue
+            if job.status not in FINAL:
+                job.status, job.error, job.finished = "failed", "interrupted by a service restart", time.time()
+                self._write(job)
+
+    def sweep(self) -> None:
+        now = time.time()
+        for path in self.root.glob("*/job.json"):
+            try:
+                job = Job(**json.loads(path.read_text()))
+            except (OSError, ValueError, TypeError):
+                continue
+            if job.finished and now - job.finished > self.ttl_s:
+                shutil.rmtree(path.parent, ignore_errors=True)
+
+    def create(self, job: Job, clip: Path) -> None:
+        self.sweep()
+        folder = self._dir(job.id)
+        folder.mkdir(parents=True)
+        shutil.move(str(clip), folder / "clip")
+        self._write(job)
+
+    def get(self, job_id: str) -> Job:
+        try:
+            return Job(**json.loads((self._dir(job_id) / "job.json").read_text()))
+        except (OSError, ValueError, TypeError):
+            raise JobNotFound(f"unknown job {job_id!r}") from None
+
+    def update(self, job_id: str, **fields) -> None:
+        job = self.get(job_id)
+        for key, value in fields.items():
+            setattr(job, key, value)
+        self._write(job)
+
+    def clip(self, job_id: str, into: Path) -> Path:
+        return self._dir(job_id) / "clip"
+
+    def save_outputs(self, job_id: str, result: dict, overlay: Path | None) -> None:
+        folder = self._dir(job_id)
+        (folder / "result.json").write_text(json.dumps(result, separators=(",", ":")))
+        if overlay is not None and overlay != folder / "overlay.mp4":
+            shutil.move(str(overlay), folder / "overlay.mp4")
+        (folder / "clip").unlink(missing_ok=True)
+
+    def result(self, job_id: str) -> bytes:
+        return (self._dir(job_id) / "result.json").read_bytes()
+
+    def overlay(self, job_id: str) -> Path | None:
+        path = self._dir(job_id) / "overlay.mp4"
+        return path if path.exists() else None
+
+    def overlay_target(self, job_id: str) -> Path:
+        return self._dir(job_id) / "overlay.mp4"
+
+    def delete(self, job_id: str) -> None:
+        shutil.rmtree(self._dir(job_id), ignore_errors=True)
+
+
+# ---- Redis mode --------------------------------------------------------------------------------
+class RedisJobStore(JobStore):
+    """Keys (prefix ``POSEKD_REDIS_PREFIX``): ``job:{id}`` hash, ``job:{id}:clip``, ``job:{id}:result``,
+    ``job:{id}:overlay``; the ``videos`` stream carries one entry per job for the workers."""
+
+    GROUP = "video-workers"
+
+    def __init__(self, url: str, prefix: str = "posekd", ttl_s: float = 3600.0, connect_timeout_s: float = 1.0):
+        import redis
+        self.redis = redis.Redis.from_url(url, socket_connect_timeout=connect_timeout_s, socket_timeout=30)
+        self.prefix = prefix
+        self.ttl_s = ttl_s
+        self.stream = f"{prefix}:videos"
+
+    def _key(self, job_id: str, part: str = "") -> str:
+        return f"{self.prefix}:job:{job_id}" + (f":{part}" if part else "")
+
+    def _expire_all(self, pipe, job_id: str, seconds: float) -> None:
+        for part in ("", "clip", "result", "overlay"):
+            pipe.expire(self._key(job_id, part), int(seconds))
+
+    def create(self, job: Job, clip: Path) -> None:
+        fields = {k: json.dumps(v) for k, v in asdict(job).items()}
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._key(job.id), mapping=fields)
+            pipe.set(self._key(job.id, "clip"), clip.read_bytes())
+            self._expire_all(pipe, job.id, self.ttl_s * 2)  # queued or running jobs get room
+            pipe.xadd(self.stream, {"job": job.id})
+            pipe.execute()
+        clip.unlink(missing_ok=True)
+
+    def get(self, job_id: str) -> Job:
+        raw = self.redis.hgetall(self._key(job_id))
+        if not raw:
+            raise JobNotFound(f"unknown job {job_id!r}")
+        return Job(**{k.decode(): json.loads(v) for k, v in raw.items()})
+
+    def update(self, job_id: str, **fields) -> None:
+        if not self.redis.exists(self._key(job_id)):
+            raise JobNotFound(f"unknown job {job_id!r}")
+        self.redis.hset(self._key(job_id), mapping={k: json.dumps(v) for k, v in fields.items()})
+
+    def finish(self, job_id: str, status: str, error: str | None = None) -> None:
+        super().finish(job_id, status, error)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(self._key(job_id, "clip"))
+            self._expire_all(pipe, job_id, self.ttl_s)
+            pipe.execute()
+
+    def clip(self, job_id: str, into: Path) -> Path:
+        data = self.redis.get(self._key(job_id, "clip"))
+        if data is None:
+            raise JobNotFound(f"the clip of job {job_id} is gone (expired)")
+        path = into / f"{job_id}.clip"
+        path.write_bytes(data)
+        return path
+
+    def save_outputs(self, job_id: str, result: dict, overlay: Path | None) -> None:
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._key(job_id, "result"), json.dumps(result, separators=(",", ":")))
+            if overlay is not None:
+                pipe.set(self._key(job_id, "overlay"), overlay.read_bytes())
+            pipe.execute()
+
+    def result(self, job_id: str) -> bytes:
+        data = self.redis.get(self._key(job_id, "result"))
+        if data is None:
+            raise JobNotFound(f"job {job_id} has no result (expired)")
+        return data
+
+    def overlay(self, job_id: str) -> bytes | None:
+        return self.redis.get(self._key(job_id, "overlay"))
+
+    def delete(self, job_id: str) -> None:
+        self.redis.delete(*(self._key(job_id, p) for p in ("", "clip", "result", "overlay")))

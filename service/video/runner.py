@@ -1,0 +1,183 @@
+"""Running video jobs: :func:`process` does one job whatever the store; :class:`LocalRunner` runs them
+on threads inside the embedded service; :class:`VideoConsumer` is the `posekd worker` side in Redis
+mode (a consumer group on the ``videos`` stream; a job whose worker died is taken over once its
+entry has been idle ``visibility_s``; a running job keeps its entry fresh)."""
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .. import metrics
+from ..errors import PoseKDError
+from . import decode
+from .jobs import FINAL, JobStore, RedisJobStore
+from .processor import Cancelled, VideoOptions, VideoProcessor
+
+log = logging.getLogger("posekd.video")
+
+
+class Stopping(Exception):
+    """The process is shutting down: leave the job for another worker (Redis) or fail it clearly."""
+
+
+def process(store: JobStore, job_id: str, settings, registry, pipeline, *, stopping=None, heartbeat=None) -> str:
+    """Run one job to a final status (returned). ``stopping()`` true makes it give the job up;
+    ``heartbeat()`` is called with each progress update."""
+    job = store.get(job_id)
+    if job.status in FINAL:
+        return job.status
+    if job.cancel_requested:
+        store.finish(job_id, "cancelled")
+        return "cancelled"
+    store.update(job_id, status="running", error=None)
+    with tempfile.TemporaryDirectory(prefix="posekd-job-") as tmp:
+        work = Path(tmp)
+        status, error = "failed", None
+        try:
+            clip = store.clip(job_id, work)
+            info = decode.probe(clip, max_seconds=settings.max_video_seconds, max_frames=settings.max_video_frames,
+                                max_pixels=settings.max_video_pixels)
+            o = job.options
+            pose = registry.get(o.get("model") or settings.default_pose_model, task="pose")
+            det = registry.get(o.get("detector") or settings.default_detector, task="person_detection")
+            opts = VideoOptions.from_settings(settings, keyframe_interval=o.get("keyframe_interval"),
+                                              smoothing=o.get("smoothing"))
+            overlay = work / "overlay.mp4" if job.render else None
+            last = [0.0]
+
+            def progress(done: int, total: int) -> None:
+                if stopping is not None and stopping():
+                    raise Stopping()
+                now = time.monotonic()
+                if now - last[0] < 0.5:
+                    return
+                last[0] = now
+                if store.get(job_id).cancel_requested:
+                    raise Cancelled()
+                store.update(job_id, frames_done=done, frames_total=total, progress=min(done / max(total, 1), 0.999))
+                if heartbeat is not None:
+                    heartbeat()
+
+            result = VideoProcessor(pipeline, pose, det, opts).run(clip, info, progress, overlay)
+            store.save_outputs(job_id, result, overlay)
+            n = result["video"]["frames"]
+            store.update(job_id, frames_done=n, frames_total=n, progress=1.0)
+            status = "succeeded"
+        except Cancelled:
+            status = "cancelled"
+        except Stopping:
+            raise
+        except PoseKDError as exc:
+            error = exc.message
+        except Exception as exc:  # never a stuck job: say what happened
+            log.exception("video job %s failed", job_id)
+            error = f"internal error: {exc}"
+        store.finish(job_id, status, error)
+        metrics.VIDEO_JOBS.labels(status).inc()
+        log.info("video job %s %s%s", job_id, status, f": {error}" if error else "")
+        return status
+
+
+class LocalRunner:
+    """Embedded mode: jobs run on ``workers`` threads in the API process."""
+
+    def __init__(self, store: JobStore, settings, registry, pipeline, workers: int = 1):
+        self.store, self.settings, self.registry, self.pipeline = store, settings, registry, pipeline
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="posekd-video")
+        self._stopping = False
+
+    def submit(self, job_id: str) -> None:
+        self._pool.submit(self._run, job_id)
+
+    def _run(self, job_id: str) -> None:
+        try:
+            process(self.store, job_id, self.settings, self.registry, self.pipeline, stopping=lambda: self._stopping)
+        except Stopping:
+            self.store.finish(job_id, "failed", "the service shut down while the job ran; submit it again")
+        except Exception:
+            log.exception("video job %s could not be finished", job_id)
+
+    def stop(self) -> None:
+        """Queued jobs fail with a clear error; a running one stops at its next frame."""
+        self._stopping = True
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for path in getattr(self.store, "root", Path("/nonexistent")).glob("*/job.json"):
+            job_id = path.parent.name
+            try:
+                if self.store.get(job_id).status not in FINAL:
+                    self.store.finish(job_id, "failed", "the service shut down before the job ran; submit it again")
+            except PoseKDError:
+                pass
+
+
+class VideoConsumer:
+    """Redis mode, in `posekd worker`: one job at a time from the ``videos`` stream."""
+
+    def __init__(self, store: RedisJobStore, name: str, settings, registry, pipeline, visibility_s: float = 60.0):
+        self.store, self.name, self.settings = store, name, settings
+        self.registry, self.pipeline = registry, pipeline
+        self.visibility_ms = int(visibility_s * 1000)
+        self.stop_event = threading.Event()
+
+    def _ensure_group(self) -> None:
+        import redis
+        try:
+            self.store.redis.xgroup_create(self.store.stream, RedisJobStore.GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _next(self):
+        r, stream, group = self.store.redis, self.store.stream, RedisJobStore.GROUP
+        _, claimed, _ = r.xautoclaim(stream, group, self.name, self.visibility_ms, "0-0", count=1)
+        if claimed:
+            log.warning("taking over video job entry %s from a worker that stopped", claimed[0][0])
+            return claimed[0]
+        got = r.xreadgroup(group, self.name, {stream: ">"}, count=1, block=1000)
+        return got[0][1][0] if got else None
+
+    def _handle(self, entry_id, fields) -> bool:
+        """Process one job entry and acknowledge it; False when the worker is stopping (the entry is left
+        for another worker)."""
+        job_id = (fields or {}).get(b"job", b"").decode()
+        r, stream, group = self.store.redis, self.store.stream, RedisJobStore.GROUP
+
+        def keep_alive():  # reset the entry's idle time: this worker is alive and on it
+            r.xclaim(stream, group, self.name, 0, [entry_id], justid=True)
+
+        try:
+            if job_id:
+                process(self.store, job_id, self.settings, self.registry, self.pipeline,
+                        stopping=self.stop_event.is_set, heartbeat=keep_alive)
+        except Stopping:
+            self.store.update(job_id, status="queued")  # another worker takes the entry over
+            return False
+        except PoseKDError as exc:  # the job expired or vanished
+            log.warning("video job %s: %s", job_id, exc.message)
+        r.xack(stream, group, entry_id)
+        r.xdel(stream, entry_id)
+        return True
+
+    def run(self) -> None:
+        import redis
+        grouped = False
+        while not self.stop_event.is_set():
+            try:
+                if not grouped:
+                    self._ensure_group()
+                    grouped = True
+                entry = self._next()
+                if entry is None:
+                    continue
+                if not self._handle(*entry):
+                    return
+            except redis.RedisError as exc:
+                if "NOGROUP" in str(exc):
+                    grouped = False
+                    continue
+                log.warning("video consumer: Redis error (%s); retrying", exc)
+                time.sleep(1.0)
