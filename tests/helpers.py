@@ -149,3 +149,21 @@ def add_slow_pose(store: ModelStore) -> None:
     build = store.root.parent / "onnx"
     build.mkdir(exist_ok=True)
     import_model(store, slow_pose_onnx(build / "slow.onnx"), {**POSE_FIELDS, "name": "slow-pose"})
+
+
+def blob_clip(path: Path, frames: int = 30, fps: int = 10, w: int = 300, h: int = 200, path_xy=None,
+              codec: str = "mpeg4") -> Path:
+    """A real video file (PyAV) with one bright blob moving along ``path_xy(i) -> (x, y)``."""
+    import av
+    path_xy = path_xy or (lambda i: (60 + 2 * i, 80 + i))
+    container = av.open(str(path), mode="w")
+    stream = container.add_stream(codec, rate=fps)
+    stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+    for i in range(frames):
+        frame = av.VideoFrame.from_ndarray(blob_image(w, h, at=path_xy(i)), format="bgr24")
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path

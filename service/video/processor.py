@@ -59,15 +59,16 @@ class Cancelled(Exception):
     """Raised by a progress callback to stop a job."""
 
 
-def box_from_keypoints(kps: np.ndarray, min_score: float = 0.2) -> np.ndarray | None:
+def box_from_keypoints(kps: np.ndarray, min_score: float = 0.2, min_size: float = 16.0) -> np.ndarray | None:
     """A person box around the confident keypoints, padded for the head top and the limbs' ends."""
     good = kps[kps[:, 2] >= min_score]
     if len(good) < 3:
         return None
     x1, y1 = good[:, 0].min(), good[:, 1].min()
     x2, y2 = good[:, 0].max(), good[:, 1].max()
-    w, h = max(x2 - x1, 8.0), max(y2 - y1, 8.0)
-    return np.array([x1 - 0.1 * w, y1 - 0.15 * h, x2 + 0.1 * w, y2 + 0.05 * h], np.float32)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    w, h = max(x2 - x1, min_size), max(y2 - y1, min_size)
+    return np.array([cx - 0.6 * w, cy - 0.65 * h, cx + 0.6 * w, cy + 0.55 * h], np.float32)
 
 
 class VideoProcessor:

@@ -57,6 +57,13 @@ def oks(a: np.ndarray, b: np.ndarray, areas: np.ndarray, min_score: float = 0.2)
     return np.where(count >= 3, score, -1.0)
 
 
+def _centre(kps: np.ndarray, box: np.ndarray, min_score: float = 0.2) -> np.ndarray:
+    """Where a person is: the mean of the confident keypoints (the same on keyframes, whose boxes come
+    from the detector, and between them, whose boxes come from the keypoints), else the box centre."""
+    good = kps[kps[:, 2] >= min_score, :2]
+    return good.mean(0) if len(good) >= 3 else (box[:2] + box[2:]) / 2
+
+
 class Tracker:
     def __init__(self, *, match_threshold: float = 0.3, max_lost: int = 30, start_score: float = 0.4,
                  velocity_momentum: float = 0.6):
@@ -78,7 +85,7 @@ class Tracker:
         pred = [t.predicted(frame) for t in self.tracks]
         t_boxes = np.stack([p[0] for p in pred])
         t_kps = np.stack([p[1] for p in pred])
-        areas = (t_boxes[:, 2] - t_boxes[:, 0]) * (t_boxes[:, 3] - t_boxes[:, 1])
+        areas = np.maximum((t_boxes[:, 2] - t_boxes[:, 0]) * (t_boxes[:, 3] - t_boxes[:, 1]), 32.0 ** 2)
         by_box = iou(t_boxes, boxes)
         by_kps = oks(t_kps, kps, areas)
         return np.where(by_kps >= 0, np.maximum(by_kps, by_box), by_box)
@@ -120,7 +127,7 @@ class Tracker:
 
     def _extend(self, track: Track, frame: int, box: np.ndarray, kps: np.ndarray) -> None:
         gap = max(frame - track.last_frame, 1)
-        step = (((box[:2] + box[2:]) - (track.box[:2] + track.box[2:])) / 2) / gap
+        step = (_centre(kps, box) - _centre(track.keypoints, track.box)) / gap
         track.velocity = self.momentum * track.velocity + (1 - self.momentum) * step
         track.box, track.keypoints = box.copy(), kps.copy()
         track.last_frame, track.lost = frame, 0
