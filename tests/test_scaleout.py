@@ -15,7 +15,7 @@ import redis
 
 from service.broker.keys import GROUP, RedisKeys
 
-from .helpers import add_slow_pose, blob_image, encode
+from .helpers import add_slow_pose, blob_clip, blob_image, encode
 from .procs import RedisServer, metric, service_env, start_api, start_worker, wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -228,3 +228,26 @@ def test_a_client_that_disconnects_leaves_no_work_behind(cluster, store, redis_u
     time.sleep(1.0)  # the worker would have taken it by now
     assert metric(port, "posekd_worker_entries_total", 'outcome="ok"') == 1  # only the held request ran
     assert metric(base, "posekd_requests_total", 'code="499"') == 1
+
+
+def test_a_video_job_in_redis_mode_survives_an_api_restart(cluster, tmp_path):
+    cluster.worker("video-worker", POSEKD_VIDEO_MIN_SCORE=0.1, POSEKD_TRACK_START_SCORE=0.2)
+    api, base = cluster.api()
+    clip = blob_clip(tmp_path / "c.mp4", frames=15).read_bytes()
+    r = httpx.post(base + "/v1/videos", params={"render": "true"}, files={"video": ("c.mp4", clip, "video/mp4")},
+                   timeout=30)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+
+    def done():
+        body = httpx.get(f"{base}/v1/jobs/{job_id}", timeout=5).json()
+        return body if body["status"] in ("succeeded", "failed", "cancelled") else None
+
+    assert wait_until(done, 60, "the video job", api)["status"] == "succeeded"
+    api.stop()
+    _, base = cluster.api()  # a new API process: state and results live in Redis
+    assert httpx.get(f"{base}/v1/jobs/{job_id}", timeout=5).json()["status"] == "succeeded"
+    result = httpx.get(f"{base}/v1/jobs/{job_id}/result", timeout=5).json()
+    assert result["video"]["frames"] == 15 and len(result["tracks"]) == 1
+    video = httpx.get(f"{base}/v1/jobs/{job_id}/video", timeout=5)
+    assert video.status_code == 200 and video.content[4:8] == b"ftyp"
