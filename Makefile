@@ -34,6 +34,8 @@ test: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(BIN)/posekd bench images
 	$(BIN)/posekd bench students
+	$(BIN)/posekd bench queue
+	$(BIN)/posekd bench video
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check service distill tests bench
