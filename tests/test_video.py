@@ -211,3 +211,16 @@ def test_jobs_are_cancelled_queued_or_running_and_results_wait_for_success(setti
         assert wait_final(client, running)["status"] == "cancelled"
         assert client.get(f"/v1/jobs/{running}/result").json()["error"]["code"] == "job_cancelled"
         assert client.get(f"/v1/jobs/{queued}").json()["status"] == "cancelled"
+
+
+def test_a_job_that_cannot_run_fails_with_a_clear_error_instead_of_hanging(settings, store, tmp_path):
+    add_slow_pose(store)
+    s = settings.model_copy(update={"video_dir": tmp_path / "jobs", "default_pose_model": "slow-pose"})
+    data = blob_clip(tmp_path / "c.mp4", frames=20).read_bytes()
+    with TestClient(create_app(s)) as client:
+        first = upload(client, data, keyframe_interval=1).json()["job_id"]
+        second = upload(client, data).json()["job_id"]
+        (tmp_path / "jobs" / second / "clip").write_bytes(b"\x00" * 64)  # its upload is damaged on disk
+        client.delete(f"/v1/jobs/{first}")  # the queued job runs now
+        status = wait_final(client, second)
+        assert status["status"] == "failed" and "video" in status["error"]

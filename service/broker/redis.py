@@ -170,7 +170,7 @@ class RedisBroker(Broker):
 
         if not self._accepting:
             raise Overloaded("the service is shutting down", retry_after=5)
-        if self.require_workers and self._workers == 0 and not await self._workers_now():
+        if self.require_workers and self._workers == 0 and not await self.workers_now():
             raise Overloaded("no worker is serving the queue", retry_after=5, code="no_workers")
         loop = asyncio.get_running_loop()
         waiter = _Waiter(job.size, loop.create_future())
@@ -208,7 +208,7 @@ class RedisBroker(Broker):
                 waiter.future.cancel()
                 self._spawn(self._abandon(job.id, entry_ids, timeout))
 
-    async def _workers_now(self) -> int:
+    async def workers_now(self) -> int:
         """Live workers asked of Redis now (the poll's count may predate a worker's first heartbeat)."""
         from redis.exceptions import RedisError
         try:
