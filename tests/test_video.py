@@ -224,3 +224,24 @@ def test_a_job_that_cannot_run_fails_with_a_clear_error_instead_of_hanging(setti
         client.delete(f"/v1/jobs/{first}")  # the queued job runs now
         status = wait_final(client, second)
         assert status["status"] == "failed" and "video" in status["error"]
+
+
+@pytest.mark.data
+def test_a_real_clip_through_the_api_with_the_committed_students(tmp_path):
+    from service.settings import Settings
+
+    from .conftest import DATA, ROOT
+    clip = DATA / "unlabeled" / "videos" / "st_gcn" / "resource" / "media" / "ta_chi.mp4"
+    s = Settings(model_store=ROOT / "model_store", store_poll_s=0, video_dir=tmp_path / "jobs", api_keys=[],
+                 admin_api_keys=[])
+    with TestClient(create_app(s)) as client:
+        r = upload(client, clip.read_bytes(), render="true")
+        assert r.status_code == 202, r.text
+        status = wait_final(client, r.json()["job_id"], timeout=120)
+        assert status["status"] == "succeeded", status
+        result = client.get(f"/v1/jobs/{status['job_id']}/result").json()
+    assert result["model"]["name"] == "pose-s" and result["video"]["frames"] == 300
+    longest = max(result["tracks"], key=lambda t: t["frames"])
+    assert longest["frames"] > 250  # one person, one track for (nearly) the whole clip
+    with_person = [f for f in result["frames"] if f["people"]]
+    assert len(with_person) > 250
