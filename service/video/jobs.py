@@ -85,7 +85,9 @@ class JobStore(abc.ABC):
 # ---- embedded ----------------------------------------------------------------------------------
 class LocalJobStore(JobStore):
     def __init__(self, root: Path | None, ttl_s: float = 3600.0):
-        self.root = Path(root) if root else Path(tempfile.gettempdir()) / "posekd-videos"
+        # unset: a directory of this process's own (two services must not share one: each marks the
+        # other's running jobs as interrupted when it starts)
+        self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="posekd-videos-"))
         self.root.mkdir(parents=True, exist_ok=True)
         self.ttl_s = ttl_s
         self._interrupted()
