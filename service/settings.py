@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     one_euro_min_cutoff: float = 1.0  # Hz: lower = smoother at rest
     one_euro_beta: float = 0.02  # per px/s: higher = less lag on fast motion
     one_euro_d_cutoff: float = 1.0
-    track_match_threshold: float = 0.3  # OKS/IoU similarity needed to continue a track
+    track_match_threshold: float = 0.2  # OKS/IoU similarity needed to continue a track
     track_max_lost: int = 30  # frames a lost track is remembered (occlusion, re-entry)
     track_start_score: float = 0.4  # score a person needs to start a new track
 

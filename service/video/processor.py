@@ -36,7 +36,7 @@ class VideoOptions:
     d_cutoff: float = 1.0
     min_score: float = 0.25  # people below this mean keypoint score are dropped
     redetect_score: float = 0.35  # propagated people below this trigger a keyframe
-    match_threshold: float = 0.3  # tracker: similarity needed to continue a track
+    match_threshold: float = 0.2  # tracker: similarity needed to continue a track
     max_lost: int = 30  # tracker: frames a lost track is remembered
     start_score: float = 0.4  # tracker: score a person needs to start a track
     max_people: int = 20

@@ -65,7 +65,7 @@ def _centre(kps: np.ndarray, box: np.ndarray, min_score: float = 0.2) -> np.ndar
 
 
 class Tracker:
-    def __init__(self, *, match_threshold: float = 0.3, max_lost: int = 30, start_score: float = 0.4,
+    def __init__(self, *, match_threshold: float = 0.2, max_lost: int = 30, start_score: float = 0.4,
                  velocity_momentum: float = 0.6):
         self.match_threshold = match_threshold
         self.max_lost = max_lost
