@@ -179,3 +179,21 @@ def test_a_bad_job_fails_alone(make_broker):
     assert bad.code == "model_not_found" and bad.status == 404
     assert len(good.results[0].people) == 1 and good.batch_images == 2
     assert np.isfinite(good.results[0].people[0].keypoints).all()
+
+
+def test_a_multi_image_job_is_answered_in_order(make_broker):
+    spots = [(40, 50), (90, 120), (140, 70)]
+
+    async def main():
+        broker, _ = make_broker(max_batch=2, max_delay_ms=20)
+        await broker.start()
+        tasks = [ImageTask(blob_image(at=xy), min_score=0.0) for xy in spots]
+        result = await broker.submit(PoseJob("tiny-pose:1", "tiny-det:1", tasks), 10)
+        await broker.stop()
+        return result
+
+    result = asyncio.run(main())
+    assert len(result.results) == 3
+    for (x, y), res in zip(spots, result.results):
+        kp = res.people[0].keypoints
+        assert abs(kp[0, 0] - x) < 4 and abs(kp[0, 1] - y) < 4
