@@ -203,10 +203,10 @@ class RedisBroker(Broker):
                 raise Timeout(f"no result within {timeout:g} s") from None
         finally:
             self._waiting.pop(job.id, None)
-            if entry_ids and not waiter.future.done():
-                # timed out or the client went away: nobody will read this answer
+            if not waiter.future.done():  # settled either way: stop() may be waiting on it
                 waiter.future.cancel()
-                self._spawn(self._abandon(job.id, entry_ids, timeout))
+                if entry_ids:  # timed out or the client went away: nobody will read this answer
+                    self._spawn(self._abandon(job.id, entry_ids, timeout))
 
     async def workers_now(self) -> int:
         """Live workers asked of Redis now (the poll's count may predate a worker's first heartbeat)."""
