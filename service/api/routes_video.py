@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
-from ..errors import InvalidParameter, Overloaded, PayloadTooLarge, PoseKDError
+from ..errors import InvalidParameter, PayloadTooLarge, PoseKDError
 from ..store import ModelSpec
 from ..video import decode
 from ..video.jobs import FINAL, Job
@@ -66,10 +66,8 @@ async def create_video_job(request: Request,
                            smoothing: bool | None = Query(None, description="One-Euro smoothing of keypoints")):
     state = request.app.state.service
     s = state.settings
-    broker = state.broker
-    if state.video_runner is None and s.require_workers and getattr(broker, "workers", None) == 0 \
-            and not await broker.workers_now():
-        raise Overloaded("no worker is serving the queue", retry_after=5, code="no_workers")  # never a stuck job
+    if state.video_runner is None:  # Redis mode: workers run the jobs; never queue one nobody runs
+        await state.broker.require_a_worker()
     for spec, task in ((model or s.default_pose_model, "pose"), (detector or s.default_detector, "person_detection")):
         await run_in_threadpool(state.registry.get, ModelSpec.parse(spec), task)  # 404 before the upload is kept
     tmp = Path(tempfile.mkdtemp(prefix="posekd-upload-"))

@@ -170,8 +170,7 @@ class RedisBroker(Broker):
 
         if not self._accepting:
             raise Overloaded("the service is shutting down", retry_after=5)
-        if self.require_workers and self._workers == 0 and not await self.workers_now():
-            raise Overloaded("no worker is serving the queue", retry_after=5, code="no_workers")
+        await self.require_a_worker()
         loop = asyncio.get_running_loop()
         waiter = _Waiter(job.size, loop.create_future())
         now = time.time()
@@ -207,6 +206,12 @@ class RedisBroker(Broker):
                 waiter.future.cancel()
                 if entry_ids:  # timed out or the client went away: nobody will read this answer
                     self._spawn(self._abandon(job.id, entry_ids, timeout))
+
+    async def require_a_worker(self) -> None:
+        """503 ``no_workers`` when workers are required and none has a fresh heartbeat: work queued now
+        would wait for nobody."""
+        if self.require_workers and self._workers == 0 and not await self.workers_now():
+            raise Overloaded("no worker is serving the queue", retry_after=5, code="no_workers")
 
     async def workers_now(self) -> int:
         """Live workers asked of Redis now (the poll's count may predate a worker's first heartbeat)."""

@@ -103,26 +103,28 @@ class LocalJobStore(JobStore):
         tmp.write_text(json.dumps(asdict(job)))
         tmp.replace(path)
 
-    def _interrupted(self) -> None:
-        """A restart ends whatever was queued or running in this directory: say so, never leave it stuck."""
+    def _jobs(self):
         for path in self.root.glob("*/job.json"):
             try:
-                job = Job(**json.loads(path.read_text()))
+                yield Job(**json.loads(path.read_text()))
             except (OSError, ValueError, TypeError):
                 continue
+
+    def fail_unfinished(self, message: str) -> None:
+        """Every queued or running job in this directory fails with ``message``: never left stuck."""
+        for job in self._jobs():
             if job.status not in FINAL:
-                job.status, job.error, job.finished = "failed", "interrupted by a service restart", time.time()
+                job.status, job.error, job.finished = "failed", message, time.time()
                 self._write(job)
+
+    def _interrupted(self) -> None:
+        self.fail_unfinished("interrupted by a service restart")
 
     def sweep(self) -> None:
         now = time.time()
-        for path in self.root.glob("*/job.json"):
-            try:
-                job = Job(**json.loads(path.read_text()))
-            except (OSError, ValueError, TypeError):
-                continue
+        for job in self._jobs():
             if job.finished and now - job.finished > self.ttl_s:
-                shutil.rmtree(path.parent, ignore_errors=True)
+                shutil.rmtree(self._dir(job.id), ignore_errors=True)
 
     def create(self, job: Job, clip: Path) -> None:
         self.sweep()

@@ -18,7 +18,6 @@ import numpy as np
 from .. import metrics
 from ..keypoints import COCO17
 from ..pipeline import PosePipeline
-from ..pipeline.pipeline import nms
 from ..store.registry import ServedModel
 from . import decode
 from .render import Mp4Writer, draw
@@ -182,18 +181,16 @@ class VideoProcessor:
 
     @staticmethod
     def _dedupe(people: list) -> list:
-        """Two boxes carried onto the same person collapse: keep the better one."""
+        """Two boxes carried onto the same person collapse: keep the better one (order kept)."""
         if len(people) < 2:
             return people
-        rows = np.array([[*p[0], p[2]] for p in people], np.float32)
-        kept = nms(rows, 0.6)
-        keep_rows = {tuple(r) for r in kept.tolist()}
-        out, used = [], set()
-        for p, r in zip(people, rows.tolist()):
-            if tuple(r) in keep_rows and tuple(r) not in used:
-                out.append(p)
-                used.add(tuple(r))
-        return out
+        boxes = np.stack([p[0] for p in people])
+        overlap = iou(boxes, boxes)
+        keep: list[int] = []
+        for i in sorted(range(len(people)), key=lambda i: -people[i][2]):
+            if all(overlap[i, j] <= 0.6 for j in keep):
+                keep.append(i)
+        return [people[i] for i in sorted(keep)]
 
 
-__all__ = ["Cancelled", "VideoOptions", "VideoProcessor", "box_from_keypoints", "iou"]
+__all__ = ["Cancelled", "VideoOptions", "VideoProcessor", "box_from_keypoints"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from .. import metrics
 from ..errors import PoseKDError
 from . import decode
-from .jobs import FINAL, JobStore, RedisJobStore
+from .jobs import FINAL, JobStore, LocalJobStore, RedisJobStore
 from .processor import Cancelled, VideoOptions, VideoProcessor
 
 log = logging.getLogger("posekd.video")
@@ -85,7 +85,7 @@ def process(store: JobStore, job_id: str, settings, registry, pipeline, *, stopp
 class LocalRunner:
     """Embedded mode: jobs run on ``workers`` threads in the API process."""
 
-    def __init__(self, store: JobStore, settings, registry, pipeline, workers: int = 1):
+    def __init__(self, store: LocalJobStore, settings, registry, pipeline, workers: int = 1):
         self.store, self.settings, self.registry, self.pipeline = store, settings, registry, pipeline
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="posekd-video")
         self._stopping = False
@@ -105,13 +105,7 @@ class LocalRunner:
         """Queued jobs fail with a clear error; a running one stops at its next frame."""
         self._stopping = True
         self._pool.shutdown(wait=True, cancel_futures=True)
-        for path in getattr(self.store, "root", Path("/nonexistent")).glob("*/job.json"):
-            job_id = path.parent.name
-            try:
-                if self.store.get(job_id).status not in FINAL:
-                    self.store.finish(job_id, "failed", "the service shut down before the job ran; submit it again")
-            except PoseKDError:
-                pass
+        self.store.fail_unfinished("the service shut down before the job ran; submit it again")
 
 
 class VideoConsumer:
