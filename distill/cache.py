@@ -114,6 +114,9 @@ def build_pose_cache(records: list[Record], teacher: PoseTeacher, out: Path | st
     with_hm = teacher.heatmap_name is not None
     if with_hm:
         shapes["teacher_hm"] = ((17, grid, grid), "float16")
+    with_center = getattr(teacher, "center_name", None) is not None
+    if with_center:
+        shapes["teacher_center"] = ((1, grid, grid), "float16")
     writer = _Writer(out, shapes, views)
     order = np.concatenate([rng.permutation(len(people)) for _ in range(views // len(people) + 1)])[:views]
     # group by image so each image is decoded once per pass over the chunk
@@ -122,13 +125,16 @@ def build_pose_cache(records: list[Record], teacher: PoseTeacher, out: Path | st
     bar = tqdm(total=views, desc=f"teacher {teacher.name} labelling views", disable=not progress, unit="view")
 
     def flush():
-        kp, hm = teacher.label(np.stack(batch_t))
-        kp = kp.copy()
+        labels = teacher.label_all(np.stack(batch_t))
+        kp, hm = labels["keypoints"].copy(), labels.get("heatmaps")
         kp[..., :2] = (kp[..., :2] + 0.5) / tsize  # input pixels -> 0..1 of the view (pixel centres)
         rows = {"images": np.stack(batch_s), "teacher_kp": kp, "gt_kp": np.stack(batch_gt)}
         if with_hm:
             a = resample_matrix(hm.shape[-1], grid)
             rows["teacher_hm"] = (a @ hm @ a.T).astype(np.float16)
+        if with_center:
+            a = resample_matrix(labels["center"].shape[-1], grid)
+            rows["teacher_center"] = (a @ labels["center"] @ a.T).astype(np.float16)
         writer.add(**rows)
         bar.update(len(batch_t))
         batch_t.clear()
@@ -183,6 +189,8 @@ class PoseCache:
         self.gt_kp = np.load(self.root / "gt_kp.npy")[:n]
         hm = self.root / "teacher_hm.npy"
         self.teacher_hm = np.load(hm, mmap_mode="r")[:n] if hm.exists() else None
+        center = self.root / "teacher_center.npy"
+        self.teacher_center = np.load(center, mmap_mode="r")[:n] if center.exists() else None
 
     def __len__(self) -> int:
         return len(self.teacher_kp)

@@ -8,6 +8,7 @@ caches store the student's views in RGB (the students' manifests say RGB)."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,7 +176,12 @@ def read_videos(root: str | Path, *, every: int = 10, max_frames: int | None = N
 
 def read_source(spec: str) -> list[Record]:
     """``kind:path`` -> records. kinds: coco (annotation JSON), lspet (folder with joints.mat), folder,
-    video (file or folder; ``video:PATH@every``)."""
+    video (file or folder; ``video:PATH@every``). A trailing ``[start:stop]`` keeps that slice of the
+    records in their sorted order (``lspet:DIR[:3600]`` to train, ``lspet:DIR[3600:]`` held out)."""
+    m = re.fullmatch(r"(.*)\[(-?\d*):(-?\d*)\]", spec)
+    if m:
+        records = read_source(m.group(1))
+        return records[int(m.group(2)) if m.group(2) else None:int(m.group(3)) if m.group(3) else None]
     kind, _, path = spec.partition(":")
     if kind == "coco":
         return read_coco(path)

@@ -76,6 +76,8 @@ class PoseTeacher:
         self.size = (m.input.height, m.input.width)
         self.heatmap_name = {"movenet_heads": "kpt_heatmap", "heatmap": (m.output.names or [None])[0]}.get(
             m.output.decoder)
+        # MoveNet heads also say where the person's centre is (the decoder picks the person with it)
+        self.center_name = "center_heatmap" if m.output.decoder == "movenet_heads" else None
 
     @property
     def name(self) -> str:
@@ -83,8 +85,14 @@ class PoseTeacher:
 
     def label(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """crops: uint8 (N, H, W, 3) BGR (as the service pipeline takes them) at the teacher's input size."""
+        labels = self.label_all(crops)
+        return labels["keypoints"], labels.get("heatmaps")
+
+    def label_all(self, crops: np.ndarray) -> dict[str, np.ndarray]:
+        """Decoded ``keypoints`` and, where the model has them, ``heatmaps`` (N, 17, h, w) and the
+        person-centre map ``center`` (N, 1, h, w), both as probabilities."""
         m = self.model.manifest
-        kps, hms = [], []
+        kps, hms, centers = [], [], []
         for i in range(0, len(crops), self.batch):
             outs = self.model.runner.run(pp.to_tensor(crops[i:i + self.batch], m.input))
             kps.append(POSE_DECODERS[m.output.decoder](m, outs))
@@ -93,7 +101,14 @@ class PoseTeacher:
                 if m.output.params.get("activation") == "sigmoid":
                     hm = 1 / (1 + np.exp(-hm))
                 hms.append(hm.astype(np.float32))
-        return np.concatenate(kps), (np.concatenate(hms) if hms else None)
+            if self.center_name:
+                centers.append(outs[self.center_name].astype(np.float32))
+        out = {"keypoints": np.concatenate(kps)}
+        if hms:
+            out["heatmaps"] = np.concatenate(hms)
+        if centers:
+            out["center"] = np.concatenate(centers)
+        return out
 
 
 class DetectionTeacher:
@@ -109,3 +124,50 @@ class DetectionTeacher:
 
     def boxes(self, image: np.ndarray) -> np.ndarray:
         return self.pipeline.detect(self.model, [image])[0]
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix of (M, 4+) and (K, 4+) boxes."""
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None] - inter, 1e-9)
+
+
+class BoxEnsemble:
+    """Person boxes two detection teachers agree on, plus those only one of them is sure of.
+
+    A box of the first teacher matched by one of the second (IoU ≥ ``iou``) is kept with the first
+    teacher's geometry and the higher of the two scores (two detectors of different kinds agree on a
+    person); a box only one teacher found stays when its score is at least ``solo`` (its score × 0.8, so
+    agreed boxes rank first). Use the teacher with the tighter boxes first: CenterNet regresses whole-body
+    boxes, MultiPose's (derived from its keypoint heads) are sometimes partial at long side 512 but it
+    rarely misses a person."""
+
+    def __init__(self, first: DetectionTeacher, second: DetectionTeacher, iou: float = 0.5, solo: float = 0.4):
+        self.first, self.second, self.iou, self.solo = first, second, iou, solo
+
+    @property
+    def name(self) -> str:
+        return f"{self.first.name}+{self.second.name}"
+
+    def boxes(self, image: np.ndarray) -> np.ndarray:
+        a, b = self.first.boxes(image), self.second.boxes(image)
+        out, used = [], np.zeros(len(b), bool)
+        ious = _iou(a, b) if len(a) and len(b) else np.zeros((len(a), len(b)))
+        for i, box in enumerate(a):
+            j = int(ious[i].argmax()) if len(b) else -1
+            if j >= 0 and ious[i, j] >= self.iou and not used[j]:
+                used[j] = True
+                out.append(np.r_[box[:4], max(box[4], b[j, 4])])
+            elif box[4] >= self.solo:
+                out.append(np.r_[box[:4], box[4] * 0.8])
+        out += [np.r_[box[:4], box[4] * 0.8] for box, u in zip(b, used) if not u and box[4] >= self.solo]
+        if not out:
+            return np.zeros((0, 5), np.float32)
+        rows = np.array(out, np.float32)
+        return rows[np.argsort(-rows[:, 4])]
