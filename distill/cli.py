@@ -62,7 +62,7 @@ def cmd_cache(args) -> int:
     from service.store import ModelStore
 
     from .cache import build_detection_cache, build_pose_cache, find_people
-    from .teachers import DetectionTeacher, PoseTeacher, load_model
+    from .teachers import BoxEnsemble, DetectionTeacher, PoseTeacher, load_model
 
     store = ModelStore(args.store or get_settings().model_store)
 
@@ -81,8 +81,11 @@ def cmd_cache(args) -> int:
     else:
         data = args.data or DEFAULT_DET_DATA
         records = _records(data, exclude, args.limit)
-        teacher = DetectionTeacher(load_model(args.teacher, store=store, input_size=_det_size(args.teacher)),
-                                   threshold=0.15)
+        teachers = [DetectionTeacher(load_model(ref, store=store, input_size=_det_size(ref)), threshold=0.15)
+                    for ref in args.teacher.split("+")]
+        if len(teachers) > 2:
+            raise SystemExit("--teacher: one detection teacher, or two joined by '+'")
+        teacher = teachers[0] if len(teachers) == 1 else BoxEnsemble(*teachers)
         info = build_detection_cache(records, teacher, args.out, size=args.size, views_per_image=args.views,
                                      seed=args.seed, meta={"data": data, "exclude": exclude,
                                                            "command": command_line(args)})
@@ -107,7 +110,9 @@ def cmd_train(args) -> int:
     tc = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, warm_start_lr=args.warm_lr,
                      threads=args.threads or torch.get_num_threads(),
                      eval_every=args.eval_every, holdout=args.holdout, gt_weight=args.gt_weight,
-                     kl_weight=args.kl_weight, hint_weight=args.hint_weight, seed=args.seed)
+                     kl_weight=args.kl_weight, hint_weight=args.hint_weight, seed=args.seed, ema=args.ema,
+                     max_minutes=args.minutes,
+                     warmup=min(150, max(1, args.steps // 10)))
     if cfg.kind == "detector":
         from .detector import DetectionCache, fit_detector
         model, summary = fit_detector(cfg, tc, DetectionCache(args.cache), args.out, resume=not args.restart,
@@ -120,9 +125,15 @@ def cmd_train(args) -> int:
 
             from .teachers import load_model_bytes
             init = load_model_bytes(args.init, store=ModelStore(args.store or get_settings().model_store))[1]
+        heldout = None
+        if args.heldout_pck:
+            from .data import read_source
+            from .train import HeldoutPCK
+            heldout = HeldoutPCK(read_source(args.heldout_pck), cfg.size)
+            log.info("held-out PCK on %d labelled people from %s", len(heldout), args.heldout_pck)
         model, summary = fit(cfg, tc, PoseCache(args.cache), args.out, resume=not args.restart,
                              meta={"command": command_line(args), "cache": str(args.cache),
-                                   **({"init": args.init} if args.init else {})}, init=init)
+                                   **({"init": args.init} if args.init else {})}, init=init, heldout_pck=heldout)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -132,6 +143,10 @@ RECIPES = {
             "FAU ensemble teaches each branch by pixel-wise KL; plus the teacher's heatmaps windowed at its "
             "decoded keypoints (spatial-softmax CE + score BCE) and human labels; consistent teaching on "
             "cached augmented views; branch 0 exported",
+    "movenet": "MoveNet heads kept (keypoint heatmaps, person centre, regression, offsets; MoveNet's centre-aware "
+               "decoder), warm-started from Lightning; distilled from Thunder: its keypoint and centre maps pixel by "
+               "pixel, its decoded keypoints (LSPET human labels where present) as offset/regression targets, its "
+               "scores at the keypoint cells; EMA weights selected by held-out teacher agreement",
     "regress": "DistilPose-style regression: integral coordinates + uncertainty rendered as simulated heatmaps "
                "matched to the teacher's heatmaps, coordinate L1 to teacher and human labels, score BCE",
     "detector": "CenterNet-style single-class detector: centre focal loss, log box size and centre offset L1, "
@@ -154,6 +169,24 @@ def _load_ref(ref: str | None, store, threads: int = 2):
         return None
     from .teachers import load_model
     return load_model(ref, store=store, threads=threads)
+
+
+def data_relative(value):
+    """Paths under the data root written as ``$POSEKD_DATA/...`` (manifests name data relative to the data
+    root, never the training machine's absolute path); applied through dicts, lists and strings."""
+    root = str(DATA.resolve())
+    if isinstance(value, str):
+        return value.replace(root, "$POSEKD_DATA").replace(str(DATA), "$POSEKD_DATA")
+    if isinstance(value, dict):
+        return {k: data_relative(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [data_relative(v) for v in value]
+    return value
+
+
+def _load_ref_bytes(ref: str, store, threads: int = 2):
+    from .teachers import load_model_bytes
+    return load_model_bytes(ref, store=store, threads=threads, input_size=_det_size(ref))
 
 
 def _current_production(store, name: str):
@@ -181,6 +214,12 @@ def cmd_export(args) -> int:
 
     run = Path(args.run)
     state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    if not args.last and (run / "best.pt").is_file():
+        # the weights at the best held-out signal; the lineage (every command, resumes) stays the run's own
+        best = torch.load(run / "best.pt", map_location="cpu", weights_only=False)
+        state = {**state, "model": best["model"], "selected": {"step": best["step"], "by": best.get("selected_by"),
+                                                               "signal": best.get("best")}}
+    print(f"exporting {run} at step {state.get('selected', state)['step']} of {state['step']}")
     cfg = StudentConfig(**state["student"])
     model = build_student(cfg, warm_start_weights(cfg))
     model.load_state_dict(state["model"])
@@ -200,13 +239,17 @@ def cmd_export(args) -> int:
     kind = cfg.kind
     teacher_name = cache_meta.get("teacher")
     history = [h for h in state["history"] if "agreement" in h]
+    if "selected" in state:  # the held-out signals of the exported weights
+        history = [h for h in history if h["step"] <= state["selected"]["step"]] or history
     lineage = {
         "source": f"posekd distill ({kind} student)",
         "teacher": teacher_name,
         "warm_start": f"{cfg.warm_start} (trunk/FPN/heads initializers, {cfg.keep:.0%} of expansion channels)",
         "recipe": RECIPES[kind],
         "training": {"student": cfg.to_dict(), "train": {k: v for k, v in state["train"].items() if k != "extra"},
-                   "steps": state["step"], "heldout_teacher_agreement": history[-1]["agreement"] if history else None},
+                   "steps": state["step"], "heldout_teacher_agreement": history[-1]["agreement"] if history else None,
+                   "heldout_pck": history[-1].get("heldout_pck") if history else None,
+                   **({"selected": state["selected"]} if "selected" in state else {})},
         "data": cache_meta.get("data", []),
         "excluded": cache_meta.get("exclude", []),
         "cache": {k: cache_meta.get(k) for k in ("count", "people", "seed", "teacher", "command") if k in cache_meta},
@@ -217,15 +260,36 @@ def cmd_export(args) -> int:
         "license": "weights derived from Google's MoveNet (Apache-2.0) on research-only data; research use",
     }
     desc = {"pose": f"PoseKD pose student (heatmaps, {cfg.size}px, OKDHP branch 0, DUC decoder)",
+            "movenet": f"PoseKD pose student (MoveNet heads, {cfg.size}px, Lightning warm start distilled from "
+                       f"Thunder, {cfg.keep:.0%} of the high-resolution expansion channels)",
             "regress": f"PoseKD regression student (DistilPose-style, coordinates out, {cfg.size}px)",
             "detector": f"PoseKD person detector student (centre + box size, {cfg.size}px letterbox)"}[kind]
-    fields = manifest_fields(name, cfg, description=args.description or desc, lineage=lineage)
+    fields = manifest_fields(name, cfg, description=args.description or desc, lineage=data_relative(lineage))
     served = _served(fields, data)
     annotations = args.eval_set if args.eval_set is not None else (str(EVAL_SET) if EVAL_SET.is_file() else None)
     teacher = _load_ref(args.teacher, store) if kind != "detector" else _load_ref(args.pose, store)
     detector = _load_ref(args.detector, store) if kind != "detector" and args.detector else None
-    metrics = evaluate(served, data, annotations=annotations, teacher=teacher, detector=detector)
+    pck_records = None
+    if kind != "detector" and args.pck:
+        from .data import read_source
+        pck_records = read_source(args.pck)
+    metrics = evaluate(served, data, annotations=annotations, teacher=teacher, detector=detector,
+                       pck_records=pck_records)
     metrics["export_max_abs_diff"] = diff
+    gates = Gates(min_ap=args.min_ap, max_ap_drop=args.max_ap_drop, max_latency_ratio=args.max_latency_ratio,
+                  metric="end_to_end" if kind == "detector" else "gt_boxes",
+                  floor_latency_ratio=args.floor_latency_ratio)
+    floor = None
+    if args.floor and annotations:  # the public model to beat, measured again now, like for like
+        floor_model, floor_data = _load_ref_bytes(args.floor, store)
+        if kind == "detector":
+            floor = evaluate(floor_model, floor_data, annotations=annotations, teacher=teacher)
+        else:
+            floor = evaluate(floor_model, floor_data, annotations=annotations, detector=detector,
+                             pck_records=pck_records)
+        metrics["floor"] = {k: floor.get(k) for k in ("model", gates.metric, "ms_b1", "ms_b8", "pck@0.2")
+                            if floor.get(k) is not None}
+    metrics = data_relative(metrics)
     print(json.dumps(metrics, indent=2))
     fields["metrics"] = metrics
     fields["params"] = metrics.get("params")
@@ -233,15 +297,13 @@ def cmd_export(args) -> int:
     manifest = store.add_version(onnx_path, fields)
     print(f"registered {manifest.name}:{manifest.version} in {store.root}")
 
-    gates = Gates(min_ap=args.min_ap, max_ap_drop=args.max_ap_drop, max_latency_ratio=args.max_latency_ratio,
-                  metric="end_to_end" if kind == "detector" else "gt_boxes")
     current = _current_production(store, name)
     current_metrics = None
     if current is not None:  # production's latency is measured again here, so the two compare like for like
         from .evaluate import latency
         cur = _load_ref(f"{name}:{current.version}", store)
         current_metrics = {**current.metrics, "ms_b1": latency(cur, 1), "ms_b8": latency(cur, 8, 10)}
-    ok, why = gates.check(metrics, current_metrics)
+    ok, why = gates.check(metrics, current_metrics, floor)
     if args.no_promote:
         print("not promoted (--no-promote)")
     elif ok:
@@ -317,7 +379,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--data", action="append", help="kind:path (coco:, lspet:, folder:, video:PATH@every); "
                                                    "repeatable; default: the shared training data")
     c.add_argument("--exclude", action="append", help="data never to use (default: the coco_mini_train eval set)")
-    c.add_argument("--teacher", help="pose: movenet-thunder; detection: movenet-multipose")
+    c.add_argument("--teacher", help="pose: movenet-thunder; detection: movenet-multipose, or two teachers whose "
+                                     "boxes are combined, e.g. movenet-multipose+centernet")
     c.add_argument("--detector", default="movenet-multipose", help="finds people in unlabelled images (pose)")
     c.add_argument("--views", type=int, help="pose: views in total; detection: views per image")
     c.add_argument("--size", type=int, help="student input size (pose 192, detection 256)")
@@ -328,7 +391,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=cmd_cache, prepare=fill_defaults)
 
     t = dsub.add_parser("train", help="train a student on a cache (resumes from OUT/checkpoint.pt)")
-    t.add_argument("preset", help="pose-s | pose-t | pose-r | detector-s")
+    t.add_argument("preset", help="pose-m | pose-mf | pose-s | pose-t | pose-r | detector-s")
     t.add_argument("--cache", required=True)
     t.add_argument("--out", required=True)
     t.add_argument("--steps", type=int, default=3000)
@@ -342,6 +405,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--gt-weight", type=float, default=1.0)
     t.add_argument("--kl-weight", type=float, default=0.5)
     t.add_argument("--hint-weight", type=float, default=0.0, help="FitNets-style hint on the teacher's FPN features")
+    t.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (e.g. 0.998; 0: off); the "
+                                                          "average is evaluated, kept as best.pt and exported")
+    t.add_argument("--minutes", type=float, default=0.0, help="stop after this many minutes of this run (equal-time "
+                                                              "comparisons; a later run resumes)")
+    t.add_argument("--heldout-pck", help="labelled images never trained on, for a second held-out signal (PCK@0.2), "
+                                         "e.g. lspet:DIR[3600:] when the cache used lspet:DIR[:3600]")
     t.add_argument("--eval-every", type=int, default=250)
     t.add_argument("--holdout", type=int, default=256)
     t.add_argument("--threads", type=int, default=0)
@@ -355,6 +424,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     x = dsub.add_parser("export", help="export a run to ONNX, check parity, evaluate, register, gate")
     x.add_argument("run", help="the training run directory (with checkpoint.pt)")
     x.add_argument("--name", help="model name in the store (default: the run directory's name)")
+    x.add_argument("--last", action="store_true", help="export the last checkpoint instead of best.pt (the best "
+                                                       "held-out agreement)")
     x.add_argument("--store", help="model store root (default POSEKD_MODEL_STORE)")
     x.add_argument("--description")
     x.add_argument("--eval-set", help="COCO keypoint JSON (default: coco_mini_train); '' to skip")
@@ -364,6 +435,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--min-ap", type=float, default=0.0, help="gate: minimum AP")
     x.add_argument("--max-ap-drop", type=float, default=0.01, help="gate: largest AP drop against production")
     x.add_argument("--max-latency-ratio", type=float, default=1.10, help="gate: batch-1 latency vs production")
+    x.add_argument("--floor", help="a public model the student must beat, re-measured in this run: at least its AP "
+                                   "and at most --floor-latency-ratio × its batch-1 latency (e.g. movenet-lightning)")
+    x.add_argument("--floor-latency-ratio", type=float, default=1.10)
+    x.add_argument("--pck", default=f"lspet:{DATA}/labeled/lspet[3600:]",
+                   help="pose: held-out LSPET-style data for PCK@0.2 (default: the LSPET images the training "
+                        "caches leave out); '' to skip")
     x.add_argument("--no-promote", action="store_true")
     x.set_defaults(func=cmd_export)
 

@@ -1,7 +1,8 @@
 """The person-detector student: CenterNet-style targets from a detection teacher's boxes.
 
 Targets per view, at stride 4: a Gaussian peak at each box centre (radius from the box size, peak =
-1), the box size as log(height, width) in cells and the sub-cell centre offset at the centre cell.
+1), the box size as (height, width) in cells and the centre's position within its cell, measured from
+the cell's corner (MoveNet MultiPose's convention, so its heads are the warm start).
 Losses: penalty-reduced focal loss on the centre map (CenterNet), L1 on size and offset at centres."""
 from __future__ import annotations
 
@@ -49,8 +50,8 @@ def center_targets(boxes: np.ndarray, grid: int, min_score: float = 0.2) -> dict
             sigma = max(0.5, 0.1 * np.sqrt(w * h))
             g = np.exp(-((xs - (ix)) ** 2 + (ys - (iy)) ** 2) / (2 * sigma ** 2))
             heat[i, 0] = np.maximum(heat[i, 0], g)
-            size[i, :, iy, ix] = (np.log(h), np.log(w))
-            off[i, :, iy, ix] = (cy - iy - 0.5, cx - ix - 0.5)
+            size[i, :, iy, ix] = (h, w)
+            off[i, :, iy, ix] = (cy - iy, cx - ix)
             mask[i, 0, iy, ix] = 1.0
     return {"heat": heat, "size": size, "offset": off, "mask": mask}
 
@@ -72,7 +73,9 @@ def detector_step(model, x: torch.Tensor, t: dict, cfg: TrainConfig) -> dict[str
     m = t["mask"]
     msum = m.sum().clamp_min(1.0)
     return {"center": focal_loss(out["center"], t["heat"]),
-            "size": (F.l1_loss(out["box_scale"], t["size"], reduction="none") * m).sum() / msum * 0.5,
+            # relative L1 on the size (cells): a 10% error costs the same for a small and a large person
+            "size": (F.l1_loss(out["box_scale"], t["size"], reduction="none") / t["size"].clamp_min(1.0) * m).sum()
+            / msum,
             "offset": (F.l1_loss(out["box_offset"], t["offset"], reduction="none") * m).sum() / msum}
 
 
@@ -106,7 +109,7 @@ def box_recall(model, cache: DetectionCache, idx: np.ndarray, iou: float = 0.5, 
 
 def fit_detector(cfg: StudentConfig, tc: TrainConfig, cache: DetectionCache, out: Path | str, *, resume: bool = True,
                  progress: bool = True, meta: dict | None = None):
-    run = TrainingRun(cfg, tc, out, lambda n: not n.startswith("net.heads.") or n.startswith("net.heads.center."),
+    run = TrainingRun(cfg, tc, out, lambda n: True,  # every head is MultiPose's own
                       resume=resume, meta=meta, progress=progress, desc=f"distilling detector {Path(out).name}",
                       curve_title=f"{Path(out).name}: detector (agreement = teacher-box recall@0.5)")
     model, tw = run.model, run.tw

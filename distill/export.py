@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .students import DetectorExport, PoseExport, RegressionExport, StudentConfig
+from .students import DetectorExport, MoveNetExport, PoseExport, RegressionExport, StudentConfig
 
 log = logging.getLogger("posekd.distill")
 REPO = Path(__file__).resolve().parents[1]
@@ -26,6 +26,8 @@ def export_module(model: torch.nn.Module, cfg: StudentConfig) -> torch.nn.Module
     model = model.eval()
     if cfg.kind == "pose":
         return PoseExport(model).eval()
+    if cfg.kind == "movenet":
+        return MoveNetExport(model).eval()
     if cfg.kind == "regress":
         return RegressionExport(model).eval()
     return DetectorExport(model).eval()
@@ -34,19 +36,21 @@ def export_module(model: torch.nn.Module, cfg: StudentConfig) -> torch.nn.Module
 def output_spec(cfg: StudentConfig) -> dict:
     if cfg.kind == "pose":
         return {"decoder": "heatmap", "names": ["heatmaps"]}
+    if cfg.kind == "movenet":  # the order decode_movenet_heads reads them in
+        return {"decoder": "movenet_heads", "names": ["kpt_heatmap", "center_heatmap", "kpt_regress", "kpt_offset"]}
     if cfg.kind == "regress":
         return {"decoder": "keypoints", "names": ["keypoints"], "params": {"order": "xy", "normalized": True}}
     return {"decoder": "boxes", "names": ["boxes"], "params": {"normalized": True}}
 
 
 def to_onnx(module: torch.nn.Module, cfg: StudentConfig, opset: int = 17) -> bytes:
-    out_name = output_spec(cfg)["names"][0]
+    names = MoveNetExport.OUTPUTS if cfg.kind == "movenet" else output_spec(cfg)["names"][:1]
     x = torch.zeros(2, 3, cfg.size, cfg.size)
     f = io.BytesIO()
     with torch.no_grad():
-        torch.onnx.export(module, (x,), f, input_names=["image"], output_names=[out_name],
-                          dynamic_axes={"image": {0: "batch"}, out_name: {0: "batch"}}, opset_version=opset,
-                          do_constant_folding=True, dynamo=False)
+        torch.onnx.export(module, (x,), f, input_names=["image"], output_names=names,
+                          dynamic_axes={"image": {0: "batch"}, **{n: {0: "batch"} for n in names}},
+                          opset_version=opset, do_constant_folding=True, dynamo=False)
     return f.getvalue()
 
 
@@ -61,14 +65,15 @@ def parity(module: torch.nn.Module, onnx_bytes: bytes, cfg: StudentConfig, *, ba
     for n in batches:
         x = torch.rand(n, 3, cfg.size, cfg.size, generator=g) * 2 - 1
         with torch.no_grad():
-            ref = module(x).numpy()
-        got = sess.run(None, {"image": x.numpy()})[0]
-        if got.shape != ref.shape:
-            raise AssertionError(f"ONNX output shape {got.shape} != torch {ref.shape}")
-        if cfg.kind == "detector":
-            worst = max(worst, _box_rows_diff(ref, got))
-            continue
-        worst = max(worst, float(np.abs(got - ref).max()))
+            refs = module(x)
+        refs = [r.numpy() for r in (refs if isinstance(refs, tuple) else (refs,))]
+        for ref, got in zip(refs, sess.run(None, {"image": x.numpy()})):
+            if got.shape != ref.shape:
+                raise AssertionError(f"ONNX output shape {got.shape} != torch {ref.shape}")
+            if cfg.kind == "detector":
+                worst = max(worst, _box_rows_diff(ref, got))
+                continue
+            worst = max(worst, float(np.abs(got - ref).max()))
     if worst > atol:
         raise AssertionError(f"ONNX differs from torch by {worst:.2e} (> {atol:.0e})")
     return worst
@@ -112,19 +117,35 @@ def git_commit() -> str | None:
 class Gates:
     """A new version may become ``production`` only if it is at most ``max_ap_drop`` AP below the
     current production, no more than ``max_latency_ratio`` times its batch-1 latency, and at least
-    ``min_ap`` (absolute). Without a current production only ``min_ap`` applies."""
+    ``min_ap`` (absolute). Without a current production only ``min_ap`` applies.
+
+    With a ``floor`` (the metrics of a public model measured in the same run, e.g. MoveNet Lightning
+    for a pose student) the new version must also be at least as accurate as the floor and at most
+    ``floor_latency_ratio`` times its latency: a student that loses to the model it could be replaced
+    by is never promoted, whatever production is today."""
     min_ap: float = 0.0
     max_ap_drop: float = 0.01
     max_latency_ratio: float = 1.10
     metric: str = "gt_boxes"  # which AP: gt_boxes (pose) or end_to_end (detectors)
+    floor_latency_ratio: float = 1.10
 
-    def check(self, new: dict, current: dict | None) -> tuple[bool, list[str]]:
+    def check(self, new: dict, current: dict | None, floor: dict | None = None) -> tuple[bool, list[str]]:
         why = []
         ap = (new.get(self.metric) or {}).get("AP")
         if ap is None:
             return False, [f"no {self.metric} AP measured"]
         if ap < self.min_ap:
             why.append(f"AP {ap:.3f} < minimum {self.min_ap:.3f}")
+        if floor:
+            name = floor.get("model", "the floor")
+            floor_ap = (floor.get(self.metric) or {}).get("AP")
+            if floor_ap is None:
+                why.append(f"no {self.metric} AP measured for {name}")
+            elif ap < floor_ap:
+                why.append(f"AP {ap:.3f} is below {name}'s {floor_ap:.3f}")
+            f_ms, ms = floor.get("ms_b1"), new.get("ms_b1")
+            if f_ms and ms and ms > f_ms * self.floor_latency_ratio:
+                why.append(f"batch-1 latency {ms:.2f} ms > {self.floor_latency_ratio}× {name}'s {f_ms:.2f} ms")
         if current:
             cur_ap = (current.get(self.metric) or {}).get("AP")
             if cur_ap is not None and ap < cur_ap - self.max_ap_drop:

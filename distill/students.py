@@ -8,6 +8,11 @@
   regression over per-keypoint attention maps) plus a score and an uncertainty per keypoint; trained
   through *simulated heatmaps* rendered from its coordinates and uncertainty and compared with the
   teacher's heatmaps. The exported graph outputs keypoints, so serving needs no heatmap decoder.
+* :class:`MoveNetStudent` — MoveNet's own four heads (keypoint heatmaps, person centre, keypoint
+  regression from the centre, sub-cell offsets) on the same trunk, decoded by MoveNet's centre-aware
+  decoder (``movenet_heads``). Warm-started from MoveNet Lightning with every channel kept it *is*
+  Lightning at step 0; distillation from Thunder then moves it. Optional OKDHP branches are extra
+  keypoint-heatmap heads mixed by an FAU; only the main heads are exported.
 * :class:`DetectorStudent` — a CenterNet-style single-class person detector (centre heatmap, box size
   and centre offset at stride 4) warm-started from MoveNet MultiPose, with the peak picking and box
   assembly inside the exported graph.
@@ -27,7 +32,7 @@ from .movenet import Arch, MoveNetLike, TeacherWeights, normalise
 
 @dataclass
 class StudentConfig:
-    kind: str = "pose"            # pose | regress | detector
+    kind: str = "pose"            # pose | movenet | regress | detector
     size: int = 192               # input side (square)
     keep: float = 0.25            # fraction of expansion channels kept in trunk blocks 1-5 (high resolution)
     branches: int = 3             # OKDHP branches (pose)
@@ -39,6 +44,10 @@ class StudentConfig:
 
 
 PRESETS: dict[str, StudentConfig] = {
+    # the served defaults: MoveNet heads, warm-started from Lightning, distilled from Thunder
+    "pose-m": StudentConfig("movenet", 192, 1.0, 1, "movenet-lightning"),
+    "pose-mf": StudentConfig("movenet", 192, 0.5, 1, "movenet-lightning", 1.0),
+    # earlier recipes (heatmap-only / regression heads on a pruned Thunder trunk), kept as commands
     "pose-s": StudentConfig("pose", 192, 0.25, 3),
     "pose-t": StudentConfig("pose", 160, 0.25, 3),
     "pose-r": StudentConfig("regress", 192, 0.25, 1),
@@ -86,6 +95,44 @@ class PoseStudent(nn.Module):
         return res
 
 
+MOVENET_HEADS = {"kpt_heatmap": 17, "center": 1, "kpt_regress": 34, "kpt_offset": 34}
+
+
+class MoveNetStudent(nn.Module):
+    """MoveNet heads (raw logits / cell units); with ``branches > 1`` extra keypoint-heatmap heads
+    ``kpt_heatmap_b1..`` start as perturbed copies of the teacher's head (distinct, but not garbage
+    for the ensemble to average in) and an FAU mixes all heatmap branches into the ensemble."""
+
+    def __init__(self, cfg: StudentConfig, arch: Arch):
+        super().__init__()
+        self.cfg = cfg
+        heads = dict(MOVENET_HEADS)
+        heads.update({f"kpt_heatmap_b{i}": 17 for i in range(1, cfg.branches)})
+        self.net = MoveNetLike(arch, heads)
+        self.fau = FAU(arch.fpn[2], cfg.branches) if cfg.branches > 1 else None
+
+    def warm_start(self, tw: TeacherWeights) -> list[str]:
+        mapping = {n: n for n in MOVENET_HEADS}
+        mapping.update({f"kpt_heatmap_b{i}": "kpt_heatmap" for i in range(1, self.cfg.branches)})
+        loaded = self.net.load_teacher(tw, mapping)
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for i in range(1, self.cfg.branches):
+                pw = self.net.heads[f"kpt_heatmap_b{i}"].sep.pw.weight
+                pw.mul_(1 + 0.2 * torch.randn(pw.shape, generator=g))
+        return loaded
+
+    def heatmap_branches(self, out: dict) -> list[torch.Tensor]:
+        return [out["kpt_heatmap"]] + [out[f"kpt_heatmap_b{i}"] for i in range(1, self.cfg.branches)]
+
+    def forward(self, x: torch.Tensor) -> dict:
+        out = self.net(x, features=True)
+        if self.fau is not None:
+            out["branches"] = self.heatmap_branches(out)
+            out["ensemble"], out["weights"] = self.fau(out["features"], out["branches"])
+        return out
+
+
 class RegressionStudent(nn.Module):
     def __init__(self, cfg: StudentConfig, arch: Arch):
         super().__init__()
@@ -109,8 +156,10 @@ class RegressionStudent(nn.Module):
 
 
 class DetectorStudent(nn.Module):
-    """Heads: ``center`` (1 logit map), ``box_scale`` (2: log height, log width in stride-4 cells),
-    ``box_offset`` (2: sub-cell centre offset)."""
+    """Heads in MoveNet MultiPose's own convention, so all three warm-start from it and the student
+    *is* MultiPose's person detector at step 0 (without pruning): ``center`` (1 logit map), ``box_scale``
+    (2: height, width in stride-4 cells), ``box_offset`` (2: centre position within its cell, from the
+    cell's top-left corner)."""
 
     def __init__(self, cfg: StudentConfig, arch: Arch):
         super().__init__()
@@ -118,7 +167,7 @@ class DetectorStudent(nn.Module):
         self.net = MoveNetLike(arch, {"center": 1, "box_scale": 2, "box_offset": 2})
 
     def warm_start(self, tw: TeacherWeights) -> list[str]:
-        return self.net.load_teacher(tw, {"center": "center"})
+        return self.net.load_teacher(tw, {"center": "center", "box_scale": "box_scale", "box_offset": "box_offset"})
 
     def forward(self, x: torch.Tensor) -> dict:
         return self.net(x)
@@ -128,7 +177,8 @@ def build_student(cfg: StudentConfig, tw: TeacherWeights | None) -> nn.Module:
     """A student shaped after ``tw`` (the warm-start teacher's graph) and loaded from it; without a
     teacher graph (``warm_start="none"``) a tiny randomly initialised one (smoke tests)."""
     arch = Arch.from_teacher(tw, cfg.keep, cfg.keep_deep) if tw is not None else Arch.tiny()
-    cls = {"pose": PoseStudent, "regress": RegressionStudent, "detector": DetectorStudent}[cfg.kind]
+    cls = {"pose": PoseStudent, "movenet": MoveNetStudent, "regress": RegressionStudent,
+           "detector": DetectorStudent}[cfg.kind]
     model = cls(cfg, arch)
     if tw is not None:
         model.warm_start(tw)
@@ -162,6 +212,45 @@ class PoseExport(nn.Module):
     def forward(self, x):
         net = self.student.net
         return torch.sigmoid(net.heads[f"b{self.branch}"](net.features(x)))
+
+
+class MoveNetExport(nn.Module):
+    """-> the four MoveNet heads as the ``_heads`` teacher files give them: sigmoid keypoint heatmaps
+    (N, 17, S/4, S/4), sigmoid centre map (N, 1, ...), keypoint regression and offsets (N, 34, ...)."""
+    OUTPUTS = ["kpt_heatmap", "center_heatmap", "kpt_regress", "kpt_offset"]
+
+    def __init__(self, student: MoveNetStudent):
+        super().__init__()
+        self.student = student
+
+    def forward(self, x):
+        net = self.student.net
+        f = net.features(x)
+        h = net.heads
+        return (torch.sigmoid(h["kpt_heatmap"](f)), torch.sigmoid(h["center"](f)), h["kpt_regress"](f),
+                h["kpt_offset"](f))
+
+
+def movenet_decode(heat: torch.Tensor, center: torch.Tensor, regress: torch.Tensor,
+                   offset: torch.Tensor) -> torch.Tensor:
+    """Torch twin of the service's ``movenet_heads`` decoder (probability maps in) -> (N, 17, 3):
+    x, y in 0..1 of the input (cell units / grid, the decoder's convention) and the score."""
+    n, k, h, w = heat.shape
+    yy = torch.arange(h, dtype=torch.float32, device=heat.device)[:, None].expand(h, w)
+    xx = torch.arange(w, dtype=torch.float32, device=heat.device)[None, :].expand(h, w)
+    frame_w = 1.0 / (torch.sqrt((yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2) + 1.8)
+    cidx = (center[:, 0] * frame_w).reshape(n, -1).argmax(-1)
+    cy, cx = torch.div(cidx, w, rounding_mode="floor"), cidx % w
+    b = torch.arange(n, device=heat.device)
+    reg = regress[b, :, cy, cx].reshape(n, k, 2)
+    ry = cy[:, None].float() + reg[..., 0]
+    rx = cx[:, None].float() + reg[..., 1]
+    dist = torch.sqrt((yy - ry[..., None, None]) ** 2 + (xx - rx[..., None, None]) ** 2)
+    kidx = (heat / (dist + 1.8)).reshape(n, k, -1).argmax(-1)
+    ky, kx = torch.div(kidx, w, rounding_mode="floor"), kidx % w
+    score = heat.reshape(n, k, -1).gather(2, kidx[..., None])[..., 0]
+    off = offset.reshape(n, k, 2, -1).gather(3, kidx[:, :, None, None].expand(n, k, 2, 1))[..., 0]
+    return torch.stack([(kx + off[..., 1]) / w, (ky + off[..., 0]) / h, score], -1)
 
 
 class RegressionExport(nn.Module):
@@ -198,10 +287,10 @@ def decode_centers(center: torch.Tensor, scale: torch.Tensor, offset: torch.Tens
     cx = (idx % w).float()
     sc = scale.reshape(n, 2, -1).gather(2, idx[:, None].expand(n, 2, top_k))
     of = offset.reshape(n, 2, -1).gather(2, idx[:, None].expand(n, 2, top_k))
-    yc = (cy + 0.5 + of[:, 0]) / h
-    xc = (cx + 0.5 + of[:, 1]) / w
-    bh = torch.exp(sc[:, 0]) / h
-    bw = torch.exp(sc[:, 1]) / w
+    yc = (cy + of[:, 0]) / h
+    xc = (cx + of[:, 1]) / w
+    bh = sc[:, 0].clamp_min(0) / h
+    bw = sc[:, 1].clamp_min(0) / w
     return torch.stack([xc - bw / 2, yc - bh / 2, xc + bw / 2, yc + bh / 2, score], -1)
 
 

@@ -43,7 +43,11 @@ class TrainConfig:
     holdout: int = 256               # last views of the cache, never trained on: the agreement curve
     calibration: int = 96            # views used to refit pruned blocks to the teacher's features
     eval_every: int = 250
+    ema: float = 0.0                 # decay of an exponential moving average of the weights (0: off);
+    #                                  when on, the average is what is evaluated, kept as best and exported
     threads: int = 0                 # torch threads (0: leave torch's default)
+    max_minutes: float = 0.0         # stop (with a checkpoint) after this much wall time in this run (0: no cap);
+    #                                  equal-CPU-time comparisons of recipes
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -77,6 +81,8 @@ class PoseBatches:
         tkp = torch.from_numpy(c.teacher_kp[idx].copy())
         gkp = torch.from_numpy(c.gt_kp[idx].copy())
         thm = torch.from_numpy(np.asarray(c.teacher_hm[idx], np.float32)) if c.teacher_hm is not None else None
+        tc = getattr(c, "teacher_center", None)
+        tc = torch.from_numpy(np.asarray(tc[idx], np.float32)) if tc is not None else None
         do_flip = self.rng.random() < 0.5 if flip is None else flip
         if do_flip:
             images = images.flip(2)
@@ -85,11 +91,13 @@ class PoseBatches:
             gkp[..., 0] = 1 - gkp[..., 0]
             if thm is not None:
                 thm = thm[:, FLIP_INDEX].flip(3)
+            if tc is not None:
+                tc = tc.flip(3)
         x = prepare(images)
         if x.shape[-1] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
             x = x.contiguous(memory_format=torch.channels_last)
-        return {"x": x, "teacher_kp": tkp, "gt_kp": gkp, "teacher_hm": thm}
+        return {"x": x, "teacher_kp": tkp, "gt_kp": gkp, "teacher_hm": thm, "teacher_center": tc}
 
     def sample(self, batch: int) -> dict:
         return self.get(self.rng.choice(self.train_idx, batch, replace=len(self.train_idx) < batch))
@@ -167,6 +175,14 @@ def pose_step(model, b: dict, cfg: TrainConfig) -> dict[str, torch.Tensor]:
     return losses
 
 
+def movenet_step(model, b: dict, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    from .movenet_losses import movenet_losses
+
+    return {**hint_loss(out := model(b["x"]), b, cfg),
+            **movenet_losses(out, b, b["x"].shape[-1], kd_weight=cfg.kd_weight, gt_weight=cfg.gt_weight,
+                             kl_weight=cfg.kl_weight)}
+
+
 def regress_step(model, b: dict, cfg: TrainConfig) -> dict[str, torch.Tensor]:
     from .losses import gaussians
 
@@ -213,9 +229,59 @@ def pose_agreement(model, batches: PoseBatches, kind: str, threshold: float = 0.
     return {"agreement": hits / max(total, 1.0)}
 
 
+class HeldoutPCK:
+    """PCK@0.2 of the torso on human-labelled images never trained on (e.g. ``lspet:DIR[3600:]``), with
+    the service's own crops (square, 1.25× the box) and the student's served decoding: the second
+    held-out signal, on real labels rather than the teacher's."""
+
+    def __init__(self, records: list, size: int, margin: float = 1.25, threshold: float = 0.2):
+        from service.pipeline import preprocess as pp
+
+        crops, gts, torsos = [], [], []
+        for r in records:
+            image = None
+            for p in r.people:
+                g = p.keypoints
+                if g is None:
+                    continue
+                torso = max(np.linalg.norm(g[6, :2] - g[11, :2]) if g[6, 2] > 0 and g[11, 2] > 0 else 0,
+                            np.linalg.norm(g[5, :2] - g[12, :2]) if g[5, 2] > 0 and g[12, 2] > 0 else 0)
+                if torso <= 0:
+                    continue
+                image = r.load() if image is None else image
+                m = pp.crop_matrix(np.asarray(p.box), margin, size, size)
+                crops.append(pp.warp_crop(image, m, size, size)[..., ::-1])  # BGR -> RGB
+                xy = pp.apply_affine(g[:, :2], m)  # labels in crop pixels
+                gts.append(np.concatenate([xy, g[:, 2:3]], -1))
+                torsos.append(torso * size / (margin * max(p.box[2] - p.box[0], p.box[3] - p.box[1])))
+        self.x = prepare(torch.from_numpy(np.ascontiguousarray(np.stack(crops)))) if crops else None
+        self.gt = torch.from_numpy(np.stack(gts)).float() if gts else None
+        self.torso = torch.tensor(torsos, dtype=torch.float32)
+        self.threshold = threshold
+
+    def __len__(self) -> int:
+        return 0 if self.gt is None else len(self.gt)
+
+    @torch.no_grad()
+    def __call__(self, model, kind: str) -> float:
+        model.eval()
+        xy = torch.cat([predict_xy(model, self.x[i:i + 64], kind) for i in range(0, len(self.x), 64)])
+        model.train()
+        size = self.x.shape[-1]
+        d = (xy * size - 0.5 - self.gt[..., :2]).norm(dim=-1)  # 0..1 pixel centres -> crop pixels
+        vis = self.gt[..., 2] > 0
+        return float(((d <= self.threshold * self.torso[:, None]) & vis).sum() / vis.sum().clamp_min(1))
+
+
 def predict_xy(model, x: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "regress":
         return model(x)["xy"]
+    if kind == "movenet":  # decoded as served; the decoder's x/S convention -> pixel centres
+        from .students import movenet_decode
+        o = model(x)
+        xy = movenet_decode(torch.sigmoid(o["kpt_heatmap"]), torch.sigmoid(o["center"]), o["kpt_regress"],
+                            o["kpt_offset"])[..., :2]
+        return xy + 0.5 / x.shape[-1]
     m = model(x)["branches"][0]
     n, k, h, w = m.shape
     idx = m.reshape(n, k, -1).argmax(-1)
@@ -238,6 +304,9 @@ def save_curve(history: list[dict], path: Path, title: str) -> None:
     ev = [h for h in history if "agreement" in h]
     if ev:
         ax[1].plot([h["step"] for h in ev], [h["agreement"] for h in ev], "o-", label="held-out agreement with teacher")
+        pck = [h for h in ev if "heldout_pck" in h]
+        if pck:
+            ax[1].plot([h["step"] for h in pck], [h["heldout_pck"] for h in pck], "s-", label="held-out PCK@0.2")
         ax[1].set_ylim(0, 1)
         ax[1].set_xlabel("step")
         ax[1].legend()
@@ -290,10 +359,16 @@ class TrainingRun:
         self.step = 0
         self.meta = meta
         self.ckpt = self.out / "checkpoint.pt"
+        self.best_path = self.out / "best.pt"
+        self.best = -1.0
+        self.ema: torch.nn.Module | None = None
+        self._ema_state: dict | None = None
         if resume and self.ckpt.exists():
             state = torch.load(self.ckpt, map_location="cpu", weights_only=False)
             if state["student"] == cfg.to_dict():
                 self.model.load_state_dict(state["model"])
+                self._ema_state = state.get("ema")
+                self.best = state.get("best", -1.0)
                 self.opt.load_state_dict(state["optimizer"])
                 self.sched.load_state_dict(state["scheduler"])
                 self.step, self.history = state["step"], state["history"]
@@ -305,7 +380,34 @@ class TrainingRun:
 
     @property
     def running(self) -> bool:
+        if self.tc.max_minutes and time.time() - self.started > self.tc.max_minutes * 60:
+            return False
         return self.step < self.tc.steps
+
+    @property
+    def selected(self) -> torch.nn.Module:
+        """The weights that are evaluated, kept as best and exported: the EMA when it is on."""
+        return self.ema if self.ema is not None else self.model
+
+    def _update_ema(self) -> None:
+        import copy
+
+        if not self.tc.ema:
+            return
+        if self.ema is None:  # made lazily: after any --init / calibration changed the weights
+            self.ema = copy.deepcopy(self.model).eval()
+            if self._ema_state is not None:
+                self.ema.load_state_dict(self._ema_state)
+            for p in self.ema.parameters():
+                p.requires_grad_(False)
+            return
+        d = min(self.tc.ema, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            for e, m in zip(self.ema.state_dict().values(), self.model.state_dict().values()):
+                if e.dtype.is_floating_point:
+                    e.mul_(d).add_(m.detach(), alpha=1 - d)
+                else:
+                    e.copy_(m)
 
     def update(self, losses: dict[str, torch.Tensor]) -> bool:
         """One optimiser step on the summed losses; True when a checkpoint is due."""
@@ -315,6 +417,7 @@ class TrainingRun:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
         self.opt.step()
         self.sched.step()
+        self._update_ema()
         self.step += 1
         value = float(loss.detach())
         self.smooth = value if self.smooth is None else 0.98 * self.smooth + 0.02 * value
@@ -328,9 +431,19 @@ class TrainingRun:
     def save(self, evaluation: dict) -> None:
         """A checkpoint with ``evaluation`` (e.g. the held-out agreement) added to the history."""
         self.history.append({"step": self.step, **evaluation, "seconds": round(time.time() - self.started, 1)})
-        torch.save({"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                    "scheduler": self.sched.state_dict(), "step": self.step, "history": self.history,
-                    "student": self.cfg.to_dict(), "train": self.tc.__dict__, "meta": self.meta or {}}, self.ckpt)
+        signal = evaluation.get("signal", evaluation.get("agreement"))
+        improved = signal is not None and signal > self.best
+        if improved:
+            self.best = signal
+        common = {"step": self.step, "history": self.history, "student": self.cfg.to_dict(), "train": self.tc.__dict__,
+                  "meta": self.meta or {}, "best": self.best}
+        torch.save({**common, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                    "scheduler": self.sched.state_dict(),
+                    "ema": self.ema.state_dict() if self.ema is not None else None}, self.ckpt)
+        if improved:  # the selected weights at their best held-out signal: what `distill export` takes
+            torch.save({**common, "model": self.selected.state_dict(),
+                        "selected_by": "mean of held-out teacher agreement and held-out PCK" if "signal" in evaluation
+                        else "held-out teacher agreement"}, self.best_path)
         (self.out / "history.json").write_text(json.dumps(self.history))
         save_curve(self.history, self.out / "curve.png", self.curve_title)
 
@@ -347,11 +460,13 @@ class TrainingRun:
 
 def fit(student_cfg: StudentConfig, train_cfg: TrainConfig, cache: PoseCache, out: Path | str, *,
         resume: bool = True, progress: bool = True, meta: dict | None = None,
-        init: bytes | None = None) -> tuple[torch.nn.Module, dict]:
-    """Train a pose or regression student on a pose cache; returns (model, summary)."""
+        init: bytes | None = None, heldout_pck: HeldoutPCK | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train a pose or regression student on a pose cache; returns (model, summary). With
+    ``heldout_pck`` every evaluation also measures PCK on those labelled images, and the best
+    checkpoint is chosen by the mean of the two held-out signals."""
     run = TrainingRun(student_cfg, train_cfg, out,
                       lambda n: (n.startswith("net.") and not n.startswith("net.heads."))
-                      or n.startswith(("net.heads.b0.", "net.heads.attn.")),
+                      or n.startswith(("net.heads.b0.", "net.heads.attn.", "net.heads.kpt_", "net.heads.center.")),
                       resume=resume, meta=meta, progress=progress,
                       desc=f"distilling {student_cfg.kind} {Path(out).name}",
                       curve_title=f"{Path(out).name}: {student_cfg.kind}, keep {student_cfg.keep}, "
@@ -371,16 +486,25 @@ def fit(student_cfg: StudentConfig, train_cfg: TrainConfig, cache: PoseCache, ou
         if errors:
             log.info("pruned blocks refitted to the teacher's features; relative errors %s",
                      " ".join(f"{e:.2f}" for e in errors))
-            ev = pose_agreement(model, batches, student_cfg.kind)
-            run.history.append({"step": 0, **ev, "seconds": 0.0})
-            if ev:
-                log.info("held-out agreement before training: %.3f", ev["agreement"])
+    def evaluation(m) -> dict:
+        ev = pose_agreement(m, batches, student_cfg.kind)
+        if heldout_pck is not None and len(heldout_pck):
+            ev["heldout_pck"] = heldout_pck(m, student_cfg.kind)
+            if "agreement" in ev:
+                ev["signal"] = (ev["agreement"] + ev["heldout_pck"]) / 2
+        return ev
+
+    if run.step == 0:
+        ev = evaluation(model)
+        run.history.append({"step": 0, **ev, "seconds": 0.0})
+        if ev:
+            log.info("held-out signals before training: %s", {k: round(v, 4) for k, v in ev.items()})
     model = run.model = model.to(memory_format=torch.channels_last)
-    step_fn = regress_step if student_cfg.kind == "regress" else pose_step
+    step_fn = {"regress": regress_step, "movenet": movenet_step}.get(student_cfg.kind, pose_step)
     model.train()
 
     def checkpoint():
-        ev = pose_agreement(model, batches, student_cfg.kind)
+        ev = evaluation(run.selected)
         run.save(ev)
         return ev
 
@@ -400,6 +524,8 @@ def fit(student_cfg: StudentConfig, train_cfg: TrainConfig, cache: PoseCache, ou
             ev = checkpoint()
             if ev:
                 run.report("held-out agreement", ev["agreement"])
+                if "heldout_pck" in ev:
+                    run.report("held-out PCK@0.2", ev["heldout_pck"])
     if not run.ckpt.exists() or torch.load(run.ckpt, map_location="cpu", weights_only=False)["step"] != run.step:
         checkpoint()
     return run.finish()

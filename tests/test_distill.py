@@ -216,8 +216,8 @@ def test_center_decoding_returns_the_box_it_was_given():
     center = torch.full((1, 1, h, w), -8.0)
     center[0, 0, 5, 9] = 4.0
     scale = torch.zeros(1, 2, h, w)
-    scale[0, :, 5, 9] = torch.log(torch.tensor([8.0, 4.0]))  # 8 cells high, 4 wide
-    offset = torch.zeros(1, 2, h, w)
+    scale[0, :, 5, 9] = torch.tensor([8.0, 4.0])  # 8 cells high, 4 wide
+    offset = torch.full((1, 2, h, w), 0.5)  # the cell's middle
     boxes = decode_centers(center, scale, offset, 3)
     x1, y1, x2, y2, s = boxes[0, 0].tolist()
     assert s > 0.9
@@ -359,6 +359,22 @@ def test_gates_compare_accuracy_and_latency_with_production():
     assert not gates.check({}, None)[0]
 
 
+def test_gates_refuse_a_student_worse_than_the_public_floor():
+    """The floor (Lightning, re-measured in the same run) holds even when production is weaker: a student
+    that beats today's production but loses to Lightning on accuracy, or is slower, is not promoted."""
+    from distill.export import Gates
+
+    gates = Gates(max_ap_drop=0.01, floor_latency_ratio=1.1)
+    prod = {"gt_boxes": {"AP": 0.10}, "ms_b1": 5.0}
+    floor = {"model": "movenet-lightning:1", "gt_boxes": {"AP": 0.307}, "ms_b1": 5.0}
+    ok, why = gates.check({"gt_boxes": {"AP": 0.283}, "ms_b1": 4.0}, prod, floor)
+    assert not ok and why == ["AP 0.283 is below movenet-lightning:1's 0.307"]
+    ok, why = gates.check({"gt_boxes": {"AP": 0.35}, "ms_b1": 6.0}, None, floor)
+    assert not ok and "latency" in why[0] and "movenet-lightning" in why[0]
+    assert gates.check({"gt_boxes": {"AP": 0.35}, "ms_b1": 5.2}, prod, floor) == (True, [])
+    assert not gates.check({"gt_boxes": {"AP": 0.35}, "ms_b1": 5.0}, None, {"model": "x", "ms_b1": 5.0})[0]
+
+
 def test_gflops_counts_convolutions():
     from distill.evaluate import gflops
 
@@ -441,9 +457,70 @@ def test_detector_targets_and_focal_loss_stay_bounded_without_people():
     assert t["mask"][0].sum() == 1 and t["mask"][1].sum() == 0
     iy, ix = np.argwhere(t["mask"][0, 0])[0]
     assert (iy, ix) == (8, 6) and t["heat"][0, 0, iy, ix] == 1.0
-    assert np.allclose(np.exp(t["size"][0, :, iy, ix]), [8.0, 4.0])  # height, width in cells
+    assert np.allclose(t["size"][0, :, iy, ix], [8.0, 4.0])  # height, width in cells
+    assert np.allclose(t["offset"][0, :, iy, ix], [0.0, 0.0])  # centre (8.0, 6.0): cell (8, 6)'s corner
     logits = torch.zeros(2, 1, 16, 16)  # p = 0.5 everywhere
     loss = focal_loss(logits, torch.from_numpy(t["heat"]))
     empty = focal_loss(logits, torch.zeros(2, 1, 16, 16))
     assert float(empty) < 2 * 16 * 16  # normalised per image at least, not per (absent) centre
     assert float(loss) > 0
+
+
+# ---- MoveNet-head students: step 0 is the warm-start model -------------------------------------------
+@pytest.mark.data
+def test_lightning_warm_start_reproduces_lightning_through_the_pipeline():
+    """pose-m before any training, exported to ONNX and served through the service's pipeline and
+    MoveNet decoder, gives Lightning's own keypoints (Lightning's ONNX with its built-in decoder)."""
+    from distill.cli import _served
+    from distill.export import export_module, manifest_fields
+    from distill.students import PRESETS, build_student
+    from distill.teachers import load_model
+    from distill.train import warm_start_weights
+    from service.pipeline.pipeline import PosePipeline
+
+    cfg = PRESETS["pose-m"]
+    assert cfg.kind == "movenet" and cfg.warm_start == "movenet-lightning" and cfg.keep == 1.0
+    module = export_module(build_student(cfg, warm_start_weights(cfg)), cfg)
+    data = to_onnx(module, cfg)
+    assert parity(module, data, cfg) < 1e-3
+    student = _served(manifest_fields("pose-m", cfg, description="step 0", lineage={}), data)
+    assert student.manifest.output.decoder == "movenet_heads"
+    lightning = load_model("movenet-lightning")
+    pipeline = PosePipeline()
+    for name, boxes in (("basketball1.png", [[30, 80, 170, 480, 1], [430, 20, 640, 480, 1]]),
+                        ("messi5.jpg", [[70, 60, 455, 330, 1]])):
+        image = cv2.imread(str(DATA / "opencv_samples" / name))
+        b = [np.array(boxes, np.float32)]
+        ours, theirs = pipeline.pose(student, [image], b)[0], pipeline.pose(lightning, [image], b)[0]
+        assert ours.shape == theirs.shape == (len(boxes), 17, 3)
+        assert np.abs(ours[..., :2] - theirs[..., :2]).max() < 0.5  # pixels of the original image
+        assert np.abs(ours[..., 2] - theirs[..., 2]).max() < 1e-3
+
+
+@pytest.mark.data
+def test_multipose_warm_start_is_multiposes_person_detector():
+    """An unpruned detector student warm-started from MultiPose, before training, finds the same
+    boxes as MultiPose through the service (its centre, box-size and box-offset heads are copied)."""
+    from distill.students import DetectorExport, StudentConfig, build_student
+    from distill.teachers import DetectionTeacher, load_model
+
+    cfg = StudentConfig("detector", 256, 1.0, 1, "movenet-multipose")
+    from distill.train import warm_start_weights
+    model = build_student(cfg, warm_start_weights(cfg)).eval()
+    module = DetectorExport(model).eval()
+    teacher = DetectionTeacher(load_model("movenet-multipose"), threshold=0.15)
+    image = cv2.imread(str(DATA / "opencv_samples" / "basketball1.png"))
+    h, w = image.shape[:2]
+    s = 256 / max(h, w)
+    canvas = np.zeros((256, 256, 3), np.uint8)
+    canvas[:round(h * s), :round(w * s)] = cv2.resize(image, (round(w * s), round(h * s)),
+                                                      interpolation=cv2.INTER_AREA)
+    x = torch.from_numpy(canvas[..., ::-1].copy())[None].permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        ours = module(x)[0].numpy()
+    ours = ours[ours[:, 4] > 0.5]
+    ours[:, :4] *= 256 / s
+    theirs = teacher.boxes(image)
+    assert len(ours) == len(theirs) == 2
+    for box in theirs:
+        assert np.abs(ours[:, :4] - box[:4]).max(-1).min() < 2.0
