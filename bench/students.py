@@ -1,9 +1,13 @@
-"""Students against their teachers, side by side in one run: OKS AP on coco_mini_train with
-ground-truth boxes, parameters, GFLOPs and ONNX Runtime latency per crop (batch 1 and 8), then end to
-end (detector + pose, no ground-truth boxes): AP and ms per image. Appends the table to
-bench/RESULTS.md.
+"""Students against the public models, side by side in one run.
 
-    posekd bench students [--pose pose-s pose-t pose-r] [--detector detector-s] [--threads 2]
+Per pose model (ground-truth person boxes): OKS AP on coco_mini_train (the dev set: reported, never
+used to choose), PCK@0.2 on held-out LSPET images (never in a training cache), parameters, GFLOPs,
+ONNX Runtime ms per crop at batch 1 and 8 and the ratio to MoveNet Lightning and Thunder measured in
+the same run. End to end (detector → pose, no ground-truth boxes): AP and ms per image, beside
+MultiPose alone and MultiPose → Thunder. Appends the tables to bench/RESULTS.md and draws the
+accuracy-vs-latency chart (bench/students.png).
+
+    posekd bench students [--pose pose-s@production] [--detector detector-s@production] [--threads 2]
 """
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ import sys
 from pathlib import Path
 
 from .common import ROOT, record
+
+MULTIPOSE = "movenet-multipose (long side 512)"
 
 
 def multipose_alone(model, records) -> tuple[list, float]:
@@ -41,20 +47,57 @@ def multipose_alone(model, records) -> tuple[list, float]:
     return results, elapsed / max(1, len(records)) * 1000
 
 
+def draw_chart(rows: list[tuple[str, dict]], e2e: list[tuple[str, dict, float]], path: Path) -> None:
+    """Accuracy vs latency: pose models per crop (left), whole pipelines per image (right)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4.6))
+    for ref, r in rows:
+        public = ref.startswith("movenet")
+        ax[0].scatter(r["ms_b1"], r["gt_boxes"]["AP"], s=60, marker="s" if public else "o",
+                      color="tab:gray" if public else "tab:blue")
+        ax[0].annotate(r["model"], (r["ms_b1"], r["gt_boxes"]["AP"]), textcoords="offset points", xytext=(5, 4),
+                       fontsize=8)
+    ax[0].set_xlabel("ms per crop (ONNX Runtime CPU, batch 1)")
+    ax[0].set_ylabel("AP with ground-truth boxes (dev set)")
+    ax[0].set_title("pose models (grey: public, blue: ours)")
+    for label, ap_, ms in e2e:
+        public = "movenet-multipose" in label.split(" → ")[0] or label.startswith("movenet")
+        ax[1].scatter(ms, ap_["AP"], s=60, marker="s" if public else "o", color="tab:gray" if public else "tab:blue")
+        ax[1].annotate(label.replace(" (long side 512)", "@512").replace(", its own keypoints", ""), (ms, ap_["AP"]),
+                       textcoords="offset points", xytext=(5, 4), fontsize=7)
+    ax[1].set_xlabel("ms per image, detector + pose (CPU)")
+    ax[1].set_ylabel("AP end to end (dev set)")
+    ax[1].set_title("whole pipelines")
+    for a in ax:
+        a.grid(alpha=0.3)
+        a.set_xlim(left=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="posekd bench students", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", type=Path, default=Path(os.environ.get("POSEKD_MODEL_STORE", ROOT / "model_store")))
-    ap.add_argument("--pose", nargs="+", default=["pose-s", "pose-t", "pose-r"])
-    ap.add_argument("--detector", nargs="+", default=["detector-s"])
+    ap.add_argument("--pose", nargs="+", default=None, help="our pose models (default: every pose model in the "
+                                                             "store at its production alias)")
+    ap.add_argument("--detector", nargs="+", default=None, help="our detectors (default: every detector in the "
+                                                                 "store at its production alias)")
     ap.add_argument("--teachers", nargs="+", default=["movenet-thunder", "movenet-lightning"])
+    ap.add_argument("--pck", default=None, help="held-out labelled data for PCK@0.2 (default: "
+                                                "lspet:DATA/labeled/lspet[3600:], which the training caches leave out)")
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     ap.add_argument("--runs", type=int, default=40, help="timed runs per latency")
+    ap.add_argument("--chart", type=Path, default=ROOT / "bench" / "students.png")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args(argv)
 
-    from distill.cli import EVAL_SET
-    from distill.data import read_coco
+    from distill.cli import DATA, EVAL_SET
+    from distill.data import read_coco, read_source
     from distill.evaluate import coco_ap, evaluate, predict
     from distill.teachers import load_model_bytes
     from service.store import ModelStore
@@ -63,30 +106,48 @@ def main(argv: list[str] | None = None) -> int:
         print(f"needs the evaluation set {EVAL_SET}", file=sys.stderr)
         return 2
     store = ModelStore(args.store)
+
+    def ours(task: str) -> list[str]:
+        out = []
+        for name in store.names():
+            aliases = store.aliases(name)
+            if "production" in aliases and store.manifest(name, aliases["production"]).task == task \
+                    and not name.startswith(("movenet-", "centernet")):
+                out.append(f"{name}@production")
+        return out
+
+    pose_refs = args.pose or ours("pose")
+    det_refs = args.detector or ours("person_detection")
+    pck_spec = args.pck or f"lspet:{DATA}/labeled/lspet[3600:]"
+    try:
+        pck_records = read_source(pck_spec)
+    except (OSError, ValueError) as exc:
+        print(f"no held-out PCK ({exc})", file=sys.stderr)
+        pck_records = None
     rows, e2e = [], []
     models = {}
-    for ref in args.teachers + args.pose:
+    for ref in args.teachers + pose_refs:
         try:
             models[ref] = load_model_bytes(ref, store=store, threads=args.threads)
         except Exception as exc:  # a student not trained yet: say so, keep going
             print(f"skipping {ref}: {exc}", file=sys.stderr)
     for ref, (model, data) in models.items():
-        r = evaluate(model, data, annotations=EVAL_SET, speed=True, speed_runs=args.runs)
+        r = evaluate(model, data, annotations=EVAL_SET, speed=True, speed_runs=args.runs, pck_records=pck_records)
         rows.append((ref, r))
-        print(ref, r["gt_boxes"], r["ms_b1"], r["ms_b8"], flush=True)
+        print(ref, r["gt_boxes"], r.get("pck@0.2"), r["ms_b1"], r["ms_b8"], flush=True)
 
     records = read_coco(EVAL_SET)
     ids = [r.image_id for r in records]
     detectors = {}
     mp, _ = load_model_bytes("movenet-multipose", store=store, threads=args.threads, input_size=(512, 512))
-    detectors["movenet-multipose (long side 512)"] = mp
-    for ref in args.detector:
+    detectors[MULTIPOSE] = mp
+    for ref in det_refs:
         try:
             detectors[ref] = load_model_bytes(ref, store=store, threads=args.threads)[0]
         except Exception as exc:
             print(f"skipping {ref}: {exc}", file=sys.stderr)
-    pairs = [("movenet-multipose (long side 512)", "movenet-thunder")]
-    pairs += [(d, p) for d in args.detector if d in detectors for p in args.pose if p in models]
+    pairs = [(MULTIPOSE, "movenet-thunder")]
+    pairs += [(d, p) for d in det_refs if d in detectors for p in [*pose_refs, *args.teachers] if p in models]
     for det, pose in pairs:
         predict(models[pose][0], records[:3], detectors[det])  # warm-up
         res, ms = predict(models[pose][0], records, detectors[det])
@@ -94,29 +155,43 @@ def main(argv: list[str] | None = None) -> int:
         e2e.append((f"{det} → {pose}", ap_, ms))
         print(det, pose, ap_, round(ms, 1), flush=True)
 
-    mp_alone, mp_ms = multipose_alone(detectors["movenet-multipose (long side 512)"], records)
-    e2e.insert(0, ("movenet-multipose (long side 512) alone, its own keypoints", coco_ap(EVAL_SET, mp_alone, ids),
-                   mp_ms))
+    mp_alone, mp_ms = multipose_alone(detectors[MULTIPOSE], records)
+    e2e.insert(0, (f"{MULTIPOSE} alone, its own keypoints", coco_ap(EVAL_SET, mp_alone, ids), mp_ms))
 
-    thunder = dict(rows).get("movenet-thunder")
-    lines = ["| model | role | AP (GT boxes) | AR | params | GFLOPs | ms/crop b=1 | ms/crop b=8 | × Thunder b=1 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    by_ref = dict(rows)
+    thunder, lightning = by_ref.get("movenet-thunder"), by_ref.get("movenet-lightning")
+    lines = ["| model | role | AP (GT boxes) | AR | held-out PCK@0.2 | params | GFLOPs | ms/crop b=1 | ms/crop b=8 "
+             "| × Lightning ms | × Thunder ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for ref, r in rows:
         role = "teacher" if ref == "movenet-thunder" else ("Google's fast baseline" if ref == "movenet-lightning"
                                                             else "student")
-        speed = f"{thunder['ms_b1'] / r['ms_b1']:.1f}×" if thunder else ""
-        lines.append(f"| {r['model']} | {role} | {r['gt_boxes']['AP']:.3f} | {r['gt_boxes']['AR']:.3f} | "
-                     f"{r['params'] / 1e6:.2f}M | {r['gflops']:.2f} | {r['ms_b1']:.2f} | {r['ms_b8']:.2f} | {speed} |")
-    lines += ["", "| end to end: detector → pose | AP | AR | ms/image |", "|---|---|---|---|"]
+        vs_l = f"{r['ms_b1'] / lightning['ms_b1']:.2f}" if lightning else ""
+        vs_t = f"{r['ms_b1'] / thunder['ms_b1']:.2f}" if thunder else ""
+        pck = f"{r['pck@0.2']:.3f}" if r.get("pck@0.2") is not None else "—"
+        lines.append(f"| {r['model']} | {role} | {r['gt_boxes']['AP']:.3f} | {r['gt_boxes']['AR']:.3f} | {pck} | "
+                     f"{r['params'] / 1e6:.2f}M | {r['gflops']:.2f} | {r['ms_b1']:.2f} | {r['ms_b8']:.2f} | "
+                     f"{vs_l} | {vs_t} |")
+    base = next((ms for label, _, ms in e2e if label == f"{MULTIPOSE} → movenet-thunder"), None)
+    mp_ms = e2e[0][2]
+    lines += ["", "| end to end: detector → pose | AP | AR | ms/image | × (MultiPose → Thunder) ms | × MultiPose ms |",
+              "|---|---|---|---|---|---|"]
     for label, ap_, ms in e2e:
-        lines.append(f"| {label} | {ap_['AP']:.3f} | {ap_['AR']:.3f} | {ms:.1f} |")
-    lines += ["", f"Evaluation set: `{EVAL_SET.relative_to(EVAL_SET.parents[3])}` ({len(records)} images, "
+        lines.append(f"| {label} | {ap_['AP']:.3f} | {ap_['AR']:.3f} | {ms:.1f} | "
+                     f"{ms / base:.2f} | {ms / mp_ms:.2f} |" if base else
+                     f"| {label} | {ap_['AP']:.3f} | {ap_['AR']:.3f} | {ms:.1f} | | |")
+    pck_note = f"held-out PCK: `{pck_spec.replace(str(DATA), '$POSEKD_DATA')}`" if pck_records else "no held-out PCK"
+    lines += ["", f"Dev set: `{EVAL_SET.relative_to(EVAL_SET.parents[3])}` ({len(records)} images, "
               f"{sum(len(r.people) for r in records)} people), pycocotools OKS AP, person score = mean keypoint "
-              f"score; ONNX Runtime CPU, {args.threads} threads."]
+              f"score; {pck_note} (PCK@0.2 of the torso, GT boxes); ONNX Runtime CPU, {args.threads} threads. "
+              f"End-to-end ms include the detector; MultiPose alone is one network pass."]
+    draw_chart(rows, e2e, args.chart)
+    lines += ["", f"![accuracy vs latency]({args.chart.name})"]
     table = "\n".join(lines)
     print(table)
     if not args.no_record:
-        record("Students vs teachers (accuracy, size, speed)", "posekd bench students " + " ".join(argv or []), table)
+        record("Students vs public models (accuracy, size, speed)", "posekd bench students " + " ".join(argv or []),
+               table)
     return 0
 
 

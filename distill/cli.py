@@ -174,9 +174,12 @@ def _load_ref(ref: str | None, store, threads: int = 2):
 def data_relative(value):
     """Paths under the data root written as ``$POSEKD_DATA/...`` (manifests name data relative to the data
     root, never the training machine's absolute path); applied through dicts, lists and strings."""
-    root = str(DATA.resolve())
     if isinstance(value, str):
-        return value.replace(root, "$POSEKD_DATA").replace(str(DATA), "$POSEKD_DATA")
+        resolved = DATA.resolve()
+        for prefix in (str(resolved), str(DATA), os.path.relpath(resolved)):  # absolute, as given, from here
+            if prefix not in (".", ""):
+                value = value.replace(prefix, "$POSEKD_DATA")
+        return value
     if isinstance(value, dict):
         return {k: data_relative(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

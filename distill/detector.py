@@ -123,6 +123,10 @@ def fit_detector(cfg: StudentConfig, tc: TrainConfig, cache: DetectionCache, out
     model = run.model = model.to(memory_format=torch.channels_last)
     holdout = min(tc.holdout, max(0, n // 5))
     train_idx, val_idx = np.arange(0, n - holdout), np.arange(n - holdout, n)
+    if run.step == 0 and len(val_idx):
+        rec = box_recall(model, cache, val_idx)
+        run.history.append({"step": 0, "agreement": rec, "seconds": 0.0})
+        log.info("teacher-box recall before training: %.3f", rec)
     rng = np.random.default_rng(tc.seed + run.step)
     grid = cfg.size // 4
     model.train()
@@ -137,7 +141,7 @@ def fit_detector(cfg: StudentConfig, tc: TrainConfig, cache: DetectionCache, out
             boxes[..., 0] = x1
         t = {k: torch.from_numpy(v) for k, v in center_targets(boxes, grid).items()}
         if run.update(detector_step(model, prepare(images), t, tc)):
-            rec = box_recall(model, cache, val_idx) if len(val_idx) else None
+            rec = box_recall(run.selected, cache, val_idx) if len(val_idx) else None
             run.save({"agreement": rec} if rec is not None else {})
             if rec is not None:
                 run.report("teacher-box recall", rec)

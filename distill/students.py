@@ -46,7 +46,7 @@ class StudentConfig:
 PRESETS: dict[str, StudentConfig] = {
     # the served defaults: MoveNet heads, warm-started from Lightning, distilled from Thunder
     "pose-m": StudentConfig("movenet", 192, 1.0, 1, "movenet-lightning"),
-    "pose-mf": StudentConfig("movenet", 192, 0.5, 1, "movenet-lightning", 1.0),
+    "pose-mf": StudentConfig("movenet", 192, 0.5, 1, "movenet-lightning"),
     # earlier recipes (heatmap-only / regression heads on a pruned Thunder trunk), kept as commands
     "pose-s": StudentConfig("pose", 192, 0.25, 3),
     "pose-t": StudentConfig("pose", 160, 0.25, 3),

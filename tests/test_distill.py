@@ -524,3 +524,34 @@ def test_multipose_warm_start_is_multiposes_person_detector():
     assert len(ours) == len(theirs) == 2
     for box in theirs:
         assert np.abs(ours[:, :4] - box[:4]).max(-1).min() < 2.0
+
+
+def test_box_ensemble_keeps_agreed_boxes_and_confident_singles():
+    from distill.teachers import BoxEnsemble
+
+    class Fixed:
+        def __init__(self, name, rows):
+            self.name, self.rows = name, np.array(rows, np.float32).reshape(-1, 5)
+
+        def boxes(self, image):
+            return self.rows
+
+    centernet = Fixed("cn", [[10, 10, 50, 110, 0.35], [200, 0, 260, 40, 0.6], [300, 300, 310, 320, 0.2]])
+    multipose = Fixed("mp", [[12, 20, 48, 100, 0.3], [400, 10, 450, 90, 0.25], [500, 10, 560, 90, 0.5]])
+    rows = BoxEnsemble(centernet, multipose).boxes(np.zeros((8, 8, 3), np.uint8))
+    as_list = [list(np.round(r, 3)) for r in rows]
+    assert [10, 10, 50, 110, 0.35] in as_list            # both found it: CenterNet's box, the higher score
+    assert [200, 0, 260, 40, 0.48] in as_list            # only CenterNet, but sure of it (score × 0.8)
+    assert [500, 10, 560, 90, 0.4] in as_list            # only MultiPose, sure of it
+    assert len(rows) == 3 and list(rows[:, 4]) == sorted(rows[:, 4], reverse=True)  # unsure singles dropped
+    assert BoxEnsemble(Fixed("a", []), Fixed("b", [])).boxes(None).shape == (0, 5)
+
+
+def test_manifest_paths_are_relative_to_the_data_root():
+    from distill.cli import DATA, data_relative
+
+    lineage = {"data": [f"lspet:{DATA}/labeled/lspet[:3600]"], "n": 3,
+               "cache": {"command": f"posekd distill cache pose --data folder:{DATA}/unlabeled/images"}}
+    out = data_relative(lineage)
+    assert out["data"] == ["lspet:$POSEKD_DATA/labeled/lspet[:3600]"] and out["n"] == 3
+    assert str(DATA) not in json.dumps(out) and "$POSEKD_DATA/unlabeled/images" in out["cache"]["command"]
