@@ -223,9 +223,13 @@ def cmd_export(args) -> int:
         state = {**state, "model": best["model"], "selected": {"step": best["step"], "by": best.get("selected_by"),
                                                                "signal": best.get("best")}}
     print(f"exporting {run} at step {state.get('selected', state)['step']} of {state['step']}")
-    cfg = StudentConfig(**state["student"])
+    cfg = trained = StudentConfig(**state["student"])
     model = build_student(cfg, warm_start_weights(cfg))
     model.load_state_dict(state["model"])
+    if args.size and args.size != cfg.size:  # the network is fully convolutional: same weights, other input
+        import dataclasses
+        cfg = dataclasses.replace(cfg, size=args.size)
+        model.cfg = cfg
     module = export_module(model, cfg)
     data = to_onnx(module, cfg)
     diff = parity(module, data, cfg)
@@ -249,7 +253,8 @@ def cmd_export(args) -> int:
         "teacher": teacher_name,
         "warm_start": f"{cfg.warm_start} (trunk/FPN/heads initializers, {cfg.keep:.0%} of expansion channels)",
         "recipe": RECIPES[kind],
-        "training": {"student": cfg.to_dict(), "train": {k: v for k, v in state["train"].items() if k != "extra"},
+        "training": {"student": trained.to_dict(), **({"exported_size": cfg.size} if cfg is not trained else {}),
+                     "train": {k: v for k, v in state["train"].items() if k != "extra"},
                    "steps": state["step"], "heldout_teacher_agreement": history[-1]["agreement"] if history else None,
                    "heldout_pck": history[-1].get("heldout_pck") if history else None,
                    **({"selected": state["selected"]} if "selected" in state else {})},
@@ -427,6 +432,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     x = dsub.add_parser("export", help="export a run to ONNX, check parity, evaluate, register, gate")
     x.add_argument("run", help="the training run directory (with checkpoint.pt)")
     x.add_argument("--name", help="model name in the store (default: the run directory's name)")
+    x.add_argument("--size", type=int, help="export at this input size instead of the trained one (same weights)")
     x.add_argument("--last", action="store_true", help="export the last checkpoint instead of best.pt (the best "
                                                        "held-out agreement)")
     x.add_argument("--store", help="model store root (default POSEKD_MODEL_STORE)")
@@ -441,7 +447,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--floor", help="a public model the student must beat, re-measured in this run: at least its AP "
                                    "and at most --floor-latency-ratio × its batch-1 latency (e.g. movenet-lightning)")
     x.add_argument("--floor-latency-ratio", type=float, default=1.10)
-    x.add_argument("--pck", default=f"lspet:{DATA}/labeled/lspet[3600:]",
+    x.add_argument("--pck", default=f"lspet:{DATA}/labeled/lspet[3600:]" if (DATA / "labeled" / "lspet" /
+                                                                          "joints.mat").is_file() else "",
                    help="pose: held-out LSPET-style data for PCK@0.2 (default: the LSPET images the training "
                         "caches leave out); '' to skip")
     x.add_argument("--no-promote", action="store_true")
