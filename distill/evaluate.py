@@ -96,6 +96,12 @@ def agreement(model: ServedModel, teacher: ServedModel, records: list[Record]) -
     return round(float(np.mean(scores)), 4) if scores else 0.0
 
 
+def torso_size(g: np.ndarray) -> float:
+    """The longer labelled shoulder-to-opposite-hip diagonal of COCO-17 keypoints (0 when neither is)."""
+    return float(max(np.linalg.norm(g[6, :2] - g[11, :2]) if g[6, 2] > 0 and g[11, 2] > 0 else 0,
+                     np.linalg.norm(g[5, :2] - g[12, :2]) if g[5, 2] > 0 and g[12, 2] > 0 else 0))
+
+
 def pck(model: ServedModel, records: list[Record], threshold: float = 0.2) -> float:
     """PCK@threshold of the torso size over labelled joints (LSPET-style labels)."""
     pipe = _pipeline()
@@ -116,8 +122,7 @@ def pck(model: ServedModel, records: list[Record], threshold: float = 0.2) -> fl
                 continue
             k = np.asarray(res.people[int(near.argmin())].keypoints)
             g = p.keypoints
-            torso = max(np.linalg.norm(g[6, :2] - g[11, :2]) if g[6, 2] > 0 and g[11, 2] > 0 else 0,
-                        np.linalg.norm(g[5, :2] - g[12, :2]) if g[5, 2] > 0 and g[12, 2] > 0 else 0)
+            torso = torso_size(g)
             if torso <= 0:
                 continue
             vis = g[:, 2] > 0

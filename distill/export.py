@@ -37,14 +37,14 @@ def output_spec(cfg: StudentConfig) -> dict:
     if cfg.kind == "pose":
         return {"decoder": "heatmap", "names": ["heatmaps"]}
     if cfg.kind == "movenet":  # the order decode_movenet_heads reads them in
-        return {"decoder": "movenet_heads", "names": ["kpt_heatmap", "center_heatmap", "kpt_regress", "kpt_offset"]}
+        return {"decoder": "movenet_heads", "names": list(MoveNetExport.OUTPUTS)}
     if cfg.kind == "regress":
         return {"decoder": "keypoints", "names": ["keypoints"], "params": {"order": "xy", "normalized": True}}
     return {"decoder": "boxes", "names": ["boxes"], "params": {"normalized": True}}
 
 
 def to_onnx(module: torch.nn.Module, cfg: StudentConfig, opset: int = 17) -> bytes:
-    names = MoveNetExport.OUTPUTS if cfg.kind == "movenet" else output_spec(cfg)["names"][:1]
+    names = output_spec(cfg)["names"]
     x = torch.zeros(2, 3, cfg.size, cfg.size)
     f = io.BytesIO()
     with torch.no_grad():

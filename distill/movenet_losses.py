@@ -22,19 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from .losses import heat_bce, pixel_kl
+from .students import centre_cells
 
 NEIGHBOURS = torch.tensor([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)])  # (9, 2)
 NEIGHBOUR_WEIGHT = torch.tensor([0.5 if dy or dx else 1.0 for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
-
-
-def centre_cells(center: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The centre cell MoveNet's decoder would pick from a probability map (N, 1, h, w)."""
-    n, _, h, w = center.shape
-    yy = torch.arange(h, dtype=torch.float32)[:, None]
-    xx = torch.arange(w, dtype=torch.float32)[None, :]
-    frame_w = 1.0 / (torch.sqrt((yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2) + 1.8)
-    idx = (center[:, 0].float() * frame_w).reshape(n, -1).argmax(-1)
-    return torch.div(idx, w, rounding_mode="floor"), idx % w
 
 
 def coordinate_targets(b: dict, size: int, h: int, w: int, gt_weight: float) -> tuple[torch.Tensor, torch.Tensor]:

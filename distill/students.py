@@ -231,6 +231,17 @@ class MoveNetExport(nn.Module):
                 h["kpt_offset"](f))
 
 
+def centre_cells(center: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The person-centre cell MoveNet's decoder picks from a probability map (N, 1, h, w): the peak
+    weighted by closeness to the middle of the crop."""
+    n, _, h, w = center.shape
+    yy = torch.arange(h, dtype=torch.float32, device=center.device)[:, None]
+    xx = torch.arange(w, dtype=torch.float32, device=center.device)[None, :]
+    frame_w = 1.0 / (torch.sqrt((yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2) + 1.8)
+    idx = (center[:, 0].float() * frame_w).reshape(n, -1).argmax(-1)
+    return torch.div(idx, w, rounding_mode="floor"), idx % w
+
+
 def movenet_decode(heat: torch.Tensor, center: torch.Tensor, regress: torch.Tensor,
                    offset: torch.Tensor) -> torch.Tensor:
     """Torch twin of the service's ``movenet_heads`` decoder (probability maps in) -> (N, 17, 3):
@@ -238,9 +249,7 @@ def movenet_decode(heat: torch.Tensor, center: torch.Tensor, regress: torch.Tens
     n, k, h, w = heat.shape
     yy = torch.arange(h, dtype=torch.float32, device=heat.device)[:, None].expand(h, w)
     xx = torch.arange(w, dtype=torch.float32, device=heat.device)[None, :].expand(h, w)
-    frame_w = 1.0 / (torch.sqrt((yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2) + 1.8)
-    cidx = (center[:, 0] * frame_w).reshape(n, -1).argmax(-1)
-    cy, cx = torch.div(cidx, w, rounding_mode="floor"), cidx % w
+    cy, cx = centre_cells(center)
     b = torch.arange(n, device=heat.device)
     reg = regress[b, :, cy, cx].reshape(n, k, 2)
     ry = cy[:, None].float() + reg[..., 0]

@@ -18,6 +18,7 @@ from service.store.manifest import Manifest, sha256_bytes
 from service.store.registry import ServedModel
 from service.store.store import ModelStore
 from service.store.teachers import TEACHERS, teacher_manifest
+from service.video.tracker import iou
 
 DEFAULT_TEACHERS = Path(os.environ.get("POSEKD_TEACHERS", Path(__file__).resolve().parents[1] / ".." / "shared"
                                        / "teachers"))
@@ -126,18 +127,6 @@ class DetectionTeacher:
         return self.pipeline.detect(self.model, [image])[0]
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix of (M, 4+) and (K, 4+) boxes."""
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None] - inter, 1e-9)
-
-
 class BoxEnsemble:
     """Person boxes two detection teachers agree on, plus those only one of them is sure of.
 
@@ -158,7 +147,7 @@ class BoxEnsemble:
     def boxes(self, image: np.ndarray) -> np.ndarray:
         a, b = self.first.boxes(image), self.second.boxes(image)
         out, used = [], np.zeros(len(b), bool)
-        ious = _iou(a, b) if len(a) and len(b) else np.zeros((len(a), len(b)))
+        ious = iou(a, b) if len(a) and len(b) else np.zeros((len(a), len(b)))
         for i, box in enumerate(a):
             j = int(ious[i].argmax()) if len(b) else -1
             if j >= 0 and ious[i, j] >= self.iou and not used[j]:

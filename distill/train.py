@@ -237,6 +237,8 @@ class HeldoutPCK:
     def __init__(self, records: list, size: int, margin: float = 1.25, threshold: float = 0.2):
         from service.pipeline import preprocess as pp
 
+        from .evaluate import torso_size
+
         crops, gts, torsos = [], [], []
         for r in records:
             image = None
@@ -244,8 +246,7 @@ class HeldoutPCK:
                 g = p.keypoints
                 if g is None:
                     continue
-                torso = max(np.linalg.norm(g[6, :2] - g[11, :2]) if g[6, 2] > 0 and g[11, 2] > 0 else 0,
-                            np.linalg.norm(g[5, :2] - g[12, :2]) if g[5, 2] > 0 and g[12, 2] > 0 else 0)
+                torso = torso_size(g)
                 if torso <= 0:
                     continue
                 image = r.load() if image is None else image
