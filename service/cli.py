@@ -266,8 +266,22 @@ def _plugins():
     return found
 
 
+def _settings_problem() -> str | None:
+    """Why the environment's POSEKD_ settings cannot be used, or None when they can."""
+    from pydantic import ValidationError
+    try:
+        get_settings()
+    except ValidationError as exc:
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    problem = _settings_problem()
+    if problem:
+        print(f"error: invalid POSEKD_ settings: {problem}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

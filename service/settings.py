@@ -5,7 +5,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -42,12 +42,17 @@ class Settings(BaseSettings):
     redis_payload: Literal["encoded", "raw"] = "encoded"  # uploaded bytes, or decoded pixels (bench queue)
     redis_connect_timeout_s: float = 1.0  # a Redis that does not answer in time means 503, not a hang
     redis_op_timeout_s: float = 2.0
-    visibility_timeout_s: float = 30.0  # an entry idle this long in a worker's hands is taken over
+    redis_max_connections: int = 256  # per process; past it a command waits for a free connection
+    # A worker whose heartbeat is older than worker_stale_s is dead: any live worker takes over the
+    # entries it held (within worker_stale_s + worker_heartbeat_s of the crash). A live worker's entries
+    # are never taken, however long its batch runs, unless visibility_timeout_s > 0 says a worker
+    # holding an entry that long is hung (a safety net; 0 turns it off).
+    visibility_timeout_s: float = 300.0
     max_deliveries: int = 3  # an entry delivered this often is answered with an error, not retried
     reply_ttl_s: float = 300.0  # reply streams of vanished API replicas expire after this
     require_workers: bool = True  # 503 at once when no worker heartbeat is fresh (false for scale-to-zero)
-    worker_heartbeat_s: float = 2.0
-    worker_stale_s: float = 10.0  # a worker whose heartbeat is older counts as gone
+    worker_heartbeat_s: float = 1.0
+    worker_stale_s: float = 5.0  # a worker whose heartbeat is older counts as gone; its work is taken over
     worker_name: str | None = None  # consumer name in the group; default host-pid
     metrics_port: int = 9100  # `posekd worker` serves Prometheus metrics here
 
@@ -70,7 +75,7 @@ class Settings(BaseSettings):
     video_dir: Path | None = None  # uploads, results and overlays (embedded mode); default: a temp dir
     job_ttl_s: float = 3600.0  # finished jobs (state, result, overlay) are deleted after this
     video_workers: int = 1  # clips processed at the same time per process (embedded mode)
-    video_visibility_s: float = 60.0  # Redis mode: a job whose worker sent no progress this long is taken over
+    video_visibility_s: float = 600.0  # Redis mode: a job held this long with no progress by a live worker is taken over
     video_keyframe_interval: int = 5  # run the detector every K frames (1: every frame)
     video_window: int = 4  # propagated frames whose pose crops are batched together
     video_smoothing: bool = True
@@ -107,6 +112,23 @@ class Settings(BaseSettings):
         if value < 1:
             raise ValueError("must be at least 1")
         return value
+
+    @model_validator(mode="after")
+    def _compatible(self) -> "Settings":
+        """Refuse settings that cannot work together, at start and with the reason."""
+        if self.worker_heartbeat_s <= 0 or self.worker_stale_s < 2 * self.worker_heartbeat_s:
+            raise ValueError(f"POSEKD_WORKER_STALE_S ({self.worker_stale_s:g}) must be at least twice "
+                             f"POSEKD_WORKER_HEARTBEAT_S ({self.worker_heartbeat_s:g}), which must be positive: "
+                             "one late heartbeat must not make a live worker look dead")
+        reclaim = self.worker_stale_s + self.worker_heartbeat_s
+        if self.redis_url and reclaim >= self.request_timeout_s:
+            raise ValueError(f"a crashed worker's requests are taken over up to POSEKD_WORKER_STALE_S + "
+                             f"POSEKD_WORKER_HEARTBEAT_S = {reclaim:g} s after the crash, which is not before "
+                             f"POSEKD_REQUEST_TIMEOUT_S ({self.request_timeout_s:g} s): their callers would "
+                             "get 504s; lower the first two or raise the timeout")
+        if self.visibility_timeout_s < 0 or self.video_visibility_s < 0:
+            raise ValueError("POSEKD_VISIBILITY_TIMEOUT_S and POSEKD_VIDEO_VISIBILITY_S must be 0 (off) or positive")
+        return self
 
     @property
     def auth_enabled(self) -> bool:

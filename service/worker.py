@@ -56,12 +56,12 @@ def build(settings: Settings) -> tuple[StreamConsumer, VideoConsumer]:
     pipeline = PosePipeline.from_settings(settings)
     videos = VideoConsumer(RedisJobStore(settings.redis_url, settings.redis_prefix, settings.job_ttl_s,
                                          settings.redis_connect_timeout_s),
-                           name, settings, registry, pipeline, settings.video_visibility_s)
+                           name, settings, registry, pipeline, settings.video_visibility_s, settings.worker_stale_s)
     return StreamConsumer(settings.redis_url, name, pipeline, registry, settings,
                           prefix=settings.redis_prefix, max_batch=settings.max_batch,
                           max_delay_ms=settings.max_delay_ms, visibility_timeout_s=settings.visibility_timeout_s,
                           max_deliveries=settings.max_deliveries, reply_ttl_s=settings.reply_ttl_s,
-                          heartbeat_s=settings.worker_heartbeat_s,
+                          heartbeat_s=settings.worker_heartbeat_s, stale_s=settings.worker_stale_s,
                           connect_timeout_s=settings.redis_connect_timeout_s), videos
 
 

@@ -100,3 +100,22 @@ def test_serve_process_reloads_on_sighup(store, tmp_path):
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it (exit status -15)
     assert proc.returncode in (0, -signal.SIGTERM), out.decode()[-2000:]
     assert "Application shutdown complete" in out.decode()
+
+
+@pytest.mark.parametrize("env, says", [
+    ({"POSEKD_REDIS_URL": "redis://127.0.0.1:1", "POSEKD_REQUEST_TIMEOUT_S": "5"}, "POSEKD_REQUEST_TIMEOUT_S"),
+    ({"POSEKD_WORKER_HEARTBEAT_S": "3", "POSEKD_WORKER_STALE_S": "4"}, "twice"),
+    ({"POSEKD_VISIBILITY_TIMEOUT_S": "-1"}, "0 (off) or positive"),
+])
+def test_settings_that_cannot_work_together_are_refused_at_start(env, says, monkeypatch, capsys):
+    """A crashed worker's requests must be taken over before their callers give up: refuse the rest."""
+    from service.cli import main
+    from service.settings import get_settings
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    try:
+        assert main(["worker"]) == 2
+    finally:
+        get_settings.cache_clear()
+    assert says in capsys.readouterr().err

@@ -42,7 +42,8 @@ class ServiceState:
             broker = RedisBroker(settings.redis_url, prefix=settings.redis_prefix, queue_max=settings.queue_max,
                                  payload=settings.redis_payload, connect_timeout_s=settings.redis_connect_timeout_s,
                                  op_timeout_s=settings.redis_op_timeout_s, reply_ttl_s=settings.reply_ttl_s,
-                                 worker_stale_s=settings.worker_stale_s, require_workers=settings.require_workers)
+                                 worker_stale_s=settings.worker_stale_s, require_workers=settings.require_workers,
+                                 max_connections=settings.redis_max_connections)
         else:
             broker = LocalBroker(pipeline, registry, max_batch=settings.max_batch,
                                  max_delay_ms=settings.max_delay_ms, queue_max=settings.queue_max,

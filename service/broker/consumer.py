@@ -3,8 +3,11 @@ batch across requests (``max_batch`` images or ``max_delay_ms``, whichever comes
 pipeline, then — in one MULTI — write every reply, acknowledge and delete the entries. An entry is
 acknowledged only once its reply is written.
 
-Entries whose worker died stay pending in the group; any worker takes them over (XCLAIM) once they
-have been idle for ``visibility_timeout_s``. An entry delivered ``max_deliveries`` times is answered
+Entries whose worker died stay pending in the group; a live worker takes them over (XCLAIM) as soon
+as the holder's heartbeat is older than ``stale_s`` (see :mod:`.liveness`), so a crash costs the callers
+seconds. A live worker's entries are taken only when it has held one for ``visibility_timeout_s`` (a
+hung worker; 0: never). A worker restarted under the same name first serves what its predecessor held.
+An entry delivered ``max_deliveries`` times is answered
 with an error instead of being tried again (it may be what kills workers). Entries of a cancelled job
 or past their deadline are acknowledged without running."""
 from __future__ import annotations
@@ -25,6 +28,7 @@ from . import codec
 from .base import PoseJob
 from .batching import execute
 from .keys import GROUP, RedisKeys
+from .liveness import dead, holders
 
 log = logging.getLogger("posekd.worker")
 
@@ -32,8 +36,9 @@ log = logging.getLogger("posekd.worker")
 class StreamConsumer:
     def __init__(self, url: str, name: str, pipeline: PosePipeline, registry: ModelRegistry, settings, *,
                  prefix: str = "posekd", max_batch: int = 8, max_delay_ms: float = 5.0,
-                 visibility_timeout_s: float = 30.0, max_deliveries: int = 3, reply_ttl_s: float = 300.0,
-                 heartbeat_s: float = 2.0, connect_timeout_s: float = 1.0, block_ms: int = 1000):
+                 visibility_timeout_s: float = 300.0, max_deliveries: int = 3, reply_ttl_s: float = 300.0,
+                 heartbeat_s: float = 1.0, stale_s: float = 5.0, connect_timeout_s: float = 1.0,
+                 block_ms: int = 1000):
         self.url = url
         self.name = name
         self.pipeline = pipeline
@@ -46,11 +51,13 @@ class StreamConsumer:
         self.max_deliveries = max_deliveries
         self.reply_ttl = int(reply_ttl_s)
         self.heartbeat_s = heartbeat_s
+        self.stale_s = stale_s
         self.connect_timeout_s = connect_timeout_s
         self.block_ms = block_ms  # longest wait for new entries: how soon a stop is noticed
         self.batches = 0
         self._decoder = ThreadPoolExecutor(max(2, min(8, os.cpu_count() or 2)), thread_name_prefix="posekd-decode")
         self._next_reclaim = 0.0
+        self._backlog = True  # first read: entries this name held before a restart
         self._redis = None
 
     # ---- main loop ---------------------------------------------------------------------------
@@ -61,6 +68,8 @@ class StreamConsumer:
         from .redis import connect
         self._redis = connect(self.url, self.connect_timeout_s, self.block_ms / 1000.0 + 5.0)
         loop = asyncio.get_running_loop()
+        with contextlib.suppress(RedisError):  # alive before the first entry is read
+            await self._redis.zadd(self.keys.workers, {self.name: time.time()})
         beat = loop.create_task(self._heartbeat(stop))
         backoff, grouped = 0.1, False
         running: asyncio.Task | None = None  # the batch on the models now; the next one is read meanwhile
@@ -149,38 +158,62 @@ class StreamConsumer:
         return got
 
     async def _xread(self, count: int, block_ms: int | None) -> list:
+        if self._backlog:  # a worker restarted under the same name: what it held is not anyone else's
+            streams = await self._redis.xreadgroup(GROUP, self.name, {self.keys.requests: "0"}, count=count)
+            got = [e for _, entries in streams or [] for e in entries if e[1]]
+            if got:
+                log.warning("serving %d entries this worker's name held before a restart", len(got))
+                return got
+            self._backlog = False
         streams = await self._redis.xreadgroup(GROUP, self.name, {self.keys.requests: ">"}, count=count,
                                                block=block_ms)
         return [e for _, entries in streams or [] for e in entries]
 
     async def _reclaim(self) -> list:
-        """Entries idle past the visibility timeout in any consumer's hands, now in ours."""
+        """Entries held by dead workers (stale heartbeat) and, past ``visibility_timeout_s``, by hung
+        ones, now in ours. Checked every heartbeat period."""
         now = time.monotonic()
         if now < self._next_reclaim:
             return []
-        self._next_reclaim = now + max(self.visibility_ms / 4000.0, 0.2)
-        pending = await self._redis.xpending_range(self.keys.requests, GROUP, min="-", max="+",
-                                                   count=self.max_batch, idle=self.visibility_ms)
+        self._next_reclaim = now + min(self.heartbeat_s, 1.0)
+        others = [n for n in holders(await self._redis.xpending(self.keys.requests, GROUP)) if n != self.name]
+        if not others:
+            return []
+        departed = dead(others, await self._redis.zmscore(self.keys.workers, others), time.time(), self.stale_s)
+        pending: list = []
+        for consumer in departed:  # idle at least stale_s: delivered before the holder died, not claimed since
+            pending += await self._redis.xpending_range(self.keys.requests, GROUP, min="-", max="+",
+                                                        count=self.max_batch - len(pending),
+                                                        consumername=consumer, idle=int(self.stale_s * 1000))
+            if len(pending) >= self.max_batch:
+                break
+        min_idle = int(self.stale_s * 1000)
+        if not pending and self.visibility_ms:
+            pending = await self._redis.xpending_range(self.keys.requests, GROUP, min="-", max="+",
+                                                       count=self.max_batch, idle=self.visibility_ms)
+            min_idle = self.visibility_ms
         if not pending:
             return []
         ids = [p["message_id"] for p in pending]
         tries = {p["message_id"]: p["times_delivered"] for p in pending}
-        claimed = await self._redis.xclaim(self.keys.requests, GROUP, self.name, self.visibility_ms, ids)
-        live, dead, gone = [], [], []
+        # min idle: a worker that claimed them a moment ago (another reclaimer) keeps them
+        claimed = await self._redis.xclaim(self.keys.requests, GROUP, self.name, min_idle, ids)
+        live, failed, deleted = [], [], []
         for entry_id, fields in claimed:
             if not fields:  # deleted meanwhile (cancelled): just forget it
-                gone.append(entry_id)
+                deleted.append(entry_id)
             elif tries.get(entry_id, 0) >= self.max_deliveries:
-                dead.append((entry_id, fields))
+                failed.append((entry_id, fields))
             else:
                 live.append((entry_id, fields))
-        if gone:
-            await self._redis.xack(self.keys.requests, GROUP, *gone)
+        if deleted:
+            await self._redis.xack(self.keys.requests, GROUP, *deleted)
         if live:
             metrics.RECLAIMED.inc(len(live))
-            log.warning("reclaimed %d entries idle for more than %d ms", len(live), self.visibility_ms)
-        if dead:
-            await self._dead_letter(dead)
+            log.warning("took over %d entries from %s", len(live),
+                        ", ".join(departed) if min_idle != self.visibility_ms else "a hung worker")
+        if failed:
+            await self._dead_letter(failed)
         return live
 
     async def _dead_letter(self, entries: list) -> None:

@@ -42,18 +42,22 @@ return out
 """
 
 
-def connect(url: str, connect_timeout_s: float, socket_timeout_s: float):
+def connect(url: str, connect_timeout_s: float, socket_timeout_s: float, max_connections: int = 256):
     """An asyncio Redis client that retries a command once on a fresh connection: pooled connections die
     when Redis restarts, and a command (or MULTI/EXEC) sent on one of those never ran; a Redis that is
-    really down costs one more refused connect."""
+    really down costs one more refused connect. At most ``max_connections`` connections: past that a
+    command waits (up to its socket timeout) for a free one instead of failing — redis-py's plain pool
+    raises "Too many connections" at its cap, which would turn a burst of requests into 503s."""
     from redis import asyncio as aioredis
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    return aioredis.from_url(url, socket_connect_timeout=connect_timeout_s, socket_timeout=socket_timeout_s,
-                             health_check_interval=15, retry=Retry(NoBackoff(), 1),
-                             retry_on_error=[RedisConnectionError])
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=socket_timeout_s, socket_connect_timeout=connect_timeout_s,
+        socket_timeout=socket_timeout_s, health_check_interval=15, retry=Retry(NoBackoff(), 1),
+        retry_on_error=[RedisConnectionError])
+    return aioredis.Redis.from_pool(pool)
 
 
 class _Waiter:
@@ -84,7 +88,8 @@ class RedisBroker(Broker):
 
     def __init__(self, url: str, *, prefix: str = "posekd", queue_max: int = 256, payload: str = "encoded",
                  connect_timeout_s: float = 1.0, op_timeout_s: float = 2.0, reply_ttl_s: float = 300.0,
-                 worker_stale_s: float = 10.0, require_workers: bool = True, poll_s: float = 1.0):
+                 worker_stale_s: float = 5.0, require_workers: bool = True, poll_s: float = 1.0,
+                 max_connections: int = 256):
         if payload not in codec.FORMATS:
             raise ValueError(f"payload must be one of {codec.FORMATS}")
         self.url = url
@@ -97,6 +102,7 @@ class RedisBroker(Broker):
         self.worker_stale_s = worker_stale_s
         self.require_workers = require_workers
         self.poll_s = poll_s
+        self.max_connections = max_connections
         self.replica = uuid.uuid4().hex[:16]
         self.reply_key = self.keys.replies(self.replica)
         self._waiting: dict[str, _Waiter] = {}
@@ -115,7 +121,7 @@ class RedisBroker(Broker):
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        self._redis = connect(self.url, self.connect_timeout_s, self.op_timeout_s)
+        self._redis = connect(self.url, self.connect_timeout_s, self.op_timeout_s, self.max_connections)
         # the reader blocks for up to a second per call; its socket timeout must outlast that
         self._reader_redis = connect(self.url, self.connect_timeout_s, self.op_timeout_s + 1.0)
         self._add = self._redis.register_script(_ADD)

@@ -1,7 +1,8 @@
 """Running video jobs: :func:`process` does one job whatever the store; :class:`LocalRunner` runs them
 on threads inside the embedded service; :class:`VideoConsumer` is the `posekd worker` side in Redis
-mode (a consumer group on the ``videos`` stream; a job whose worker died is taken over once its
-entry has been idle ``visibility_s``; a running job keeps its entry fresh)."""
+mode (a consumer group on the ``videos`` stream; a job whose worker died — its heartbeat is stale, see
+:mod:`service.broker.liveness` — is taken over by a live worker within seconds; a live worker's job is
+taken only when it sent no progress for ``visibility_s``, i.e. it hung)."""
 from __future__ import annotations
 
 import logging
@@ -12,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .. import metrics
+from ..broker.keys import RedisKeys
+from ..broker.liveness import dead, holders
 from ..errors import PoseKDError
 from . import decode
 from .jobs import FINAL, JobStore, LocalJobStore, RedisJobStore
@@ -111,10 +114,13 @@ class LocalRunner:
 class VideoConsumer:
     """Redis mode, in `posekd worker`: one job at a time from the ``videos`` stream."""
 
-    def __init__(self, store: RedisJobStore, name: str, settings, registry, pipeline, visibility_s: float = 60.0):
+    def __init__(self, store: RedisJobStore, name: str, settings, registry, pipeline, visibility_s: float = 600.0,
+                 stale_s: float = 5.0):
         self.store, self.name, self.settings = store, name, settings
         self.registry, self.pipeline = registry, pipeline
         self.visibility_ms = int(visibility_s * 1000)
+        self.stale_ms = int(stale_s * 1000)
+        self.workers_key = RedisKeys(store.prefix).workers  # heartbeats: the image consumer writes them
         self.stop_event = threading.Event()
 
     def _ensure_group(self) -> None:
@@ -125,12 +131,32 @@ class VideoConsumer:
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    def _take_over(self):
+        """One job entry held by a dead worker (or, past ``visibility_s``, by a hung one), now ours."""
+        r, stream, group = self.store.redis, self.store.stream, RedisJobStore.GROUP
+        others = [n for n in holders(r.xpending(stream, group)) if n != self.name]
+        departed = dead(others, r.zmscore(self.workers_key, others), time.time(), self.stale_ms / 1000) if others else []
+        for consumer in departed:
+            for p in r.xpending_range(stream, group, "-", "+", 4, consumername=consumer, idle=self.stale_ms):
+                claimed = r.xclaim(stream, group, self.name, self.stale_ms, [p["message_id"]])
+                if claimed and claimed[0][1]:
+                    log.warning("taking over video job entry %s from %s, whose heartbeat stopped",
+                                claimed[0][0], consumer)
+                    return claimed[0]
+                if claimed:  # the job entry was deleted meanwhile
+                    r.xack(stream, group, p["message_id"])
+        if self.visibility_ms:
+            _, claimed, _ = r.xautoclaim(stream, group, self.name, self.visibility_ms, "0-0", count=1)
+            if claimed:
+                log.warning("taking over video job entry %s from a worker that sent no progress", claimed[0][0])
+                return claimed[0]
+        return None
+
     def _next(self):
         r, stream, group = self.store.redis, self.store.stream, RedisJobStore.GROUP
-        _, claimed, _ = r.xautoclaim(stream, group, self.name, self.visibility_ms, "0-0", count=1)
-        if claimed:
-            log.warning("taking over video job entry %s from a worker that stopped", claimed[0][0])
-            return claimed[0]
+        taken = self._take_over()
+        if taken is not None:
+            return taken
         got = r.xreadgroup(group, self.name, {stream: ">"}, count=1, block=1000)
         return got[0][1][0] if got else None
 
