@@ -28,7 +28,7 @@ def load_images(data: Path, n: int) -> list[tuple[str, bytes]]:
 
 
 def bench_raw(images, store: Path, pose: str, det: str, rounds: int) -> dict:
-    from service.api.images import decode_image
+    from service.images import decode_image
     from service.pipeline import ImageTask, PosePipeline
     from service.pipeline.runtime import OnnxModel
     from service.settings import get_settings
@@ -40,9 +40,10 @@ def bench_raw(images, store: Path, pose: str, det: str, rounds: int) -> dict:
     pm, dm = reg.get(pose), reg.get(det)
 
     def one(data):
-        im, scale = decode_image(data, max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels,
-                                 max_side=s.decode_max_side)
-        return pipe.run(pm, dm, [ImageTask(im, min_score=s.min_score, max_people=s.max_people, scale=scale)])
+        im, scale, size = decode_image(data, max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels,
+                                       max_side=s.decode_max_side)
+        return pipe.run(pm, dm, [ImageTask(im, min_score=s.min_score, max_people=s.max_people, scale=scale,
+                                           size=size)])
 
     for _, data in images[:4]:
         one(data)

@@ -45,7 +45,8 @@ def publish_models(registry) -> None:
             MODEL_INFO.labels(served.name, str(served.version), alias).set(1)
 
 # ---- Redis mode (scale-out) -------------------------------------------------------------------
-WORKERS = Gauge("posekd_workers_ready", "Workers whose heartbeat is fresh, as seen by this API replica",
+WORKERS = Gauge("posekd_workers_ready", "Workers ready to serve: Redis mode, worker processes whose heartbeat "
+                "is fresh as this API replica sees them; embedded mode, the in-process inference threads",
                 registry=REGISTRY)
 BROKER_ERRORS = Counter("posekd_broker_errors_total", "Failed Redis operations, by side (api or worker)",
                         ["side"], registry=REGISTRY)

@@ -62,7 +62,14 @@ class Settings(BaseSettings):
     # JPEGs much larger than this (long side, pixels) are decoded at 1/2, 1/4 or 1/8 scale by libjpeg,
     # keeping the long side at least this long; results stay in original pixels. 0 turns it off.
     decode_max_side: int = 1280
+    # Other formats whose long side passes 1.25 × decode_max_side are reduced right after decoding.
+    # Decoded pixels in flight across all concurrent decodes of this process (a 6300² PNG is 40 M):
+    # a decode that would pass it waits up to decode_wait_s, then gets 503. 0 turns the budget off.
+    max_decode_pixels: int = 80_000_000
+    decode_wait_s: float = 10.0
     max_batch_images: int = 16
+    max_batch_bytes: int = 64 * 1024 * 1024  # a whole /v1/pose/batch body, checked while it streams in
+    body_timeout_s: float = 120.0  # a request body (image, batch, clip) not all arrived by then: 408
     max_people: int = 20  # default and ceiling of the max_people query parameter
     min_score: float = 0.2  # default person score threshold
     detector_threshold: float = 0.15  # boxes the detector must reach before the pose stage sees them
@@ -75,7 +82,7 @@ class Settings(BaseSettings):
     video_dir: Path | None = None  # uploads, results and overlays (embedded mode); default: a temp dir
     job_ttl_s: float = 3600.0  # finished jobs (state, result, overlay) are deleted after this
     video_workers: int = 1  # clips processed at the same time per process (embedded mode)
-    video_visibility_s: float = 600.0  # Redis mode: a job held this long with no progress by a live worker is taken over
+    video_visibility_s: float = 600.0  # Redis mode: a job a live worker held this long with no progress is taken
     video_keyframe_interval: int = 5  # run the detector every K frames (1: every frame)
     video_window: int = 4  # propagated frames whose pose crops are batched together
     video_smoothing: bool = True
@@ -114,7 +121,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _compatible(self) -> "Settings":
+    def _compatible(self) -> Settings:
         """Refuse settings that cannot work together, at start and with the reason."""
         if self.worker_heartbeat_s <= 0 or self.worker_stale_s < 2 * self.worker_heartbeat_s:
             raise ValueError(f"POSEKD_WORKER_STALE_S ({self.worker_stale_s:g}) must be at least twice "

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from service.api.images import decode_image, image_size, sniff
 from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from service.images import decode_image, image_size, sniff
 
 from .helpers import blob_image, encode, jpeg_with_orientation, png_bomb
 
@@ -20,7 +20,7 @@ def test_formats_decode_with_header_size(ext, kind):
 
 def test_exif_orientation_is_applied():
     img = blob_image(w=160, h=90, at=(20, 20))
-    out, _ = decode_image(jpeg_with_orientation(img, 6), **LIMITS)
+    out = decode_image(jpeg_with_orientation(img, 6), **LIMITS).image
     assert out.shape == (160, 90, 3)  # rotated 90°: the blob moves from top-left to top-right
     assert out[:, :, 0].argmax() % 90 > 45
 
@@ -56,13 +56,54 @@ def test_bytes_limit_and_empty_and_garbage():
 def test_large_jpeg_is_decoded_reduced_and_reports_its_factor():
     img = blob_image(w=1600, h=1000, at=(800, 500), sigma=40)
     data = encode(img, ".jpg")
-    full, f1 = decode_image(data, **LIMITS)
-    small, f4 = decode_image(data, **LIMITS, max_side=400)
-    assert (full.shape, f1) == ((1000, 1600, 3), 1.0)
-    assert (small.shape, f4) == ((250, 400, 3), 4.0)
+    full, f1, size1 = decode_image(data, **LIMITS)
+    small, f4, size4 = decode_image(data, **LIMITS, max_side=400)
+    assert (full.shape, f1, size1) == ((1000, 1600, 3), 1.0, (1600, 1000))
+    assert (small.shape, f4, size4) == ((250, 400, 3), 4.0, (1600, 1000))
     y, x = np.unravel_index(small[:, :, 0].argmax(), small.shape[:2])
     assert abs(x * f4 - 800) <= 8 and abs(y * f4 - 500) <= 8
-    png, fp = decode_image(encode(img, ".png"), **LIMITS, max_side=400)
-    assert fp == 1.0 and png.shape == (1000, 1600, 3)  # only JPEG scales during decoding
-    rotated, fr = decode_image(jpeg_with_orientation(img, 6), **LIMITS, max_side=400)
-    assert (rotated.shape, fr) == ((400, 250, 3), 4.0)  # EXIF orientation still applied
+    rotated, fr, size_r = decode_image(jpeg_with_orientation(img, 6), **LIMITS, max_side=400)
+    assert (rotated.shape, fr, size_r) == ((400, 250, 3), 4.0, (1000, 1600))  # EXIF orientation still applied
+
+
+def test_other_formats_are_reduced_right_after_decoding():
+    img = blob_image(w=1600, h=1000, at=(800, 500), sigma=40)
+    png, fp, size = decode_image(encode(img, ".png"), **LIMITS, max_side=400)
+    assert png.shape == (250, 400, 3) and fp == 4.0 and size == (1600, 1000)
+    y, x = np.unravel_index(png[:, :, 0].argmax(), png.shape[:2])
+    assert abs(x * fp - 800) <= 8 and abs(y * fp - 500) <= 8
+    same, f1, _ = decode_image(encode(img, ".png"), **LIMITS, max_side=1400)  # within 1.25 × max_side: kept
+    assert same.shape == (1000, 1600, 3) and f1 == 1.0
+
+
+def test_the_pixel_budget_admits_waits_and_refuses():
+    import threading
+
+    from service.errors import Overloaded, PayloadTooLarge
+    from service.images import PixelBudget
+
+    budget = PixelBudget(100, wait_s=0.2)
+    with pytest.raises(PayloadTooLarge):
+        with budget.hold(101):
+            pass
+    with budget.hold(60):
+        with pytest.raises(Overloaded) as err:  # 60 + 60 > 100, and nobody frees it within 0.2 s
+            with budget.hold(60):
+                pass
+        assert err.value.status == 503 and err.value.retry_after
+    released = threading.Event()
+
+    def hold_then_release():
+        with budget.hold(90):
+            released.wait(5)
+
+    t = threading.Thread(target=hold_then_release)
+    t.start()
+    while budget.in_use == 0:
+        pass
+    threading.Timer(0.05, released.set).start()
+    budget.wait_s = 5
+    with budget.hold(50):  # waits for the other decode to finish, then goes ahead
+        assert budget.in_use == 50
+    t.join()
+    assert budget.in_use == 0 and budget.peak == 90

@@ -122,7 +122,10 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         codes = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
-        return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+        response = error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+        for key, value in (exc.headers or {}).items():  # e.g. Allow on a 405
+            response.headers[key] = value
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

@@ -7,6 +7,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..errors import ModelNotFound
+from ..names import NamePath, VersionPath
 from ..store import ModelSpec
 
 router = APIRouter(tags=["health"])
@@ -90,20 +91,21 @@ def _ready(state, name: str, version: int | None) -> JSONResponse:
 
 
 @router.get("/v2/models/{name}", tags=["v2"], summary="Model metadata (default version)")
-async def v2_model(request: Request, name: str):
+async def v2_model(request: Request, name: str = NamePath):
     return await run_in_threadpool(_metadata, request.app.state.service, name, None)
 
 
 @router.get("/v2/models/{name}/versions/{version}", tags=["v2"], summary="Model metadata")
-async def v2_model_version(request: Request, name: str, version: int):
+async def v2_model_version(request: Request, name: str = NamePath, version: int = VersionPath):
     return await run_in_threadpool(_metadata, request.app.state.service, name, version)
 
 
 @router.get("/v2/models/{name}/ready", tags=["v2"], summary="Model readiness (default version)")
-async def v2_model_ready(request: Request, name: str):
+async def v2_model_ready(request: Request, name: str = NamePath):
     return await run_in_threadpool(_ready, request.app.state.service, name, None)
 
 
 @router.get("/v2/models/{name}/versions/{version}/ready", tags=["v2"], summary="Model readiness")
-async def v2_model_version_ready(request: Request, name: str, version: int):
+async def v2_model_version_ready(request: Request, name: str = NamePath,
+                                 version: int = VersionPath):
     return await run_in_threadpool(_ready, request.app.state.service, name, version)

@@ -1,10 +1,13 @@
 """Model listing and administration: ``/v1/models``, aliases, reload."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import ManifestError, ModelNotFound
+from ..errors import InvalidParameter, ManifestError, ModelNotFound
+from ..names import AliasPath, NamePath
+from .bodies import read_body
 from .schemas import AliasUpdate, ErrorResponse
 from .security import RequireAdmin, RequireKey
 
@@ -50,14 +53,26 @@ async def list_models(request: Request):
 
 @router.get("/models/{name}", dependencies=[RequireKey], responses=_ERRORS,
             summary="One model: versions, aliases and manifests")
-async def get_model(request: Request, name: str):
+async def get_model(request: Request, name: str = NamePath):
     return await run_in_threadpool(describe, request.app.state.service, name, True)
 
 
+_ALIAS_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": AliasUpdate.model_json_schema()}}}}
+
+
 @router.put("/models/{name}/aliases/{alias}", dependencies=[RequireAdmin], responses=_ERRORS,
-            summary="Point an alias at a version (admin)")
-async def put_alias(request: Request, name: str, alias: str, update: AliasUpdate = Body(...)):
-    """The version is verified and loaded before the alias moves; on failure the alias stays put (409)."""
+            openapi_extra=_ALIAS_BODY, summary="Point an alias at a version (admin)")
+async def put_alias(request: Request, name: str = NamePath, alias: str = AliasPath):
+    """The version is verified and loaded before the alias moves; on failure the alias stays put (409).
+    The body (`{"version": N}`) is read only after the admin key was checked: 401 before 422."""
+    body = await read_body(request, 4096)
+    try:
+        update = AliasUpdate.model_validate_json(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        raise InvalidParameter(f"{where}: {err.get('msg')} (send {{\"version\": N}})") from None
     state = request.app.state.service
     table = await run_in_threadpool(state.registry.set_alias, name, alias, update.version)
     return {"name": name, "aliases": table}

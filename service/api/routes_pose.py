@@ -14,11 +14,11 @@ from starlette.concurrency import run_in_threadpool
 
 from ..broker import JobResult, PoseJob
 from ..errors import InvalidParameter, PoseKDError
+from ..images import PixelBudget, check_declared_type, decode_image, inspect_image
 from ..keypoints import COCO17
 from ..pipeline import ImageTask
 from ..store import ModelSpec
 from .bodies import form_files, is_multipart, read_body
-from .images import check_declared_type, decode_image, inspect_image
 from .schemas import BatchResponse, ErrorResponse, PoseResponse
 from .security import RequireKey
 
@@ -46,6 +46,9 @@ BoxesQ = Query(None, max_length=20000, description="person boxes to use instead 
                                                     "JSON [[x1,y1,x2,y2],...] in image pixels")
 
 
+MAX_BOX_COORD = 1e6  # far past any image the pixel limit admits, far inside float32
+
+
 def _parse_boxes(text: str | None, max_people: int) -> np.ndarray | None:
     if text is None:
         return None
@@ -57,6 +60,8 @@ def _parse_boxes(text: str | None, max_people: int) -> np.ndarray | None:
         return np.zeros((0, 4), np.float32)
     if boxes.ndim != 2 or boxes.shape[1] != 4 or not np.isfinite(boxes).all():
         raise InvalidParameter("boxes must be a list of [x1,y1,x2,y2] with finite numbers")
+    if np.abs(boxes).max() > MAX_BOX_COORD:
+        raise InvalidParameter(f"box coordinates must lie within ±{MAX_BOX_COORD:g} pixels")
     if ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).any():
         raise InvalidParameter("each box needs x2 > x1 and y2 > y1")
     if len(boxes) > max_people:
@@ -70,20 +75,21 @@ async def _resolve(state, spec: str, task: str) -> tuple[str, dict]:
 
 
 async def _read_images(state, images: list[bytes]) -> list[tuple]:
-    """(pixels, scale, data) per upload. A broker whose workers decode elsewhere (Redis, ``encoded``
+    """(pixels, scale, data, size) per upload. A broker whose workers decode elsewhere (Redis, ``encoded``
     payload) gets the checked bytes: the header is read here, the pixels by the worker."""
     s = state.settings
     decode = getattr(state.broker, "wants_pixels", True)
     out = []
     for i, data in enumerate(images):
         try:
-            if decode:
-                image, scale = await run_in_threadpool(decode_image, data, max_bytes=s.max_image_bytes,
-                                                       max_pixels=s.max_image_pixels, max_side=s.decode_max_side)
-                out.append((image, scale, None))
-            else:
+            if decode:  # one image after the other: a batch holds at most one full-size image at a time
+                d = await run_in_threadpool(decode_image, data, max_bytes=s.max_image_bytes,
+                                            max_pixels=s.max_image_pixels, max_side=s.decode_max_side,
+                                            budget=PixelBudget.shared(s.max_decode_pixels, s.decode_wait_s))
+                out.append((d.image, d.scale, None, d.size))
+            else:  # the worker decodes, under its own process's budget, and knows the size then
                 inspect_image(data, max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels)
-                out.append((None, 1.0, data))
+                out.append((None, 1.0, data, None))
         except PoseKDError as exc:
             if len(images) > 1:
                 exc.message = f"image {i}: {exc.message}"
@@ -131,7 +137,8 @@ async def _run(request: Request, images: list[bytes], model, detector, min_score
     det_ref, det_info = None, None
     if parsed_boxes is None:
         det_ref, det_info = await _resolve(state, detector or s.default_detector, "person_detection")
-    tasks = [ImageTask(im, parsed_boxes, min_score, max_people, scale, data) for im, scale, data in decoded]
+    tasks = [ImageTask(im, parsed_boxes, min_score, max_people, scale, data, size)
+             for im, scale, data, size in decoded]
     result = await _submit(request, PoseJob(pose_ref, det_ref, tasks), s.request_timeout_s)
     return pose_info, det_info, result
 
@@ -178,7 +185,7 @@ async def pose_batch(request: Request, model: str | None = ModelQ, detector: str
     if not is_multipart(request):
         raise PoseKDError("send the images as multipart/form-data, field 'images' (repeated)",
                           code="unsupported_media_type", status=415)
-    body = await read_body(request, s.max_image_bytes * s.max_batch_images + 64 * 1024)
+    body = await read_body(request, s.max_batch_bytes)
     files = await form_files(request, body, "images", s.max_batch_images)
     pose_info, det_info, result = await _run(request, files, model, detector, min_score, max_people, boxes)
     results = [_image_response(res, pose_info, det_info, result.queue_s, t0) for res in result.results]

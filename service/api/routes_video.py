@@ -9,12 +9,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException
 
 from ..errors import InvalidParameter, PayloadTooLarge, PoseKDError
 from ..store import ModelSpec
 from ..video import decode
 from ..video.jobs import FINAL, Job
+from .bodies import parse_form
 from .schemas import ErrorResponse
 from .security import RequireKey
 
@@ -24,7 +24,7 @@ _VIDEO_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
     "type": "object", "required": ["video"], "properties": {"video": {"type": "string", "format": "binary"}}}}}}}
 
 
-async def _save_upload(request: Request, limit: int, into: Path) -> Path:
+async def _save_upload(request: Request, limit: int, into: Path, timeout_s: float) -> Path:
     """The multipart ``video`` field written to ``into`` (spooled by the parser, never whole in memory)."""
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise PoseKDError("send the clip as multipart/form-data, field 'video'", code="unsupported_media_type",
@@ -32,10 +32,8 @@ async def _save_upload(request: Request, limit: int, into: Path) -> Path:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
         raise PayloadTooLarge(f"the request body has {declared} bytes; the limit is {limit}")
-    try:
-        form = await request.form(max_files=1, max_fields=20)
-    except MultiPartException as exc:
-        raise PoseKDError(f"malformed multipart body: {exc.message}", code="invalid_request", status=400) from exc
+    # counted as it streams in: a chunked body stops at the limit, not after the parser spooled it all
+    form = await parse_form(request, max_files=2, max_fields=20, limit=limit + 64 * 1024, timeout_s=timeout_s)
     try:
         upload = form.get("video")
         if not isinstance(upload, UploadFile):
@@ -72,7 +70,7 @@ async def create_video_job(request: Request,
         await run_in_threadpool(state.registry.get, ModelSpec.parse(spec), task)  # 404 before the upload is kept
     tmp = Path(tempfile.mkdtemp(prefix="posekd-upload-"))
     try:
-        clip = await _save_upload(request, s.max_video_bytes, tmp)
+        clip = await _save_upload(request, s.max_video_bytes, tmp, s.body_timeout_s)
         info = await run_in_threadpool(decode.probe, clip, max_seconds=s.max_video_seconds,
                                        max_frames=s.max_video_frames, max_pixels=s.max_video_pixels)
         job = Job(render=render, frames_total=info.frames,

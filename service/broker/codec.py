@@ -24,6 +24,7 @@ def request_fields(job_id: str, index: int, count: int, pose_ref: str, detector_
     if task.data is None:  # only pixels at hand (a caller that decoded itself): send those
         fmt = "raw"
     params = {"min_score": task.min_score, "max_people": task.max_people, "scale": task.scale,
+              "size": list(task.size) if task.size else None,
               "boxes": None if task.boxes is None else np.asarray(task.boxes, np.float32).tolist()}
     fields: dict[str, bytes | str] = {
         k.F_JOB: job_id, k.F_INDEX: str(index), k.F_COUNT: str(count), k.F_POSE: pose_ref,
@@ -62,7 +63,8 @@ class Request:
         boxes = None if params["boxes"] is None else np.asarray(params["boxes"], np.float32).reshape(-1, 4)
         fmt = _s(f[k.F_FORMAT])
         task = ImageTask(None, boxes, float(params["min_score"]), int(params["max_people"]),
-                         float(params["scale"]), data=f[k.F_IMAGE])
+                         float(params["scale"]), data=f[k.F_IMAGE],
+                         size=tuple(int(v) for v in params["size"]) if params.get("size") else None)
         shape = tuple(int(v) for v in _s(f[k.F_SHAPE]).split(",")) if fmt == "raw" else None
         return cls(_s(entry_id), _s(f[k.F_JOB]), int(_s(f[k.F_INDEX])), int(_s(f[k.F_COUNT])), _s(f[k.F_POSE]),
                    _s(f[k.F_DETECTOR]) or None, _s(f[k.F_REPLY]), float(_s(f[k.F_DEADLINE])),
@@ -74,10 +76,11 @@ class Request:
             h, w = self.shape
             self.task.image = np.frombuffer(self.task.data, np.uint8).reshape(h, w, 3)
         else:
-            from ..api.images import decode_image
-            image, scale = decode_image(self.task.data, max_bytes=settings.max_image_bytes,
-                                        max_pixels=settings.max_image_pixels, max_side=settings.decode_max_side)
-            self.task.image, self.task.scale = image, scale
+            from ..images import PixelBudget, decode_image
+            decoded = decode_image(self.task.data, max_bytes=settings.max_image_bytes,
+                                   max_pixels=settings.max_image_pixels, max_side=settings.decode_max_side,
+                                   budget=PixelBudget.shared(settings.max_decode_pixels, settings.decode_wait_s))
+            self.task.image, self.task.scale, self.task.size = decoded
         self.task.data = None
 
 

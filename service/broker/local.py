@@ -42,6 +42,7 @@ class LocalBroker(Broker):
             t = threading.Thread(target=self._work, name=f"posekd-worker-{i}", daemon=True)
             t.start()
             self._threads.append(t)
+        metrics.WORKERS.set(self.n_workers)  # the in-process inference threads: ready as they start
 
     async def stop(self) -> None:
         """Refuse new jobs, let the workers finish every accepted one, then end the threads."""
@@ -50,6 +51,7 @@ class LocalBroker(Broker):
             self._queue.put(_STOP)
         await asyncio.get_running_loop().run_in_executor(None, self._join)
         self._threads.clear()
+        metrics.WORKERS.set(0)
 
     def _join(self) -> None:
         for t in self._threads:

@@ -24,6 +24,7 @@ class ImageTask:
     scale: float = 1.0  # original pixels per pixel of ``image`` (> 1 when decoded reduced); boxes and
     # results are in original pixels
     data: bytes | None = None  # the uploaded bytes, when a worker elsewhere decodes them (Redis broker)
+    size: tuple[int, int] | None = None  # the original (width, height); default: the image's size × scale
 
 
 @dataclass
@@ -151,12 +152,13 @@ class PosePipeline:
                 bxs = bxs * np.array([task.scale] * 4 + [1.0], np.float32)
                 kps = kps * np.array([task.scale, task.scale, 1.0], np.float32)
             people = [Person(bbox=b[:4].tolist(), score=float(k[:, 2].mean()), keypoints=k)
-                      for b, k in zip(bxs, kps)]
+                      for b, k in zip(bxs, kps) if np.isfinite(b[:4]).all() and np.isfinite(k).all()]
+            # (a crop no model can make sense of may give NaN: that person is dropped, never sent as JSON)
             people = [p for p in people if p.score >= task.min_score]
             people.sort(key=lambda p: -p.score)
             people = people[: task.max_people]
             metrics.PEOPLE.observe(len(people))
-            size = (round(task.image.shape[1] * task.scale), round(task.image.shape[0] * task.scale))
+            size = task.size or (round(task.image.shape[1] * task.scale), round(task.image.shape[0] * task.scale))
             results.append(ImageResult(people, {"detect": (t1 - t0) * 1000, "pose": (t2 - t1) * 1000,
                                                 "inference": (t2 - t0) * 1000}, size))
         return results

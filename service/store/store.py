@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -15,10 +16,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import InvalidParameter, ManifestError, ModelNotFound, ModelUnavailable, PoseKDError
+from ..names import ALIAS_RULE, MODEL_NAME_RULE, is_alias, is_model_name, is_version
 from .manifest import Manifest, sha256_bytes, sha256_file
 
-_SPEC = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]{0,63})(?::(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_-]{1,64}))?$")
-_ALIAS = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+log = logging.getLogger("posekd.store")
+_SPEC = re.compile(r"^(?P<name>[^:@]+)(?::(?P<version>\d{1,10})|@(?P<alias>[^:@]+))?$")
 
 
 @dataclass(frozen=True)
@@ -31,9 +33,12 @@ class ModelSpec:
     @classmethod
     def parse(cls, text: str) -> ModelSpec:
         m = _SPEC.match(text.strip()) if isinstance(text, str) else None
-        if not m:
-            raise InvalidParameter(f"bad model reference {text!r}: use name, name:version or name@alias")
-        v = m.group("version")
+        v = m.group("version") if m else None
+        alias = m.group("alias") if m else None
+        if (not m or not is_model_name(m.group("name")) or (alias is not None and not is_alias(alias))
+                or (v is not None and not is_version(int(v)))):
+            raise InvalidParameter(f"bad model reference {str(text)[:80]!r}: use name, name:version or name@alias "
+                                   f"(names are {MODEL_NAME_RULE}; aliases {ALIAS_RULE}; versions 1 and up)")
         return cls(m.group("name"), int(v) if v else None, m.group("alias"))
 
     def __str__(self) -> str:
@@ -52,7 +57,16 @@ class ModelStore:
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self.versions(p.name))
 
+    def _dir(self, name: str) -> Path:
+        """The model's directory; a name that cannot be a model here (``..``, ``/``, too long) is not
+        found rather than looked up, so no path outside the store is ever touched."""
+        if not is_model_name(name):
+            raise ModelNotFound(f"no model is named {str(name)[:80]!r} (names are {MODEL_NAME_RULE})")
+        return self.root / name
+
     def versions(self, name: str) -> list[int]:
+        if not is_model_name(name):
+            return []
         d = self.root / name
         if not d.is_dir():
             return []
@@ -60,22 +74,27 @@ class ModelStore:
                       if p.is_dir() and p.name.isdigit() and (p / "model.json").is_file())
 
     def version_dir(self, name: str, version: int) -> Path:
-        return self.root / name / str(version)
+        if not is_version(version):
+            raise ModelNotFound(f"model {name}:{version} is not in the store")
+        return self._dir(name) / str(version)
 
     def manifest(self, name: str, version: int) -> Manifest:
         path = self.version_dir(name, version) / "model.json"
+        where = f"{name}/{version}/model.json"  # relative: store paths are not the client's business
         if not path.is_file():
             raise ModelNotFound(f"model {name}:{version} is not in the store")
         try:
             manifest = Manifest.model_validate_json(path.read_bytes())
         except ValidationError as exc:
-            raise ManifestError(f"{path}: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from exc
+            raise ManifestError(f"{where}: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from exc
         if manifest.name != name or manifest.version != version:
-            raise ManifestError(f"{path} says {manifest.name}:{manifest.version}, "
+            raise ManifestError(f"{where} says {manifest.name}:{manifest.version}, "
                                 f"but lives at {name}/{version}")
         return manifest
 
     def aliases(self, name: str) -> dict[str, int]:
+        if not is_model_name(name):
+            return {}
         path = self.root / name / "aliases.json"
         if not path.is_file():
             return {}
@@ -83,7 +102,7 @@ class ModelStore:
             data = json.loads(path.read_text())
             return {str(k): int(v) for k, v in data.items()}
         except (ValueError, AttributeError, TypeError) as exc:
-            raise ManifestError(f"{path} is not a JSON object of alias -> version: {exc}") from exc
+            raise ManifestError(f"{name}/aliases.json is not a JSON object of alias -> version: {exc}") from exc
 
     def model_path(self, manifest: Manifest) -> Path:
         return self.version_dir(manifest.name, manifest.version) / manifest.file
@@ -148,8 +167,8 @@ class ModelStore:
 
     # ---- writing ----------------------------------------------------------------------------
     def set_alias(self, name: str, alias: str, version: int) -> dict[str, int]:
-        if not _ALIAS.match(alias):
-            raise InvalidParameter(f"bad alias {alias!r}: letters, digits, '-' and '_' only")
+        if not is_alias(alias):
+            raise InvalidParameter(f"bad alias {str(alias)[:80]!r}: {ALIAS_RULE}")
         if version not in self.versions(name):
             raise ModelNotFound(f"model {name!r} has no version {version}")
         table = self.aliases(name)
@@ -157,7 +176,9 @@ class ModelStore:
         try:
             _atomic_write(self.root / name / "aliases.json", json.dumps(table, indent=2, sort_keys=True) + "\n")
         except OSError as exc:
-            raise PoseKDError(f"cannot write {name}/aliases.json: {exc.strerror}", code="store_not_writable",
+            log.error("cannot write %s: %s", self.root / name / "aliases.json", exc)
+            raise PoseKDError(f"cannot write {name}/aliases.json (the store is not writable here)",
+                              code="store_not_writable",
                               status=409) from exc
         return table
 

@@ -42,6 +42,16 @@ def _open(path: Path):
         raise InvalidVideo(f"the file is not a readable video ({exc.__class__.__name__})") from None
 
 
+def _check_limits(w: int, h: int, duration: float, frames: int, *, max_seconds: float, max_frames: int,
+                  max_pixels: int) -> None:
+    if w * h > max_pixels:
+        raise PayloadTooLarge(f"the video is {w}×{h}; the limit is {max_pixels} pixels per frame")
+    if duration > max_seconds:
+        raise PayloadTooLarge(f"the video lasts {duration:.1f} s; the limit is {max_seconds:g} s")
+    if frames > max_frames:
+        raise PayloadTooLarge(f"the video has {frames} frames; the limit is {max_frames}")
+
+
 def probe(path: Path, *, max_seconds: float, max_frames: int, max_pixels: int) -> VideoInfo:
     """Read the header (and the first frame, to be sure the codec decodes) and check every limit."""
     container = _open(path)
@@ -61,6 +71,10 @@ def probe(path: Path, *, max_seconds: float, max_frames: int, max_pixels: int) -
         elif container.duration:
             duration = container.duration / 1_000_000
         frames = int(stream.frames) or int(round(duration * fps))
+        # every limit the header can tell is checked before a frame is decoded (a 16000² frame would
+        # cost hundreds of MB just to be refused)
+        _check_limits(stream.codec_context.width or 0, stream.codec_context.height or 0, duration, frames,
+                      max_seconds=max_seconds, max_frames=max_frames, max_pixels=max_pixels)
         first = next(iter(container.decode(stream)), None)
         if first is None:
             raise InvalidVideo("the video has no frames")
@@ -76,12 +90,7 @@ def probe(path: Path, *, max_seconds: float, max_frames: int, max_pixels: int) -
         raise InvalidVideo(f"the video could not be decoded: {exc}") from None
     finally:
         container.close()
-    if w * h > max_pixels:
-        raise PayloadTooLarge(f"the video is {w}×{h}; the limit is {max_pixels} pixels per frame")
-    if duration > max_seconds:
-        raise PayloadTooLarge(f"the video lasts {duration:.1f} s; the limit is {max_seconds:g} s")
-    if frames > max_frames:
-        raise PayloadTooLarge(f"the video has {frames} frames; the limit is {max_frames}")
+    _check_limits(w, h, duration, frames, max_seconds=max_seconds, max_frames=max_frames, max_pixels=max_pixels)
     return VideoInfo(w, h, fps, frames, duration, stream.codec_context.name, rotation)
 
 

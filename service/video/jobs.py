@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import PoseKDError
+from ..names import is_job_id
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL = ("succeeded", "failed", "cancelled")
@@ -82,20 +83,33 @@ class JobStore(abc.ABC):
         self.update(job_id, status=status, error=error, finished=time.time())
 
 
+def _checked(job_id: str) -> str:
+    """A job id as the service makes them (32 hex digits); anything else is a job that does not
+    exist, never a path or a Redis key of another kind (``<id>:result``)."""
+    if not is_job_id(job_id):
+        raise JobNotFound(f"unknown job {str(job_id)[:80]!r} (job ids are 32 hexadecimal digits)")
+    return job_id
+
+
 # ---- embedded ----------------------------------------------------------------------------------
 class LocalJobStore(JobStore):
     def __init__(self, root: Path | None, ttl_s: float = 3600.0):
         # unset: a directory of this process's own (two services must not share one: each marks the
         # other's running jobs as interrupted when it starts)
+        self.owns_root = not root  # a directory of its own is removed by close()
         self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="posekd-videos-"))
         self.root.mkdir(parents=True, exist_ok=True)
         self.ttl_s = ttl_s
         self._interrupted()
 
+    def close(self) -> None:
+        """At shutdown: a temporary directory this store made goes with it (its jobs cannot outlive
+        the process anyway: a restart marks them interrupted)."""
+        if self.owns_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
     def _dir(self, job_id: str) -> Path:
-        if not job_id.isalnum():
-            raise JobNotFound(f"unknown job {job_id!r}")
-        return self.root / job_id
+        return self.root / _checked(job_id)
 
     def _write(self, job: Job) -> None:
         path = self._dir(job.id) / "job.json"
@@ -184,7 +198,7 @@ class RedisJobStore(JobStore):
         self.stream = f"{prefix}:videos"
 
     def _key(self, job_id: str, part: str = "") -> str:
-        return f"{self.prefix}:job:{job_id}" + (f":{part}" if part else "")
+        return f"{self.prefix}:job:{_checked(job_id)}" + (f":{part}" if part else "")
 
     def _expire_all(self, pipe, job_id: str, seconds: float) -> None:
         for part in ("", "clip", "result", "overlay"):

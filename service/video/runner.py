@@ -109,6 +109,7 @@ class LocalRunner:
         self._stopping = True
         self._pool.shutdown(wait=True, cancel_futures=True)
         self.store.fail_unfinished("the service shut down before the job ran; submit it again")
+        self.store.close()
 
 
 class VideoConsumer:
@@ -135,7 +136,8 @@ class VideoConsumer:
         """One job entry held by a dead worker (or, past ``visibility_s``, by a hung one), now ours."""
         r, stream, group = self.store.redis, self.store.stream, RedisJobStore.GROUP
         others = [n for n in holders(r.xpending(stream, group)) if n != self.name]
-        departed = dead(others, r.zmscore(self.workers_key, others), time.time(), self.stale_ms / 1000) if others else []
+        beats = r.zmscore(self.workers_key, others) if others else []
+        departed = dead(others, beats, time.time(), self.stale_ms / 1000)
         for consumer in departed:
             for p in r.xpending_range(stream, group, "-", "+", 4, consumername=consumer, idle=self.stale_ms):
                 claimed = r.xclaim(stream, group, self.name, self.stale_ms, [p["message_id"]])

@@ -1,13 +1,78 @@
 """Uploaded image bytes → BGR pixels, with the checks that keep bad input out of the workers:
 media type sniffed from the bytes (JPEG, PNG, WebP, BMP), byte and decoded-pixel limits checked on
-the header before decoding (decompression bombs), EXIF orientation applied by the decoder."""
+the header before decoding (decompression bombs), EXIF orientation applied by the decoder.
+
+Memory: decoding is admitted by a process-wide :class:`PixelBudget` (decoded pixels in flight across
+all concurrent requests), and a large image is reduced as early as the format allows — JPEGs inside
+libjpeg (1/2, 1/4, 1/8), other formats right after decoding — so what a request keeps while it waits
+for the models is at most about ``max_side``² pixels per image, whatever was uploaded. Used by the API
+(embedded mode) and by workers (Redis mode) alike; it knows nothing of either."""
 from __future__ import annotations
 
+import contextlib
 import struct
+import threading
+import time
+from typing import NamedTuple
 
 import numpy as np
 
-from ..errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from .errors import InvalidImage, Overloaded, PayloadTooLarge, UnsupportedMediaType
+
+
+class PixelBudget:
+    """At most ``limit`` decoded pixels being decoded at once in this process; a decode that would pass
+    it waits up to ``wait_s`` for others to finish, then is refused with 503 (``Retry-After``). One
+    image larger than the whole budget is refused with 413 (its own limit is ``max_image_pixels``)."""
+
+    _shared: dict[tuple[int, float], PixelBudget] = {}
+    _shared_lock = threading.Lock()
+
+    def __init__(self, limit: int, wait_s: float = 10.0):
+        self.limit, self.wait_s = int(limit), float(wait_s)
+        self.in_use = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    @classmethod
+    def shared(cls, limit: int, wait_s: float = 10.0) -> PixelBudget:
+        """The process-wide budget for these settings (the API's threads and a worker's decoders share it)."""
+        with cls._shared_lock:
+            key = (int(limit), float(wait_s))
+            if key not in cls._shared:
+                cls._shared[key] = cls(limit, wait_s)
+            return cls._shared[key]
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int):
+        if self.limit <= 0:  # off
+            yield
+            return
+        if pixels > self.limit:
+            raise PayloadTooLarge(f"decoding this image needs {pixels} pixels at once; the budget of the "
+                                  f"whole service is {self.limit} (POSEKD_MAX_DECODE_PIXELS)")
+        deadline = time.monotonic() + self.wait_s
+        with self._cond:
+            while self.in_use + pixels > self.limit:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Overloaded("too many large images are being decoded at once; retry shortly",
+                                     retry_after=1)
+                self._cond.wait(left)
+            self.in_use += pixels
+            self.peak = max(self.peak, self.in_use)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_use -= pixels
+                self._cond.notify_all()
+
+
+class Decoded(NamedTuple):
+    image: np.ndarray  # BGR uint8, possibly reduced
+    scale: float  # original pixels per pixel of ``image``
+    size: tuple[int, int]  # the original (width, height), after EXIF orientation
 
 SUPPORTED = ("jpeg", "png", "webp", "bmp")
 DECLARED_TYPES = {"image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/webp", "image/bmp",
@@ -131,15 +196,25 @@ def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[str,
     return kind, w, h
 
 
-def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, max_side: int = 0) -> tuple[np.ndarray, float]:
-    """The decoded BGR image and the factor from its pixels to the original's (1.0, or 2/4/8 for a
-    large JPEG decoded reduced, see :func:`reduction_for`)."""
+def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, max_side: int = 0,
+                 budget: PixelBudget | None = None) -> Decoded:
+    """The decoded BGR image, reduced when its long side passes ``max_side`` (0: never): a JPEG by
+    libjpeg during decoding (see :func:`reduction_for`), any other format right after decoding
+    (area-averaged to a long side of ``max_side``). ``budget`` admits the decode by its pixel count."""
     import cv2
 
     kind, w, h = inspect_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
     factor = reduction_for(kind, w, h, max_side)
     flag = getattr(cv2, _REDUCED[factor]) if factor > 1 else cv2.IMREAD_COLOR
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)  # applies EXIF orientation
-    if image is None or image.size == 0:
-        raise InvalidImage(f"the {kind.upper()} image could not be decoded (truncated or corrupt)")
-    return image, float(factor)
+    with budget.hold(-(-w // factor) * -(-h // factor)) if budget is not None else contextlib.nullcontext():
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)  # applies EXIF orientation
+        if image is None or image.size == 0:
+            raise InvalidImage(f"the {kind.upper()} image could not be decoded (truncated or corrupt)")
+        if (image.shape[1] >= image.shape[0]) != (w >= h):  # EXIF turned it by 90°
+            w, h = h, w
+        long_side = max(image.shape[:2])
+        if max_side > 0 and factor == 1 and long_side > max_side * 1.25:
+            r = max_side / long_side
+            image = cv2.resize(image, (max(1, round(image.shape[1] * r)), max(1, round(image.shape[0] * r))),
+                               interpolation=cv2.INTER_AREA)
+    return Decoded(image, w / image.shape[1], (w, h))

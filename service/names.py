@@ -1,0 +1,46 @@
+"""The one pattern and length cap for every name or id a client can put in a path or a query: model
+names, aliases, versions and job ids. Checked at the edge (path parameters) and again where a name
+becomes a file or a Redis key (the model store, the job stores), so nothing outside the store is ever
+read and no OS error reaches a client."""
+from __future__ import annotations
+
+import re
+
+MODEL_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"  # a directory name in the store: no '/', cannot start with '.'
+ALIAS = r"^[A-Za-z0-9_-]{1,64}$"
+JOB_ID = r"^[0-9a-f]{32}$"  # uuid4().hex
+MAX_VERSION = 1_000_000_000
+
+_MODEL_NAME, _ALIAS, _JOB_ID = re.compile(MODEL_NAME), re.compile(ALIAS), re.compile(JOB_ID)
+
+MODEL_NAME_RULE = "1-64 characters of a-z, 0-9, '.', '_' and '-', starting with a letter or digit"
+ALIAS_RULE = "1-64 characters of A-Z, a-z, 0-9, '_' and '-'"
+
+
+def is_model_name(name: object) -> bool:
+    return isinstance(name, str) and bool(_MODEL_NAME.match(name)) and ".." not in name
+
+
+def is_alias(alias: object) -> bool:
+    return isinstance(alias, str) and bool(_ALIAS.match(alias))
+
+
+def is_job_id(job_id: object) -> bool:
+    return isinstance(job_id, str) and bool(_JOB_ID.match(job_id))
+
+
+def is_version(version: object) -> bool:
+    return isinstance(version, int) and not isinstance(version, bool) and 1 <= version <= MAX_VERSION
+
+
+def path_params():
+    """FastAPI ``Path`` declarations for model names, aliases and versions (422 ``invalid_parameter``
+    at the edge, documented in the OpenAPI schema)."""
+    from fastapi import Path as P
+    name = P(pattern=MODEL_NAME, max_length=64, description=f"model name: {MODEL_NAME_RULE}")
+    alias = P(pattern=ALIAS, max_length=64, description=f"alias: {ALIAS_RULE}")
+    version = P(ge=1, le=MAX_VERSION, description="model version")
+    return name, alias, version
+
+
+NamePath, AliasPath, VersionPath = path_params()
