@@ -40,7 +40,7 @@ def bench_raw(images, store: Path, pose: str, det: str, rounds: int) -> dict:
     pm, dm = reg.get(pose), reg.get(det)
 
     def one(data):
-        im, scale, size = decode_image(data, max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels,
+        im, scale, size, _ = decode_image(data, max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels,
                                        max_side=s.decode_max_side)
         return pipe.run(pm, dm, [ImageTask(im, min_score=s.min_score, max_people=s.max_people, scale=scale,
                                            size=size)])

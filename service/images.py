@@ -43,11 +43,11 @@ class PixelBudget:
                 cls._shared[key] = cls(limit, wait_s)
             return cls._shared[key]
 
-    @contextlib.contextmanager
-    def hold(self, pixels: int):
-        if self.limit <= 0:  # off
-            yield
-            return
+    def acquire(self, pixels: int) -> int:
+        """Take ``pixels`` from the budget, waiting up to ``wait_s`` (then 503); returns what was taken
+        (0 when the budget is off), to give back with :meth:`release`."""
+        if self.limit <= 0:
+            return 0
         if pixels > self.limit:
             raise PayloadTooLarge(f"decoding this image needs {pixels} pixels at once; the budget of the "
                                   f"whole service is {self.limit} (POSEKD_MAX_DECODE_PIXELS)")
@@ -56,23 +56,33 @@ class PixelBudget:
             while self.in_use + pixels > self.limit:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise Overloaded("too many large images are being decoded at once; retry shortly",
-                                     retry_after=1)
+                    raise Overloaded("too many large images are in flight at once; retry shortly", retry_after=1)
                 self._cond.wait(left)
             self.in_use += pixels
             self.peak = max(self.peak, self.in_use)
+        return pixels
+
+    def release(self, pixels: int) -> None:
+        if pixels <= 0:
+            return
+        with self._cond:
+            self.in_use -= pixels
+            self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int):
+        taken = self.acquire(pixels)
         try:
             yield
         finally:
-            with self._cond:
-                self.in_use -= pixels
-                self._cond.notify_all()
+            self.release(taken)
 
 
 class Decoded(NamedTuple):
     image: np.ndarray  # BGR uint8, possibly reduced
     scale: float  # original pixels per pixel of ``image``
     size: tuple[int, int]  # the original (width, height), after EXIF orientation
+    held: int = 0  # pixels still taken from the budget for ``image``: the caller releases them when done
 
 SUPPORTED = ("jpeg", "png", "webp", "bmp")
 DECLARED_TYPES = {"image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/webp", "image/bmp",
@@ -200,21 +210,35 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, max_side: int 
                  budget: PixelBudget | None = None) -> Decoded:
     """The decoded BGR image, reduced when its long side passes ``max_side`` (0: never): a JPEG by
     libjpeg during decoding (see :func:`reduction_for`), any other format right after decoding
-    (area-averaged to a long side of ``max_side``). ``budget`` admits the decode by its pixel count."""
+    (area-averaged to a long side of ``max_side``). ``budget`` admits the decode by its pixel count;
+    what the reduced image occupies stays taken (``Decoded.held``) until the caller releases it."""
     import cv2
 
     kind, w, h = inspect_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
     factor = reduction_for(kind, w, h, max_side)
     flag = getattr(cv2, _REDUCED[factor]) if factor > 1 else cv2.IMREAD_COLOR
-    with budget.hold(-(-w // factor) * -(-h // factor)) if budget is not None else contextlib.nullcontext():
+    taken = budget.acquire(-(-w // factor) * -(-h // factor)) if budget is not None else 0
+    try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)  # applies EXIF orientation
         if image is None or image.size == 0:
             raise InvalidImage(f"the {kind.upper()} image could not be decoded (truncated or corrupt)")
-        if (image.shape[1] >= image.shape[0]) != (w >= h):  # EXIF turned it by 90°
+        expected = (-(-w // factor), -(-h // factor))
+        got = (image.shape[1], image.shape[0])
+        if got == expected[::-1] and got != expected:  # EXIF turned it by 90°
             w, h = h, w
+        elif got != expected:  # the data is not the picture the header announced (and was admitted for)
+            raise InvalidImage(f"the {kind.upper()} header says {w}×{h} but its data decodes to "
+                               f"{got[0] * factor}×{got[1] * factor}")
         long_side = max(image.shape[:2])
         if max_side > 0 and factor == 1 and long_side > max_side * 1.25:
             r = max_side / long_side
             image = cv2.resize(image, (max(1, round(image.shape[1] * r)), max(1, round(image.shape[0] * r))),
                                interpolation=cv2.INTER_AREA)
-    return Decoded(image, w / image.shape[1], (w, h))
+    except BaseException:
+        if budget is not None:
+            budget.release(taken)
+        raise
+    kept = min(taken, image.shape[0] * image.shape[1])  # the reduced image stays in flight until answered
+    if budget is not None:
+        budget.release(taken - kept)
+    return Decoded(image, w / image.shape[1], (w, h), kept)

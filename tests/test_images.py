@@ -56,23 +56,23 @@ def test_bytes_limit_and_empty_and_garbage():
 def test_large_jpeg_is_decoded_reduced_and_reports_its_factor():
     img = blob_image(w=1600, h=1000, at=(800, 500), sigma=40)
     data = encode(img, ".jpg")
-    full, f1, size1 = decode_image(data, **LIMITS)
-    small, f4, size4 = decode_image(data, **LIMITS, max_side=400)
+    full, f1, size1, _ = decode_image(data, **LIMITS)
+    small, f4, size4, _ = decode_image(data, **LIMITS, max_side=400)
     assert (full.shape, f1, size1) == ((1000, 1600, 3), 1.0, (1600, 1000))
     assert (small.shape, f4, size4) == ((250, 400, 3), 4.0, (1600, 1000))
     y, x = np.unravel_index(small[:, :, 0].argmax(), small.shape[:2])
     assert abs(x * f4 - 800) <= 8 and abs(y * f4 - 500) <= 8
-    rotated, fr, size_r = decode_image(jpeg_with_orientation(img, 6), **LIMITS, max_side=400)
+    rotated, fr, size_r, _ = decode_image(jpeg_with_orientation(img, 6), **LIMITS, max_side=400)
     assert (rotated.shape, fr, size_r) == ((400, 250, 3), 4.0, (1000, 1600))  # EXIF orientation still applied
 
 
 def test_other_formats_are_reduced_right_after_decoding():
     img = blob_image(w=1600, h=1000, at=(800, 500), sigma=40)
-    png, fp, size = decode_image(encode(img, ".png"), **LIMITS, max_side=400)
+    png, fp, size, _ = decode_image(encode(img, ".png"), **LIMITS, max_side=400)
     assert png.shape == (250, 400, 3) and fp == 4.0 and size == (1600, 1000)
     y, x = np.unravel_index(png[:, :, 0].argmax(), png.shape[:2])
     assert abs(x * fp - 800) <= 8 and abs(y * fp - 500) <= 8
-    same, f1, _ = decode_image(encode(img, ".png"), **LIMITS, max_side=1400)  # within 1.25 × max_side: kept
+    same, f1, _, _ = decode_image(encode(img, ".png"), **LIMITS, max_side=1400)  # within 1.25 × max_side: kept
     assert same.shape == (1000, 1600, 3) and f1 == 1.0
 
 
@@ -107,3 +107,16 @@ def test_the_pixel_budget_admits_waits_and_refuses():
         assert budget.in_use == 50
     t.join()
     assert budget.in_use == 0 and budget.peak == 90
+
+
+def test_decode_keeps_only_the_reduced_image_on_the_budget():
+    from service.images import PixelBudget
+
+    budget = PixelBudget(10_000_000)
+    img = blob_image(w=1600, h=1000, at=(800, 500), sigma=40)
+    d = decode_image(encode(img, ".png"), **LIMITS, max_side=400, budget=budget)
+    assert d.held == 400 * 250 and budget.in_use == d.held and budget.peak == 1600 * 1000
+    budget.release(d.held)
+    with pytest.raises(Exception):
+        decode_image(encode(img, ".png")[:200], **LIMITS, budget=budget)
+    assert budget.in_use == 0  # a failed decode gives everything back

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api import create_app
+from service.images import PixelBudget
 from service.settings import Settings
 
 from .helpers import blob_clip, blob_image, encode, make_store, png_bomb
@@ -92,6 +93,9 @@ CASES = [
      413, "payload_too_large"),
     ("pose: JPEG with no frame header", "POST", "/v1/pose", raw(b"\xff\xd8\xff\xe0" + b"\0" * 40, "image/jpeg"),
      400, "invalid_image"),
+    ("pose: JPEG with a false frame header", "POST", "/v1/pose",
+     raw(b"\xff\xd8" + b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, 40, 40, 1) + b"\x01\x11\x00" + JPEG[2:],
+         "image/jpeg"), 400, "invalid_image"),
     ("pose: BMP header only", "POST", "/v1/pose", raw(b"BM" + b"\0" * 10, "image/bmp"), 400, "invalid_image"),
     ("pose: BMP claiming 2^31 wide", "POST", "/v1/pose",
      raw(b"BM" + b"\0" * 16 + struct.pack("<ii", 2**31 - 1, 1000) + b"\0" * 30, "image/bmp"), 413,
@@ -264,6 +268,8 @@ def test_malformed_input_gets_its_documented_error_and_the_service_keeps_serving
         assert r.headers.get("allow"), "a 405 says which methods the route has"
     good = client.post("/v1/pose", files={"image": ("x.png", PNG, "image/png")})
     assert good.status_code == 200 and len(good.json()["people"]) == 1
+    settings = client.app.state.service.settings
+    assert PixelBudget.shared(settings.max_decode_pixels, settings.decode_wait_s).in_use == 0  # nothing leaked
 
 
 def test_the_corpus_is_large():

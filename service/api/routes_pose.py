@@ -74,7 +74,7 @@ async def _resolve(state, spec: str, task: str) -> tuple[str, dict]:
     return f"{served.name}:{served.version}", {"name": served.name, "version": served.version}
 
 
-async def _read_images(state, images: list[bytes]) -> list[tuple]:
+async def _read_images(state, images: list[bytes], held: list[int]) -> list[tuple]:
     """(pixels, scale, data, size) per upload. A broker whose workers decode elsewhere (Redis, ``encoded``
     payload) gets the checked bytes: the header is read here, the pixels by the worker."""
     s = state.settings
@@ -86,6 +86,7 @@ async def _read_images(state, images: list[bytes]) -> list[tuple]:
                 d = await run_in_threadpool(decode_image, data, max_bytes=s.max_image_bytes,
                                             max_pixels=s.max_image_pixels, max_side=s.decode_max_side,
                                             budget=PixelBudget.shared(s.max_decode_pixels, s.decode_wait_s))
+                held.append(d.held)
                 out.append((d.image, d.scale, None, d.size))
             else:  # the worker decodes, under its own process's budget, and knows the size then
                 inspect_image(data, max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels)
@@ -132,14 +133,18 @@ async def _run(request: Request, images: list[bytes], model, detector, min_score
     max_people = max_people or s.max_people
     min_score = s.min_score if min_score is None else min_score
     parsed_boxes = _parse_boxes(boxes, s.max_people)
-    decoded = await _read_images(state, images)
     pose_ref, pose_info = await _resolve(state, model or s.default_pose_model, "pose")
     det_ref, det_info = None, None
     if parsed_boxes is None:
         det_ref, det_info = await _resolve(state, detector or s.default_detector, "person_detection")
-    tasks = [ImageTask(im, parsed_boxes, min_score, max_people, scale, data, size)
-             for im, scale, data, size in decoded]
-    result = await _submit(request, PoseJob(pose_ref, det_ref, tasks), s.request_timeout_s)
+    held: list[int] = []  # decoded pixels this request keeps in flight (the budget) until it is answered
+    try:
+        decoded = await _read_images(state, images, held)
+        tasks = [ImageTask(im, parsed_boxes, min_score, max_people, scale, data, size)
+                 for im, scale, data, size in decoded]
+        result = await _submit(request, PoseJob(pose_ref, det_ref, tasks), s.request_timeout_s)
+    finally:
+        PixelBudget.shared(s.max_decode_pixels, s.decode_wait_s).release(sum(held))
     return pose_info, det_info, result
 
 

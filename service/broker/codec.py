@@ -77,10 +77,12 @@ class Request:
             self.task.image = np.frombuffer(self.task.data, np.uint8).reshape(h, w, 3)
         else:
             from ..images import PixelBudget, decode_image
+            budget = PixelBudget.shared(settings.max_decode_pixels, settings.decode_wait_s)
             decoded = decode_image(self.task.data, max_bytes=settings.max_image_bytes,
                                    max_pixels=settings.max_image_pixels, max_side=settings.decode_max_side,
-                                   budget=PixelBudget.shared(settings.max_decode_pixels, settings.decode_wait_s))
-            self.task.image, self.task.scale, self.task.size = decoded
+                                   budget=budget)
+            budget.release(decoded.held)  # a worker holds at most two batches of reduced images anyway
+            self.task.image, self.task.scale, self.task.size = decoded.image, decoded.scale, decoded.size
         self.task.data = None
 
 
