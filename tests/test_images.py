@@ -110,6 +110,7 @@ def test_the_pixel_budget_admits_waits_and_refuses():
 
 
 def test_decode_keeps_only_the_reduced_image_on_the_budget():
+    from service.errors import InvalidImage
     from service.images import PixelBudget
 
     budget = PixelBudget(10_000_000)
@@ -117,6 +118,6 @@ def test_decode_keeps_only_the_reduced_image_on_the_budget():
     d = decode_image(encode(img, ".png"), **LIMITS, max_side=400, budget=budget)
     assert d.held == 400 * 250 and budget.in_use == d.held and budget.peak == 1600 * 1000
     budget.release(d.held)
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidImage):
         decode_image(encode(img, ".png")[:200], **LIMITS, budget=budget)
     assert budget.in_use == 0  # a failed decode gives everything back

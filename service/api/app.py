@@ -10,10 +10,11 @@ import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .. import __version__, metrics
 from ..errors import PoseKDError
@@ -27,6 +28,16 @@ log = logging.getLogger("posekd.api")
 def error_response(status: int, code: str, message: str, retry_after: float | None = None) -> JSONResponse:
     headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def allowed_methods(app, scope) -> list[str]:
+    """The methods some route of the app answers on this request's path (for ``Allow`` on a 405)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches({**scope, "method": "__none__"})
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 class MetricsMiddleware:
@@ -123,8 +134,10 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
     async def _http_error(request: Request, exc: StarletteHTTPException):
         codes = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
         response = error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
-        for key, value in (exc.headers or {}).items():  # e.g. Allow on a 405
+        for key, value in (exc.headers or {}).items():
             response.headers[key] = value
+        if exc.status_code == 405:  # Allow lists every method of every route on this path, not just one
+            response.headers["Allow"] = ", ".join(allowed_methods(request.app, request.scope))
         return response
 
     @app.exception_handler(Exception)
@@ -132,7 +145,8 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
         log.exception("unhandled error on %s", request.url.path)
         return error_response(500, "internal_error", "internal error; see the service log")
 
-    @app.get("/metrics", include_in_schema=True, tags=["health"], summary="Prometheus metrics")
+    @app.get("/metrics", include_in_schema=True, tags=["health"], summary="Prometheus metrics (text format)",
+             response_class=PlainTextResponse)
     async def prometheus():
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 

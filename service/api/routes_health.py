@@ -9,8 +9,12 @@ from .. import __version__
 from ..errors import ModelNotFound
 from ..names import NamePath, VersionPath
 from ..store import ModelSpec
+from .schemas import ErrorResponse
 
 router = APIRouter(tags=["health"])
+_V2_ERRORS: dict = {c: {"model": ErrorResponse} for c in (404, 422)}
+_V2_READY: dict = {**_V2_ERRORS, 503: {"description": "the model is not loaded or failed to load "
+                                                      "(same body, `ready: false`)"}}
 
 _DTYPES = {"float32": "FP32", "float16": "FP16", "uint8": "UINT8", "int32": "INT32"}
 _ORT_DTYPES = {"tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(int32)": "INT32",
@@ -35,7 +39,8 @@ async def healthz():
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: default models loaded and broker reachable (503 otherwise)")
+@router.get("/readyz", responses={503: {"description": "not ready (same body, with the reasons)"}},
+            summary="Readiness: default models loaded and broker reachable (503 otherwise)")
 async def readyz(request: Request):
     ok, detail = await _readiness(request)
     return JSONResponse({"status": "ready" if ok else "not_ready", **detail}, status_code=200 if ok else 503)
@@ -51,7 +56,7 @@ async def v2_live():
     return {"live": True}
 
 
-@router.get("/v2/health/ready", tags=["v2"])
+@router.get("/v2/health/ready", tags=["v2"], responses={503: {"description": "not ready"}})
 async def v2_ready(request: Request):
     ok, _ = await _readiness(request)
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
@@ -90,22 +95,22 @@ def _ready(state, name: str, version: int | None) -> JSONResponse:
     return JSONResponse({"name": name, "version": str(v), "ready": ok}, status_code=200 if ok else 503)
 
 
-@router.get("/v2/models/{name}", tags=["v2"], summary="Model metadata (default version)")
+@router.get("/v2/models/{name}", tags=["v2"], responses=_V2_ERRORS, summary="Model metadata (default version)")
 async def v2_model(request: Request, name: str = NamePath):
     return await run_in_threadpool(_metadata, request.app.state.service, name, None)
 
 
-@router.get("/v2/models/{name}/versions/{version}", tags=["v2"], summary="Model metadata")
+@router.get("/v2/models/{name}/versions/{version}", tags=["v2"], responses=_V2_ERRORS, summary="Model metadata")
 async def v2_model_version(request: Request, name: str = NamePath, version: int = VersionPath):
     return await run_in_threadpool(_metadata, request.app.state.service, name, version)
 
 
-@router.get("/v2/models/{name}/ready", tags=["v2"], summary="Model readiness (default version)")
+@router.get("/v2/models/{name}/ready", tags=["v2"], responses=_V2_READY, summary="Model readiness (default version)")
 async def v2_model_ready(request: Request, name: str = NamePath):
     return await run_in_threadpool(_ready, request.app.state.service, name, None)
 
 
-@router.get("/v2/models/{name}/versions/{version}/ready", tags=["v2"], summary="Model readiness")
+@router.get("/v2/models/{name}/versions/{version}/ready", tags=["v2"], responses=_V2_READY, summary="Model readiness")
 async def v2_model_version_ready(request: Request, name: str = NamePath,
                                  version: int = VersionPath):
     return await run_in_threadpool(_ready, request.app.state.service, name, version)

@@ -24,7 +24,7 @@ from .security import RequireKey
 
 router = APIRouter(prefix="/v1", tags=["pose"], dependencies=[RequireKey])
 
-_ERRORS = {c: {"model": ErrorResponse} for c in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503, 504)}
+_ERRORS: dict = {c: {"model": ErrorResponse} for c in (400, 401, 403, 404, 408, 409, 413, 415, 422, 503, 504)}
 _IMAGE_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
                                        "properties": {"image": {"type": "string", "format": "binary"}}}},

@@ -19,7 +19,9 @@ from .schemas import ErrorResponse
 from .security import RequireKey
 
 router = APIRouter(prefix="/v1", tags=["video"], dependencies=[RequireKey])
-_ERRORS = {c: {"model": ErrorResponse} for c in (400, 401, 403, 404, 409, 413, 415, 422, 503)}
+_ERRORS: dict = {c: {"model": ErrorResponse} for c in (400, 401, 403, 404, 408, 413, 415, 422, 503)}
+_JOB_ERRORS: dict = {c: {"model": ErrorResponse} for c in (401, 403, 404)}
+_OUTPUT_ERRORS: dict = {c: {"model": ErrorResponse} for c in (401, 403, 404, 409)}
 _VIDEO_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["video"], "properties": {"video": {"type": "string", "format": "binary"}}}}}}}
 
@@ -91,7 +93,7 @@ async def _job(request: Request, job_id: str) -> Job:
     return await run_in_threadpool(request.app.state.service.jobs.get, job_id)
 
 
-@router.get("/jobs/{job_id}", responses=_ERRORS, summary="A job's status and progress")
+@router.get("/jobs/{job_id}", responses=_JOB_ERRORS, summary="A job's status and progress")
 async def job_status(request: Request, job_id: str):
     return (await _job(request, job_id)).public()
 
@@ -105,7 +107,7 @@ def _not_finished(job: Job) -> PoseKDError:
                        status=409)
 
 
-@router.get("/jobs/{job_id}/result", responses=_ERRORS, summary="Tracked poses (409 until the job succeeded)")
+@router.get("/jobs/{job_id}/result", responses=_OUTPUT_ERRORS, summary="Tracked poses (409 until the job succeeded)")
 async def job_result(request: Request, job_id: str):
     job = await _job(request, job_id)
     if job.status != "succeeded":
@@ -114,7 +116,12 @@ async def job_result(request: Request, job_id: str):
     return Response(data, media_type="application/json")
 
 
-@router.get("/jobs/{job_id}/video", responses=_ERRORS, summary="The overlay MP4 (jobs with render=true)")
+_MP4 = {200: {"description": "the overlay MP4",
+             "content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}}}
+
+
+@router.get("/jobs/{job_id}/video", response_class=Response, responses={**_OUTPUT_ERRORS, **_MP4},
+            summary="The overlay MP4 (jobs with render=true)")
 async def job_video(request: Request, job_id: str):
     job = await _job(request, job_id)
     if not job.render:
@@ -130,7 +137,7 @@ async def job_video(request: Request, job_id: str):
                     headers={"Content-Disposition": f'attachment; filename="{job_id}.mp4"'})
 
 
-@router.delete("/jobs/{job_id}", responses=_ERRORS, summary="Cancel a job, or delete a finished one")
+@router.delete("/jobs/{job_id}", responses=_JOB_ERRORS, summary="Cancel a job, or delete a finished one")
 async def job_delete(request: Request, job_id: str):
     jobs = request.app.state.service.jobs
     job = await _job(request, job_id)
