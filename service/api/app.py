@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import signal
 import time
 
@@ -14,7 +15,6 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from .. import __version__, metrics
 from ..errors import PoseKDError
@@ -30,13 +30,20 @@ def error_response(status: int, code: str, message: str, retry_after: float | No
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
-def allowed_methods(app, scope) -> list[str]:
-    """The methods some route of the app answers on this request's path (for ``Allow`` on a 405)."""
+def allowed_methods(app, path: str) -> list[str]:
+    """The methods the app answers on ``path`` (for ``Allow`` on a 405), read from its OpenAPI paths:
+    several routes may share a path (GET and DELETE on a job), and a 405 from one of them names only
+    its own."""
+    table = getattr(app.state, "allow_table", None)
+    if table is None:
+        table = [(re.compile("^" + re.sub(r"\{[^/}]+\}", "[^/]+", template) + "$"),
+                  {m.upper() for m in ops if m in ("get", "put", "post", "delete", "patch")})
+                 for template, ops in app.openapi().get("paths", {}).items()]
+        app.state.allow_table = table
     methods: set[str] = set()
-    for route in app.router.routes:
-        match, _ = route.matches({**scope, "method": "__none__"})
-        if match != Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
+    for pattern, ops in table:
+        if pattern.match(path):
+            methods |= ops
     return sorted(methods)
 
 
@@ -137,7 +144,7 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
         for key, value in (exc.headers or {}).items():
             response.headers[key] = value
         if exc.status_code == 405:  # Allow lists every method of every route on this path, not just one
-            response.headers["Allow"] = ", ".join(allowed_methods(request.app, request.scope))
+            response.headers["Allow"] = ", ".join(allowed_methods(request.app, request.url.path))
         return response
 
     @app.exception_handler(Exception)
