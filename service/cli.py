@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(func=cmd_models_import)
 
     bench = sub.add_parser("bench", help="benchmarks (bench/); results go to bench/RESULTS.md")
-    bench.add_argument("what", choices=["images", "students", "queue", "video"])
+    bench.add_argument("what", choices=["images", "students", "queue", "video", "soak"])
     bench.set_defaults(func=None)
 
     for register in _plugins():
