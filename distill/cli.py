@@ -383,7 +383,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     dsub = d.add_subparsers(dest="distill_command", required=True)
 
     c = dsub.add_parser("cache", help="label augmented views with a teacher and cache them")
-    c.add_argument("kind", choices=["pose", "detection"])
+    c.add_argument("kind", choices=["pose", "detection"], help="what the teacher labels: keypoints or person boxes")
     c.add_argument("--data", action="append", help="kind:path (coco:, lspet:, folder:, video:PATH@every); "
                                                    "repeatable; default: the shared training data")
     c.add_argument("--exclude", action="append", help="data never to use (default: the coco_mini_train eval set)")
@@ -393,25 +393,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--views", type=int, help="pose: views in total; detection: views per image")
     c.add_argument("--size", type=int, help="student input size (pose 192, detection 256)")
     c.add_argument("--limit", type=int, help="images per source at most (smoke runs)")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=int, default=0, help="random seed of the augmented views")
     c.add_argument("--store", help="model store for teacher references (default POSEKD_MODEL_STORE)")
-    c.add_argument("--out", required=True)
+    c.add_argument("--out", required=True, help="cache directory to write")
     c.set_defaults(func=cmd_cache, prepare=fill_defaults)
 
     t = dsub.add_parser("train", help="train a student on a cache (resumes from OUT/checkpoint.pt)")
     t.add_argument("preset", help="pose-m | pose-mf | pose-s | pose-t | pose-r | detector-s")
-    t.add_argument("--cache", required=True)
-    t.add_argument("--out", required=True)
-    t.add_argument("--steps", type=int, default=3000)
-    t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--cache", required=True, help="a cache written by `posekd distill cache`")
+    t.add_argument("--out", required=True, help="run directory: checkpoints, best.pt, curve.png")
+    t.add_argument("--steps", type=int, default=3000, help="optimizer steps in all (a resumed run continues)")
+    t.add_argument("--batch", type=int, default=32, help="views per step")
     t.add_argument("--lr", type=float, default=1e-3, help="learning rate of freshly initialised parameters")
     t.add_argument("--warm-lr", type=float, default=4e-4, help="learning rate of parameters copied from the teacher")
     t.add_argument("--size", type=int, help="override the preset's input size")
     t.add_argument("--keep", type=float, help="override the preset's kept channel fraction")
     t.add_argument("--branches", type=int, help="override the preset's OKDHP branch count")
     t.add_argument("--warm-start", help="teacher name or ONNX file to copy weights from; 'none': tiny random net")
-    t.add_argument("--gt-weight", type=float, default=1.0)
-    t.add_argument("--kl-weight", type=float, default=0.5)
+    t.add_argument("--gt-weight", type=float, default=1.0, help="weight of the human labels where the cache has them")
+    t.add_argument("--kl-weight", type=float, default=0.5, help="OKDHP: weight of the ensemble-to-branch pixel-wise KL")
     t.add_argument("--hint-weight", type=float, default=0.0, help="FitNets-style hint on the teacher's FPN features")
     t.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (e.g. 0.998; 0: off); the "
                                                           "average is evaluated, kept as best.pt and exported")
@@ -419,10 +419,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                               "comparisons; a later run resumes)")
     t.add_argument("--heldout-pck", help="labelled images never trained on, for a second held-out signal (PCK@0.2), "
                                          "e.g. lspet:DIR[3600:] when the cache used lspet:DIR[:3600]")
-    t.add_argument("--eval-every", type=int, default=250)
-    t.add_argument("--holdout", type=int, default=256)
-    t.add_argument("--threads", type=int, default=0)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--eval-every", type=int, default=250, help="steps between held-out evaluations and checkpoints")
+    t.add_argument("--holdout", type=int, default=256,
+                   help="cached views kept out of training for the agreement signal")
+    t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    t.add_argument("--seed", type=int, default=0, help="random seed (view order, flips)")
     t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     t.add_argument("--init", help="start from a registered student (e.g. pose-s:1): continue training in a "
                                   "later session without its checkpoint")
@@ -436,7 +437,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--last", action="store_true", help="export the last checkpoint instead of best.pt (the best "
                                                        "held-out agreement)")
     x.add_argument("--store", help="model store root (default POSEKD_MODEL_STORE)")
-    x.add_argument("--description")
+    x.add_argument("--description", help="free text for the manifest")
     x.add_argument("--eval-set", help="COCO keypoint JSON (default: coco_mini_train); '' to skip")
     x.add_argument("--teacher", default="movenet-thunder", help="pose: agreement is measured against it")
     x.add_argument("--detector", help="pose: also evaluate end to end with this detector")
@@ -446,12 +447,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--max-latency-ratio", type=float, default=1.10, help="gate: batch-1 latency vs production")
     x.add_argument("--floor", help="a public model the student must beat, re-measured in this run: at least its AP "
                                    "and at most --floor-latency-ratio × its batch-1 latency (e.g. movenet-lightning)")
-    x.add_argument("--floor-latency-ratio", type=float, default=1.10)
+    x.add_argument("--floor-latency-ratio", type=float, default=1.10,
+                   help="with --floor: at most this times the floor model's batch-1 latency")
     x.add_argument("--pck", default=f"lspet:{DATA}/labeled/lspet[3600:]" if (DATA / "labeled" / "lspet" /
                                                                           "joints.mat").is_file() else "",
                    help="pose: held-out LSPET-style data for PCK@0.2 (default: the LSPET images the training "
                         "caches leave out); '' to skip")
-    x.add_argument("--no-promote", action="store_true")
+    x.add_argument("--no-promote", action="store_true", help="register the version without trying the gates")
     x.set_defaults(func=cmd_export)
 
     tp = sub.add_parser("teachers", help="the ONNX teachers")
@@ -462,25 +464,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     ti.add_argument("--model", action="append", choices=["movenet-thunder", "movenet-lightning", "movenet-multipose",
                                                          "centernet"], help="only these (repeatable)")
     ti.add_argument("--compare", help="shipped teachers to check against (default POSEKD_TEACHERS)")
-    ti.add_argument("--no-compare", action="store_true")
+    ti.add_argument("--no-compare", action="store_true", help="skip comparing the rebuilt files with the shipped ones")
     ti.add_argument("--workdir", default=str(REPO / "runs" / "teachers-src"), help="npm tarball and unpacked models")
     ti.add_argument("--venv", default=str(REPO / ".venv-teachers"), help="converter environment (created if missing)")
     ti.add_argument("--register", action="store_true", help="also register them in the model store")
-    ti.add_argument("--store")
+    ti.add_argument("--store", help="model store to register into (default POSEKD_MODEL_STORE)")
     ti.set_defaults(func=cmd_teachers_import)
 
     e = sub.add_parser("eval", help="evaluate a model: COCO AP/AR, PCK, teacher agreement, params, GFLOPs, latency")
     e.add_argument("model", help="store reference (name, name:version, name@alias), teacher name or ONNX file")
-    e.add_argument("--store")
+    e.add_argument("--store", help="model store root (default POSEKD_MODEL_STORE)")
     e.add_argument("--data", help="COCO keypoint JSON (default: coco_mini_train); '' to skip")
     e.add_argument("--detector", help="pose models: also end to end with this detector")
     e.add_argument("--pose", help="detectors: the pose model for the end-to-end AP")
     e.add_argument("--teacher", help="pose models: agreement with this teacher")
     e.add_argument("--pck", help="LSPET-style data for PCK@0.2, e.g. lspet:PATH")
-    e.add_argument("--pck-limit", type=int, default=500)
+    e.add_argument("--pck-limit", type=int, default=500, help="at most this many PCK images")
     e.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     e.add_argument("--runs", type=int, default=30, help="timed runs for the latency")
-    e.add_argument("--no-speed", action="store_true")
+    e.add_argument("--no-speed", action="store_true", help="skip the latency measurement")
     e.add_argument("--json", help="also write the result here")
     e.set_defaults(func=cmd_eval)
 

@@ -7,7 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
+from . import __version__
 from .errors import PoseKDError
+from .logs import install_log_format
 from .settings import get_settings
 
 
@@ -24,8 +26,11 @@ def cmd_serve(args) -> int:
 
     s = get_settings()
     host, port = args.host or s.host, args.port or s.port
+    if args.access_log:
+        s = s.model_copy(update={"access_log": args.access_log})
     app = create_app(s, handle_signals=True)
-    uvicorn.run(app, host=host, port=port, log_level=s.log_level, access_log=args.access_log)
+    # our own access log (with request ids) replaces uvicorn's
+    uvicorn.run(app, host=host, port=port, log_level=s.log_level, access_log=False, log_config=None)
     return 0
 
 
@@ -181,14 +186,19 @@ def cmd_bench(args, rest: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="posekd", description="PoseKD pose-estimation service")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p = argparse.ArgumentParser(prog="posekd", description="PoseKD pose-estimation service: keypoints for images, "
+                                "tracked poses for clips, from distilled student models. Settings come from "
+                                "POSEKD_* environment variables (see the README).")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"posekd {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the HTTP service (embedded mode unless POSEKD_REDIS_URL is set)")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--access-log", action="store_true")
+    serve.add_argument("--host", help="address to bind (default POSEKD_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default POSEKD_PORT, 8000)")
+    serve.add_argument("--access-log", nargs="?", const="text", choices=["off", "text", "json"],
+                       help="one log line per request, with its request id (default POSEKD_ACCESS_LOG, off; "
+                            "the flag alone: text)")
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="serve the Redis request stream (needs POSEKD_REDIS_URL)")
@@ -198,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=cmd_worker)
 
     video = sub.add_parser("video", help="track the people of a clip offline (the video job's code)")
-    video.add_argument("clip")
+    video.add_argument("clip", help="the video file (MP4, MOV, AVI, WebM)")
     video.add_argument("-o", "--output", help="result JSON (default: stdout)")
     video.add_argument("--render", help="also write the overlay MP4 here")
     video.add_argument("--model", help="pose model (default POSEKD_DEFAULT_POSE_MODEL)")
@@ -215,35 +225,36 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("model", help="name, name:version or name@alias")
     show.set_defaults(func=cmd_models_show)
     verify = msub.add_parser("verify", help="check every file against its manifest's sha256")
-    verify.add_argument("name", nargs="?")
+    verify.add_argument("name", nargs="?", help="one model (default: all)")
     verify.set_defaults(func=cmd_models_verify)
     promote = msub.add_parser("promote", help="point an alias at a version")
-    promote.add_argument("name")
-    promote.add_argument("version", type=int)
-    promote.add_argument("--alias", default="production")
+    promote.add_argument("name", help="model name")
+    promote.add_argument("version", type=int, help="the version the alias should point at")
+    promote.add_argument("--alias", default="production", help="alias to move (default production)")
     promote.set_defaults(func=cmd_models_promote)
     imp = msub.add_parser("import", help="register an external ONNX file (or the teachers) as a new version")
     imp.add_argument("file", nargs="?", help="the ONNX file")
     imp.add_argument("--teachers", nargs="?", const=str(get_settings().teachers), metavar="DIR",
                      help="register the MoveNet/CenterNet teachers found in DIR (default POSEKD_TEACHERS)")
     imp.add_argument("--manifest", help="JSON with manifest fields (input, output, crop, lineage, ...)")
-    imp.add_argument("--name")
-    imp.add_argument("--task", choices=["pose", "person_detection"])
-    imp.add_argument("--description")
-    imp.add_argument("--input-name")
+    imp.add_argument("--name", help="model name in the store (default: from --manifest or the file name)")
+    imp.add_argument("--task", choices=["pose", "person_detection"], help="what the model does")
+    imp.add_argument("--description", help="free text for the manifest")
+    imp.add_argument("--input-name", help="the graph input to feed (default: read from the graph)")
     imp.add_argument("--size", help="HxW of the model input, e.g. 256x192")
-    imp.add_argument("--layout", choices=["NCHW", "NHWC"])
-    imp.add_argument("--dtype", choices=["float32", "float16", "uint8", "int32"])
+    imp.add_argument("--layout", choices=["NCHW", "NHWC"], help="input tensor layout")
+    imp.add_argument("--dtype", choices=["float32", "float16", "uint8", "int32"], help="input tensor type")
     imp.add_argument("--raw-pixels", action="store_true", help="feed 0-255 pixels (no scaling or mean/std)")
     imp.add_argument("--decoder", help="heatmap | movenet_heads | keypoints | multipose | centernet | boxes")
     imp.add_argument("--outputs", help="comma-separated output tensor names, in decoder order")
-    imp.add_argument("--alias", default="production")
+    imp.add_argument("--alias", default="production", help="alias to point at the new version (default production)")
     imp.add_argument("--no-alias", action="store_true", help="add the version without moving any alias")
     imp.add_argument("--if-missing", action="store_true", help="skip files already in the store (same sha256)")
     imp.set_defaults(func=cmd_models_import)
 
     bench = sub.add_parser("bench", help="benchmarks (bench/); results go to bench/RESULTS.md")
-    bench.add_argument("what", choices=["images", "students", "queue", "video", "soak"])
+    bench.add_argument("what", choices=["images", "students", "queue", "video", "soak"],
+                       help="which benchmark; `posekd bench WHAT --help` for its options")
     bench.set_defaults(func=None)
 
     for register in _plugins():
@@ -284,8 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_format(logging.DEBUG if args.verbose else logging.INFO)
     if args.command == "bench":
         return cmd_bench(args, rest)
     if rest:

@@ -104,8 +104,15 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+    access_log: Literal["off", "text", "json"] = "off"  # one line per request (with its request id)
+    # browser origins allowed to call the API (CORS), comma-separated; "*" for any; empty: no CORS headers
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    gzip_min_bytes: int = 4096  # responses larger than this are gzip-compressed for clients that accept it
+    # models run once at start so the first request does not pay for loading: the two defaults, every
+    # model's production version in the store, or none
+    warm_up: Literal["none", "defaults", "all"] = "defaults"
 
-    @field_validator("api_keys", "admin_api_keys", mode="before")
+    @field_validator("api_keys", "admin_api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_keys(cls, value):
         if isinstance(value, str):

@@ -11,6 +11,8 @@ import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
@@ -18,8 +20,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__, metrics
 from ..errors import PoseKDError
+from ..logs import REQUEST_ID
 from ..settings import Settings, get_settings
-from . import routes_health, routes_models, routes_pose, routes_video
+from . import docs, routes_health, routes_models, routes_pose, routes_video
+from .context import RequestContextMiddleware
 from .state import ServiceState
 
 log = logging.getLogger("posekd.api")
@@ -27,7 +31,8 @@ log = logging.getLogger("posekd.api")
 
 def error_response(status: int, code: str, message: str, retry_after: float | None = None) -> JSONResponse:
     headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+    return JSONResponse({"error": {"code": code, "message": message, "request_id": REQUEST_ID.get()}},
+                        status_code=status, headers=headers)
 
 
 def allowed_methods(app, path: str) -> list[str]:
@@ -118,10 +123,18 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
             if svc.video_runner is not None:
                 await run_in_threadpool(svc.video_runner.stop)
 
-    app = FastAPI(title="PoseKD", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="PoseKD", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Human keypoints (COCO-17) from distilled student models. "
-                              "Errors are `{\"error\": {\"code\", \"message\"}}`.")
+                              "Errors are `{\"error\": {\"code\", \"message\", \"request_id\"}}`.")
+    # outermost last: request id (and access log) around everything, then CORS, compression, metrics
     app.add_middleware(MetricsMiddleware)
+    app.add_middleware(GZipMiddleware, minimum_size=settings.gzip_min_bytes, compresslevel=5)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["X-Request-ID", "Retry-After", "Location"],
+                           max_age=600)
+    app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
+    docs.mount(app)
 
     @app.exception_handler(PoseKDError)
     async def _domain_error(request: Request, exc: PoseKDError):

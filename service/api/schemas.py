@@ -38,8 +38,9 @@ class BatchResponse(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    code: str
-    message: str
+    code: str = Field(description="stable, machine-readable (see the README's error table)")
+    message: str = Field(description="for people")
+    request_id: str = Field(description="the request's X-Request-ID, also in the service log")
 
 
 class ErrorResponse(BaseModel):

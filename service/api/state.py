@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import metrics
 from ..broker import Broker, LocalBroker
 from ..broker.redis import RedisBroker
+from ..errors import PoseKDError
 from ..pipeline import PosePipeline
 from ..pipeline.runtime import OnnxModel
 from ..settings import Settings
@@ -27,6 +28,7 @@ class ServiceState:
     preload_errors: dict[str, str]
     jobs: JobStore | None = None
     video_runner: LocalRunner | None = None  # embedded mode; in Redis mode the workers run the jobs
+    warmed: list[str] = field(default_factory=list)  # name:version of the models run once at start
 
     @classmethod
     def build(cls, settings: Settings) -> ServiceState:
@@ -66,27 +68,49 @@ class ServiceState:
         return [self.settings.default_pose_model, self.settings.default_detector]
 
     def preload(self) -> None:
-        self.preload_errors = self.registry.preload(self.default_specs())
-        if not self.preload_errors and self.runs_models:
-            self.warm_up()
+        mode = self.settings.warm_up
+        specs = self.default_specs()
+        if mode == "all":  # every model's default alias, so no first request pays for loading
+            specs += [n for n in self.store.names() if n not in specs and self._has_default_alias(n)]
+        self.preload_errors = self.registry.preload(specs)
+        if self.runs_models and mode != "none":
+            self.warm_up(specs if mode == "all" else self.default_specs())
         for spec, err in self.preload_errors.items():
-            log.error("default model %s is not served: %s", spec, err)
+            log.error("model %s is not served: %s", spec, err)
         if not self.store.names():
             log.error("the model store %s is empty: run `posekd models import --teachers DIR` (or `make run`, "
                       "which does it when ../shared/teachers is there) or import your own ONNX model",
                       self.settings.model_store)
 
-    def warm_up(self) -> None:
-        """One pass through both default models, so the first request does not pay for
-        ONNX Runtime's lazy initialisation."""
+    def _has_default_alias(self, name: str) -> bool:
+        try:
+            return self.settings.default_alias in self.store.aliases(name)
+        except PoseKDError:
+            return False
+
+    def warm_up(self, specs: list[str]) -> list[str]:
+        """One inference through each loaded model of ``specs`` (ONNX Runtime initialises lazily);
+        returns the ``name:version`` of those warmed."""
         import numpy as np
 
-        from ..pipeline import ImageTask
-        pose = self.registry.get(self.settings.default_pose_model, task="pose")
-        det = self.registry.get(self.settings.default_detector, task="person_detection")
         image = np.full((256, 256, 3), 127, np.uint8)
-        self.pipeline.run(pose, det, [ImageTask(image, np.array([[64, 32, 192, 240]], np.float32))])
-        self.pipeline.detect(det, [image])
+        box = np.array([[64, 32, 192, 240]], np.float32)
+        warmed = []
+        for spec in specs:
+            if spec in self.preload_errors:
+                continue
+            try:
+                served = self.registry.get(spec)
+                if served.manifest.task == "pose":
+                    self.pipeline.pose(served, [image], [box])
+                else:
+                    self.pipeline.detect(served, [image])
+                warmed.append(f"{served.name}:{served.version}")
+            except Exception as exc:  # a model that cannot run is reported, not fatal for the others
+                log.error("warm-up of %s failed: %s", spec, exc)
+        self.warmed = warmed
+        log.info("warmed up %s", ", ".join(warmed) or "nothing")
+        return warmed
 
     def models_ready(self) -> bool:
         loaded = {s.name for s in self.registry.loaded()}
