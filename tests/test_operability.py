@@ -144,3 +144,20 @@ def test_every_cli_option_has_help():
 
     missing = list(walk(build_parser(), ["posekd"]))
     assert not missing, missing
+
+
+def test_every_json_response_in_the_openapi_document_is_typed(client):
+    spec = client.get("/openapi.json").json()
+    untyped, seen = [], 0
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            for code, response in op["responses"].items():
+                for media, content in (response.get("content") or {}).items():
+                    seen += 1
+                    if media == "application/json" and not content.get("schema"):
+                        untyped.append(f"{method.upper()} {path} {code}")
+    assert seen > 40 and not untyped, untyped
+    assert "text/plain" in spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert "video/mp4" in spec["paths"]["/v1/jobs/{job_id}/video"]["get"]["responses"]["200"]["content"]
+    assert "429" not in spec["paths"]["/v1/pose"]["post"]["responses"]  # only codes a route can send
+    assert "413" not in spec["paths"]["/v1/jobs/{job_id}"]["get"]["responses"]

@@ -9,7 +9,7 @@ from .. import __version__
 from ..errors import ModelNotFound
 from ..names import NamePath, VersionPath
 from ..store import ModelSpec
-from .schemas import ErrorResponse
+from .schemas import ErrorResponse, Health, Readiness, V2Live, V2ModelMetadata, V2ModelReady, V2Ready, V2Server
 
 router = APIRouter(tags=["health"])
 _V2_ERRORS: dict = {c: {"model": ErrorResponse} for c in (404, 422)}
@@ -34,29 +34,30 @@ async def _readiness(request: Request) -> tuple[bool, dict]:
     return broker_ok and models_ok, detail
 
 
-@router.get("/healthz", summary="Liveness")
+@router.get("/healthz", response_model=Health, summary="Liveness")
 async def healthz():
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "not ready (same body, with the reasons)"}},
+@router.get("/readyz", response_model=Readiness,
+            responses={503: {"description": "not ready (same body, with the reasons)"}},
             summary="Readiness: default models loaded and broker reachable (503 otherwise)")
 async def readyz(request: Request):
     ok, detail = await _readiness(request)
     return JSONResponse({"status": "ready" if ok else "not_ready", **detail}, status_code=200 if ok else 503)
 
 
-@router.get("/v2", tags=["v2"], summary="Server metadata (Open Inference Protocol)")
+@router.get("/v2", tags=["v2"], response_model=V2Server, summary="Server metadata (Open Inference Protocol)")
 async def v2_server():
     return {"name": "posekd", "version": __version__, "extensions": []}
 
 
-@router.get("/v2/health/live", tags=["v2"])
+@router.get("/v2/health/live", tags=["v2"], response_model=V2Live)
 async def v2_live():
     return {"live": True}
 
 
-@router.get("/v2/health/ready", tags=["v2"], responses={503: {"description": "not ready"}})
+@router.get("/v2/health/ready", tags=["v2"], response_model=V2Ready, responses={503: {"description": "not ready"}})
 async def v2_ready(request: Request):
     ok, _ = await _readiness(request)
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
@@ -95,22 +96,26 @@ def _ready(state, name: str, version: int | None) -> JSONResponse:
     return JSONResponse({"name": name, "version": str(v), "ready": ok}, status_code=200 if ok else 503)
 
 
-@router.get("/v2/models/{name}", tags=["v2"], responses=_V2_ERRORS, summary="Model metadata (default version)")
+@router.get("/v2/models/{name}", tags=["v2"], response_model=V2ModelMetadata, responses=_V2_ERRORS,
+            summary="Model metadata (default version)")
 async def v2_model(request: Request, name: str = NamePath):
     return await run_in_threadpool(_metadata, request.app.state.service, name, None)
 
 
-@router.get("/v2/models/{name}/versions/{version}", tags=["v2"], responses=_V2_ERRORS, summary="Model metadata")
+@router.get("/v2/models/{name}/versions/{version}", tags=["v2"], response_model=V2ModelMetadata,
+            responses=_V2_ERRORS, summary="Model metadata")
 async def v2_model_version(request: Request, name: str = NamePath, version: int = VersionPath):
     return await run_in_threadpool(_metadata, request.app.state.service, name, version)
 
 
-@router.get("/v2/models/{name}/ready", tags=["v2"], responses=_V2_READY, summary="Model readiness (default version)")
+@router.get("/v2/models/{name}/ready", tags=["v2"], response_model=V2ModelReady, responses=_V2_READY,
+            summary="Model readiness (default version)")
 async def v2_model_ready(request: Request, name: str = NamePath):
     return await run_in_threadpool(_ready, request.app.state.service, name, None)
 
 
-@router.get("/v2/models/{name}/versions/{version}/ready", tags=["v2"], responses=_V2_READY, summary="Model readiness")
+@router.get("/v2/models/{name}/versions/{version}/ready", tags=["v2"], response_model=V2ModelReady,
+            responses=_V2_READY, summary="Model readiness")
 async def v2_model_version_ready(request: Request, name: str = NamePath,
                                  version: int = VersionPath):
     return await run_in_threadpool(_ready, request.app.state.service, name, version)

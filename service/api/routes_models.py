@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from ..errors import InvalidParameter, ManifestError, ModelNotFound
 from ..names import AliasPath, NamePath
 from .bodies import read_body
-from .schemas import AliasUpdate, ErrorResponse
+from .schemas import AliasTable, AliasUpdate, ErrorResponse, ModelInfo, ModelsList, ReloadReport
 from .security import RequireAdmin, RequireKey
 
 router = APIRouter(prefix="/v1", tags=["models"])
@@ -42,7 +42,8 @@ def describe(state, name: str, full: bool) -> dict:
             "versions": out}
 
 
-@router.get("/models", dependencies=[RequireKey], summary="Models in the store, their versions and aliases")
+@router.get("/models", dependencies=[RequireKey], response_model=ModelsList, response_model_exclude_unset=True,
+            summary="Models in the store, their versions and aliases")
 async def list_models(request: Request):
     state = request.app.state.service
     names = await run_in_threadpool(state.store.names)
@@ -51,7 +52,8 @@ async def list_models(request: Request):
             "default_detector": state.settings.default_detector, "models": models}
 
 
-@router.get("/models/{name}", dependencies=[RequireKey], responses=_ERRORS,
+@router.get("/models/{name}", dependencies=[RequireKey], responses=_ERRORS, response_model=ModelInfo,
+            response_model_exclude_unset=True,
             summary="One model: versions, aliases and manifests")
 async def get_model(request: Request, name: str = NamePath):
     return await run_in_threadpool(describe, request.app.state.service, name, True)
@@ -61,7 +63,7 @@ _ALIAS_BODY = {"requestBody": {"required": True, "content": {"application/json":
     "schema": AliasUpdate.model_json_schema()}}}}
 
 
-@router.put("/models/{name}/aliases/{alias}", dependencies=[RequireAdmin], responses=_ERRORS,
+@router.put("/models/{name}/aliases/{alias}", dependencies=[RequireAdmin], responses=_ERRORS, response_model=AliasTable,
             openapi_extra=_ALIAS_BODY, summary="Point an alias at a version (admin)")
 async def put_alias(request: Request, name: str = NamePath, alias: str = AliasPath):
     """The version is verified and loaded before the alias moves; on failure the alias stays put (409).
@@ -79,6 +81,7 @@ async def put_alias(request: Request, name: str = NamePath, alias: str = AliasPa
 
 
 @router.post("/admin/reload", dependencies=[RequireAdmin], responses=_ERRORS, tags=["admin"],
+             response_model=ReloadReport,
              summary="Re-read the model store (as SIGHUP does)")
 async def reload(request: Request):
     report = await run_in_threadpool(request.app.state.service.registry.reload)

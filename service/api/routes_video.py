@@ -15,7 +15,7 @@ from ..store import ModelSpec
 from ..video import decode
 from ..video.jobs import FINAL, Job
 from .bodies import parse_form
-from .schemas import ErrorResponse
+from .schemas import ErrorResponse, JobCreated, JobDeleted, JobStatus, VideoResult
 from .security import RequireKey
 
 router = APIRouter(prefix="/v1", tags=["video"], dependencies=[RequireKey])
@@ -55,7 +55,7 @@ async def _save_upload(request: Request, limit: int, into: Path, timeout_s: floa
         await form.close()
 
 
-@router.post("/videos", status_code=202, responses=_ERRORS, openapi_extra=_VIDEO_BODY,
+@router.post("/videos", status_code=202, response_model=JobCreated, responses=_ERRORS, openapi_extra=_VIDEO_BODY,
              summary="Upload a clip; its people are tracked in the background")
 async def create_video_job(request: Request,
                            model: str | None = Query(None, max_length=140, description="pose model"),
@@ -93,7 +93,7 @@ async def _job(request: Request, job_id: str) -> Job:
     return await run_in_threadpool(request.app.state.service.jobs.get, job_id)
 
 
-@router.get("/jobs/{job_id}", responses=_JOB_ERRORS, summary="A job's status and progress")
+@router.get("/jobs/{job_id}", response_model=JobStatus, responses=_JOB_ERRORS, summary="A job's status and progress")
 async def job_status(request: Request, job_id: str):
     return (await _job(request, job_id)).public()
 
@@ -107,7 +107,8 @@ def _not_finished(job: Job) -> PoseKDError:
                        status=409)
 
 
-@router.get("/jobs/{job_id}/result", responses=_OUTPUT_ERRORS, summary="Tracked poses (409 until the job succeeded)")
+@router.get("/jobs/{job_id}/result", response_model=VideoResult, responses=_OUTPUT_ERRORS,
+            summary="Tracked poses (409 until the job succeeded)")
 async def job_result(request: Request, job_id: str):
     job = await _job(request, job_id)
     if job.status != "succeeded":
@@ -137,7 +138,9 @@ async def job_video(request: Request, job_id: str):
                     headers={"Content-Disposition": f'attachment; filename="{job_id}.mp4"'})
 
 
-@router.delete("/jobs/{job_id}", responses=_JOB_ERRORS, summary="Cancel a job, or delete a finished one")
+@router.delete("/jobs/{job_id}", response_model=JobDeleted, responses={**_JOB_ERRORS, 202: {
+    "model": JobDeleted, "description": "cancellation requested; the job stops at its next frame"}},
+               summary="Cancel a job, or delete a finished one")
 async def job_delete(request: Request, job_id: str):
     jobs = request.app.state.service.jobs
     job = await _job(request, job_id)

@@ -53,3 +53,156 @@ class AliasUpdate(BaseModel):
 
 class ModelsResponse(BaseModel):
     models: list[dict[str, Any]]
+
+
+# ---- health and the Open Inference Protocol (V2) ---------------------------------------------------
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="ready | not_ready")
+    broker: bool
+    models: bool = Field(description="the default models are loaded")
+    default_models: list[str]
+    workers: int | None = Field(None, description="Redis mode: workers with a fresh heartbeat")
+    errors: dict[str, str] | None = Field(None, description="default models that failed to load, and why")
+
+
+class V2Server(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2Live(BaseModel):
+    live: bool
+
+
+class V2Ready(BaseModel):
+    ready: bool
+
+
+class V2Tensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2Tensor]
+    outputs: list[V2Tensor]
+    parameters: dict[str, Any]
+
+
+class V2ModelReady(BaseModel):
+    name: str
+    version: str
+    ready: bool
+
+
+# ---- models -----------------------------------------------------------------------------------------
+class ModelVersion(BaseModel):
+    version: int
+    loaded: bool
+    error: str | None
+    task: str | None = None
+    sha256: str | None = None
+    created_at: str | None = None
+    params: int | None = None
+    gflops: float | None = None
+    manifest: dict[str, Any] | None = Field(None, description="the whole manifest (GET /v1/models/{name} only)")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    task: str | None
+    aliases: dict[str, int] = Field(description="aliases as served now")
+    aliases_on_disk: dict[str, Any] = Field(description="aliases as the store holds them (an error when unreadable)")
+    versions: list[ModelVersion]
+
+
+class ModelsList(BaseModel):
+    default_pose_model: str
+    default_detector: str
+    models: list[ModelInfo]
+
+
+class AliasTable(BaseModel):
+    name: str
+    aliases: dict[str, int]
+
+
+class ReloadReport(BaseModel):
+    changed: list[str]
+    errors: dict[str, str]
+
+
+# ---- video jobs ---------------------------------------------------------------------------------------
+class VideoInfo(BaseModel):
+    width: int
+    height: int
+    fps: float
+    frames: int
+    duration_s: float | None = None
+    codec: str | None = None
+    rotation: int | None = None
+
+
+class JobCreated(BaseModel):
+    job_id: str
+    status: str
+    status_url: str
+    result_url: str
+    video: dict[str, Any] = Field(description="what the clip's container says: width, height, fps, frames, …")
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    status: str = Field(description="queued | running | succeeded | failed | cancelled")
+    progress: float = Field(ge=0, le=1)
+    frames_done: int
+    frames_total: int
+    error: str | None
+    render: bool
+    created: float = Field(description="Unix seconds")
+    finished: float | None
+
+
+class JobDeleted(BaseModel):
+    job_id: str
+    status: str
+    deleted: bool
+
+
+class TrackedPerson(BaseModel):
+    track_id: int
+    bbox: list[float] = Field(description="x1, y1, x2, y2")
+    score: float
+    keypoints: list[list[float]] = Field(description="17 × [x, y, score]")
+
+
+class VideoFrame(BaseModel):
+    frame: int
+    time: float = Field(description="seconds from the start of the clip")
+    people: list[TrackedPerson]
+
+
+class Track(BaseModel):
+    track_id: int
+    first_frame: int
+    last_frame: int
+    frames: int
+
+
+class VideoResult(BaseModel):
+    video: dict[str, Any]
+    model: ModelRef
+    detector: ModelRef
+    keypoint_names: list[str]
+    tracks: list[Track]
+    frames: list[VideoFrame]
+    stats: dict[str, Any]
