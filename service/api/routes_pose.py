@@ -6,20 +6,22 @@ import contextlib
 import json
 import time
 import uuid
+from typing import Literal
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ..broker import JobResult, PoseJob
 from ..errors import InvalidParameter, PoseKDError
+from ..formats import coco_results
 from ..images import PixelBudget, check_declared_type, decode_image, inspect_image
 from ..keypoints import COCO17
 from ..pipeline import ImageTask
 from ..store import ModelSpec
 from .bodies import form_files, is_multipart, read_body
-from .schemas import BatchResponse, ErrorResponse, PoseResponse
+from .schemas import BatchResponse, CocoResult, ErrorResponse, PoseResponse
 from .security import RequireKey
 
 router = APIRouter(prefix="/v1", tags=["pose"], dependencies=[RequireKey])
@@ -42,6 +44,9 @@ ModelQ = Query(None, description="pose model: name, name:version or name@alias (
 DetectorQ = Query(None, description="person detector, same forms as model", max_length=140)
 MinScoreQ = Query(None, ge=0.0, le=1.0, description="drop people whose score (mean keypoint score) is lower")
 MaxPeopleQ = Query(None, ge=1, description="at most this many people per image (capped by POSEKD_MAX_PEOPLE)")
+FormatQ = Query("posekd", description="`posekd` (this API's shape) or `coco`: a JSON array of COCO keypoint "
+                                       "results (image_id, category_id, flat keypoints, xywh bbox, score) that "
+                                       "pycocotools reads as is")
 BoxesQ = Query(None, max_length=20000, description="person boxes to use instead of the detector: "
                                                     "JSON [[x1,y1,x2,y2],...] in image pixels")
 
@@ -124,8 +129,8 @@ async def _submit(request: Request, job: PoseJob, timeout: float) -> JobResult:
     raise PoseKDError("the client closed the connection before the answer", code="client_closed", status=499)
 
 
-async def _run(request: Request, images: list[bytes], model, detector, min_score, max_people,
-               boxes) -> JobResult:
+async def _run(request: Request, images: list[bytes], model, detector, min_score, max_people, boxes,
+               draw_on: list | None = None) -> tuple[dict, dict | None, JobResult]:
     state = request.app.state.service
     s = state.settings
     if max_people is not None and max_people > s.max_people:
@@ -143,9 +148,35 @@ async def _run(request: Request, images: list[bytes], model, detector, min_score
         tasks = [ImageTask(im, parsed_boxes, min_score, max_people, scale, data, size)
                  for im, scale, data, size in decoded]
         result = await _submit(request, PoseJob(pose_ref, det_ref, tasks), s.request_timeout_s)
+        if draw_on is not None:  # the annotated picture, drawn while the pixels are still admitted
+            draw_on.append(await run_in_threadpool(_draw, s, tasks[0], images[0], result.results[0]))
     finally:
         PixelBudget.shared(s.max_decode_pixels, s.decode_wait_s).release(sum(held))
     return pose_info, det_info, result
+
+
+def _draw(s, task: ImageTask, data: bytes, res) -> np.ndarray:
+    """The picture with the people drawn (reduced like the pipeline saw it; in Redis mode the API did
+    not decode the upload, so it does here, under the same budget)."""
+    from ..video.render import draw
+    image, scale = task.image, task.scale
+    if image is None:
+        budget = PixelBudget.shared(s.max_decode_pixels, s.decode_wait_s)
+        d = decode_image(data, max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels,
+                         max_side=s.decode_max_side, budget=budget)
+        budget.release(d.held)
+        image, scale = d.image, d.scale
+    return draw(image, [p.as_dict() for p in res.people], min_score=0.2, scale=scale)
+
+
+async def _one_image(request: Request) -> bytes:
+    """The single image of a request: multipart field ``image`` or the raw body."""
+    s = request.app.state.service.settings
+    if is_multipart(request):
+        body = await read_body(request, s.max_image_bytes + 64 * 1024)
+        return (await form_files(request, body, "image", 1))[0]
+    check_declared_type(request.headers.get("content-type"))
+    return await read_body(request, s.max_image_bytes)
 
 
 def _image_response(res, pose_info, det_info, queue_s, t0) -> dict:
@@ -161,29 +192,57 @@ def _image_response(res, pose_info, det_info, queue_s, t0) -> dict:
     }
 
 
-@router.post("/pose", response_model=PoseResponse, responses=_ERRORS, openapi_extra=_IMAGE_BODY,
+@router.post("/pose", response_model=PoseResponse | list[CocoResult], responses=_ERRORS, openapi_extra=_IMAGE_BODY,
              summary="Keypoints of every person in one image")
 async def pose(request: Request, model: str | None = ModelQ, detector: str | None = DetectorQ,
                min_score: float | None = MinScoreQ, max_people: int | None = MaxPeopleQ,
-               boxes: str | None = BoxesQ):
+               boxes: str | None = BoxesQ, format: Literal["posekd", "coco"] = FormatQ,
+               image_id: int = Query(0, ge=0, le=2**53, description="the image_id of `format=coco` results")):
     """Send the image as multipart field `image`, or as the raw body with an `image/*` content type."""
     t0 = time.perf_counter()
-    s = request.app.state.service.settings
-    if is_multipart(request):
-        body = await read_body(request, s.max_image_bytes + 64 * 1024)
-        data = (await form_files(request, body, "image", 1))[0]
-    else:
-        check_declared_type(request.headers.get("content-type"))
-        data = await read_body(request, s.max_image_bytes)
+    data = await _one_image(request)
     pose_info, det_info, result = await _run(request, [data], model, detector, min_score, max_people, boxes)
+    if format == "coco":
+        return JSONResponse(coco_results((p.as_dict() for p in result.results[0].people), image_id))
     return JSONResponse(_image_response(result.results[0], pose_info, det_info, result.queue_s, t0))
 
 
-@router.post("/pose/batch", response_model=BatchResponse, responses=_ERRORS, openapi_extra=_BATCH_BODY,
-             summary="Keypoints for several images in one request")
+_RENDERED = {200: {"description": "the image with boxes, skeletons and scores drawn (JPEG or PNG); the "
+                                  "people's JSON is in the `X-PoseKD-People` header count and `/v1/pose`",
+                   "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+                               "image/png": {"schema": {"type": "string", "format": "binary"}}}}}
+
+
+@router.post("/pose/render", response_class=Response, responses={**_ERRORS, **_RENDERED},
+             openapi_extra=_IMAGE_BODY, summary="The same request as /v1/pose, answered with the skeletons drawn")
+async def pose_render(request: Request, model: str | None = ModelQ, detector: str | None = DetectorQ,
+                      min_score: float | None = MinScoreQ, max_people: int | None = MaxPeopleQ,
+                      boxes: str | None = BoxesQ,
+                      image_type: Literal["jpeg", "png"] = Query("jpeg", alias="type",
+                                                                 description="`jpeg` (default) or `png`")):
+    """An annotated picture for people rather than programs: large images come back reduced to about
+    `POSEKD_DECODE_MAX_SIDE` on the long side."""
+    import cv2
+    t0 = time.perf_counter()
+    data = await _one_image(request)
+    drawn: list = []
+    _, _, result = await _run(request, [data], model, detector, min_score, max_people, boxes, draw_on=drawn)
+    ok, buf = cv2.imencode(".png" if image_type == "png" else ".jpg", drawn[0])
+    if not ok:
+        raise PoseKDError("the annotated image could not be encoded", code="internal_error", status=500)
+    return Response(buf.tobytes(), media_type=f"image/{image_type}",
+                    headers={"X-PoseKD-People": str(len(result.results[0].people)),
+                             "X-PoseKD-Time-Ms": f"{(time.perf_counter() - t0) * 1000:.1f}"})
+
+
+@router.post("/pose/batch", response_model=BatchResponse | list[CocoResult], responses=_ERRORS,
+             openapi_extra=_BATCH_BODY, summary="Keypoints for several images in one request")
 async def pose_batch(request: Request, model: str | None = ModelQ, detector: str | None = DetectorQ,
                      min_score: float | None = MinScoreQ, max_people: int | None = MaxPeopleQ,
-                     boxes: str | None = BoxesQ):
+                     boxes: str | None = BoxesQ, format: Literal["posekd", "coco"] = FormatQ,
+                     image_ids: str | None = Query(None, max_length=4000, pattern=r"^\d{1,16}(,\d{1,16})*$",
+                                                   description="`format=coco`: comma-separated image_id per "
+                                                               "image, in order (default 0, 1, 2, …)")):
     """Send the images as repeated multipart fields `images`; `boxes`, when given, apply to every image."""
     t0 = time.perf_counter()
     s = request.app.state.service.settings
@@ -192,7 +251,13 @@ async def pose_batch(request: Request, model: str | None = ModelQ, detector: str
                           code="unsupported_media_type", status=415)
     body = await read_body(request, s.max_batch_bytes)
     files = await form_files(request, body, "images", s.max_batch_images)
+    ids = [int(v) for v in image_ids.split(",")] if image_ids else list(range(len(files)))
+    if len(ids) != len(files):
+        raise InvalidParameter(f"{len(ids)} image_ids for {len(files)} images")
     pose_info, det_info, result = await _run(request, files, model, detector, min_score, max_people, boxes)
+    if format == "coco":
+        return JSONResponse([r for res, i in zip(result.results, ids)
+                             for r in coco_results((p.as_dict() for p in res.people), i)])
     results = [_image_response(res, pose_info, det_info, result.queue_s, t0) for res in result.results]
     return JSONResponse({"results": results,
                          "timing_ms": {"total": round((time.perf_counter() - t0) * 1000, 2)}})

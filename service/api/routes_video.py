@@ -1,9 +1,11 @@
 """Video jobs: ``POST /v1/videos``, ``GET /v1/jobs/{id}`` (+ ``/result``, ``/video``), ``DELETE``."""
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -11,11 +13,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from ..errors import InvalidParameter, PayloadTooLarge, PoseKDError
+from ..formats import posetrack
 from ..store import ModelSpec
 from ..video import decode
 from ..video.jobs import FINAL, Job
 from .bodies import parse_form
-from .schemas import ErrorResponse, JobCreated, JobDeleted, JobStatus, VideoResult
+from .schemas import ErrorResponse, JobCreated, JobDeleted, JobStatus, PoseTrackDocument, VideoResult
 from .security import RequireKey
 
 router = APIRouter(prefix="/v1", tags=["video"], dependencies=[RequireKey])
@@ -107,13 +110,20 @@ def _not_finished(job: Job) -> PoseKDError:
                        status=409)
 
 
-@router.get("/jobs/{job_id}/result", response_model=VideoResult, responses=_OUTPUT_ERRORS,
+@router.get("/jobs/{job_id}/result", response_model=VideoResult | PoseTrackDocument, responses=_OUTPUT_ERRORS,
             summary="Tracked poses (409 until the job succeeded)")
-async def job_result(request: Request, job_id: str):
+async def job_result(request: Request, job_id: str,
+                     format: Literal["posekd", "posetrack"] = Query(
+                         "posekd", description="`posekd` (frames and tracks) or `posetrack`: a PoseTrack/COCO "
+                                               "document (images per frame, annotations with track_id) that "
+                                               "pycocotools and tracking evaluators read as is"),
+                     video_id: int = Query(1, ge=1, le=10**9, description="`posetrack`: the video's id")):
     job = await _job(request, job_id)
     if job.status != "succeeded":
         raise _not_finished(job)
     data = await run_in_threadpool(request.app.state.service.jobs.result, job_id)
+    if format == "posetrack":
+        return JSONResponse(posetrack(json.loads(data), video_id=video_id, name=job_id))
     return Response(data, media_type="application/json")
 
 

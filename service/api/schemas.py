@@ -32,6 +32,16 @@ class PoseResponse(BaseModel):
     timing_ms: dict[str, float]
 
 
+class CocoResult(BaseModel):
+    """One person as a COCO keypoint result (``format=coco``)."""
+    image_id: int
+    category_id: int = Field(description="1: person")
+    keypoints: list[float] = Field(description="51 numbers: x, y, score per COCO-17 keypoint")
+    bbox: list[float] = Field(description="x, y, width, height")
+    score: float
+    track_id: int | None = Field(None, description="video results only")
+
+
 class BatchResponse(BaseModel):
     results: list[PoseResponse]
     timing_ms: dict[str, float]
@@ -206,3 +216,10 @@ class VideoResult(BaseModel):
     tracks: list[Track]
     frames: list[VideoFrame]
     stats: dict[str, Any]
+
+
+class PoseTrackDocument(BaseModel):
+    """``GET /v1/jobs/{id}/result?format=posetrack``: COCO layout, one image per frame."""
+    images: list[dict[str, Any]]
+    annotations: list[dict[str, Any]] = Field(description="COCO keypoint annotations plus track_id")
+    categories: list[dict[str, Any]]

@@ -17,23 +17,27 @@ def _color(track_id: int) -> tuple[int, int, int]:
     return int(b * 255), int(g * 255), int(r * 255)
 
 
-def draw(image: np.ndarray, people: list[dict], min_score: float = 0.2) -> np.ndarray:
+def draw(image: np.ndarray, people: list[dict], min_score: float = 0.2, scale: float = 1.0) -> np.ndarray:
+    """Boxes, skeletons and labels (``#track`` for tracked people, the score otherwise) over a copy of
+    ``image``; coordinates are divided by ``scale`` (an image decoded reduced)."""
     import cv2
     out = image.copy()
-    for person in people:
-        color = _color(person["track_id"])
-        x1, y1, x2, y2 = (int(round(v)) for v in person["bbox"])
-        cv2.rectangle(out, (x1, y1), (x2, y2), color, 1, cv2.LINE_AA)
-        cv2.putText(out, f"#{person['track_id']}", (x1, max(y1 - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1,
+    thick = max(1, round(max(image.shape[:2]) / 500))
+    for i, person in enumerate(people):
+        color = _color(person.get("track_id", i))
+        x1, y1, x2, y2 = (int(round(v / scale)) for v in person["bbox"])
+        cv2.rectangle(out, (x1, y1), (x2, y2), color, thick, cv2.LINE_AA)
+        label = f"#{person['track_id']}" if "track_id" in person else f"{person['score']:.2f}"
+        cv2.putText(out, label, (x1, max(y1 - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * thick, color, thick,
                     cv2.LINE_AA)
-        kps = person["keypoints"]
+        kps = [(x / scale, y / scale, s) for x, y, s in person["keypoints"]]
         for a, b in SKELETON:
             if kps[a][2] >= min_score and kps[b][2] >= min_score:
-                cv2.line(out, (int(kps[a][0]), int(kps[a][1])), (int(kps[b][0]), int(kps[b][1])), color, 2,
+                cv2.line(out, (int(kps[a][0]), int(kps[a][1])), (int(kps[b][0]), int(kps[b][1])), color, 2 * thick,
                          cv2.LINE_AA)
         for x, y, s in kps:
             if s >= min_score:
-                cv2.circle(out, (int(x), int(y)), 3, color, -1, cv2.LINE_AA)
+                cv2.circle(out, (int(x), int(y)), 3 * thick, color, -1, cv2.LINE_AA)
     return out
 
 
