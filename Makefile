@@ -38,7 +38,7 @@ bench: $(VENV)/.dev
 	$(BIN)/posekd bench video
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check service distill tests bench
+	$(BIN)/ruff check service distill tests bench posekd
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -22,7 +22,7 @@ from .. import __version__, metrics
 from ..errors import PoseKDError
 from ..logs import REQUEST_ID
 from ..settings import Settings, get_settings
-from . import docs, routes_health, routes_models, routes_pose, routes_video
+from . import demo, docs, routes_health, routes_models, routes_pose, routes_video
 from .context import RequestContextMiddleware
 from .state import ServiceState
 
@@ -135,6 +135,7 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
                            max_age=600)
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
     docs.mount(app)
+    demo.mount(app)
 
     @app.exception_handler(PoseKDError)
     async def _domain_error(request: Request, exc: PoseKDError):
