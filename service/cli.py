@@ -103,6 +103,7 @@ def cmd_pose(args) -> int:
     if not paths:
         raise PoseKDError("no images given (JPEG, PNG, WebP or BMP files, or folders of them)", status=2)
     if args.url:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         client = Client(args.url, api_key=args.api_key)
         def run(path):
             return client.pose(path, model=args.model, detector=args.detector, min_score=args.min_score)
