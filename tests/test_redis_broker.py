@@ -189,3 +189,24 @@ def test_unreachable_redis_answers_503_at_once_and_is_not_ready():
 
     err, ready = asyncio.run(main())
     assert err.status == 503 and err.retry_after and not ready
+
+
+def test_redis_mode_job_routes_refuse_ids_that_are_not_job_ids(store, redis_url, redis_prefix):
+    """A job id with a suffix named another key (``<id>:result``, a string): WRONGTYPE, a 500. Ids are
+    checked against the one job-id pattern before any key is built."""
+    from fastapi.testclient import TestClient
+
+    from service.api import create_app
+    from service.settings import Settings
+
+    raw = redis.Redis.from_url(redis_url)
+    job_id = "ab" * 16
+    raw.set(f"{redis_prefix}:job:{job_id}:result", b"{}", ex=60)
+    settings = Settings(model_store=store.root, default_pose_model="tiny-pose", default_detector="tiny-det",
+                        redis_url=redis_url, redis_prefix=redis_prefix, require_workers=False, store_poll_s=0)
+    with TestClient(create_app(settings)) as client:
+        for path in (f"/v1/jobs/{job_id}:result", f"/v1/jobs/{job_id}:clip/result", "/v1/jobs/x..y",
+                     f"/v1/jobs/{'a' * 300}"):
+            r = client.get(path)
+            assert r.status_code == 404 and r.json()["error"]["code"] == "job_not_found", (path, r.text)
+        assert client.get(f"/v1/jobs/{job_id}").status_code == 404  # well-formed, unknown

@@ -245,3 +245,14 @@ def test_a_real_clip_through_the_api_with_the_committed_students(tmp_path):
     assert longest["frames"] > 250  # one person, one track for (nearly) the whole clip
     with_person = [f for f in result["frames"] if f["people"]]
     assert len(with_person) > 250
+
+
+def test_the_embedded_temp_video_folder_goes_with_the_service(settings):
+    from fastapi.testclient import TestClient
+
+    from service.api import create_app
+    settings.video_dir = None
+    with TestClient(create_app(settings)) as client:
+        folder = client.app.state.service.jobs.root
+        assert folder.is_dir() and folder.name.startswith("posekd-videos-")
+    assert not folder.exists()  # no posekd-videos-* left behind in the temp directory
