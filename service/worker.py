@@ -13,12 +13,10 @@ import signal
 import socket
 import threading
 
-from . import metrics
+from . import composition, metrics
 from .broker.consumer import StreamConsumer
-from .pipeline import PosePipeline
-from .pipeline.runtime import OnnxModel
 from .settings import Settings
-from .store import ModelRegistry, ModelStore
+from .store import ModelRegistry
 from .video.jobs import RedisJobStore
 from .video.runner import VideoConsumer
 
@@ -43,20 +41,17 @@ def report_device(settings: Settings, registry: ModelRegistry) -> None:
 
 
 def build(settings: Settings) -> tuple[StreamConsumer, VideoConsumer]:
-    store = ModelStore(settings.model_store)
-    registry = ModelRegistry(store, lambda m, data: OnnxModel.from_settings(m, data, settings),
-                             default_alias=settings.default_alias)
-    registry.on_change(lambda: metrics.publish_models(registry))
+    rt = composition.build(settings, "worker")
+    registry, pipeline = rt.registry, rt.pipeline
+    assert isinstance(rt.jobs, RedisJobStore) and settings.redis_url  # the worker role is Redis mode
     errors = registry.preload([settings.default_pose_model, settings.default_detector])
     for spec, err in errors.items():
         log.error("default model %s is not loaded: %s (requests for it will fail)", spec, err)
     metrics.publish_models(registry)
     report_device(settings, registry)
     name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
-    pipeline = PosePipeline.from_settings(settings)
-    videos = VideoConsumer(RedisJobStore(settings.redis_url, settings.redis_prefix, settings.job_ttl_s,
-                                         settings.redis_connect_timeout_s),
-                           name, settings, registry, pipeline, settings.video_visibility_s, settings.worker_stale_s)
+    videos = VideoConsumer(rt.jobs, name, settings, registry, pipeline, settings.video_visibility_s,
+                           settings.worker_stale_s)
     return StreamConsumer(settings.redis_url, name, pipeline, registry, settings,
                           prefix=settings.redis_prefix, max_batch=settings.max_batch,
                           max_delay_ms=settings.max_delay_ms, visibility_timeout_s=settings.visibility_timeout_s,

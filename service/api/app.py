@@ -120,8 +120,7 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(signal.SIGHUP)
             await svc.broker.stop()
-            if svc.video_runner is not None:
-                await run_in_threadpool(svc.video_runner.stop)
+            await run_in_threadpool(svc.videos.stop)
 
     app = FastAPI(title="PoseKD", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Human keypoints (COCO-17) from distilled student models. "

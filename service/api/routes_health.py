@@ -26,8 +26,8 @@ async def _readiness(request: Request) -> tuple[bool, dict]:
     broker_ok = await state.broker.ready()
     models_ok = state.models_ready()
     detail = {"broker": broker_ok, "models": models_ok, "default_models": state.default_specs()}
-    workers = getattr(state.broker, "workers", None)
-    if workers is not None:
+    workers = state.broker.workers
+    if workers is not None and not state.broker.runs_models:  # Redis mode: the live worker processes
         detail["workers"] = workers
     if state.preload_errors:
         detail["errors"] = state.preload_errors

@@ -83,7 +83,7 @@ async def _read_images(state, images: list[bytes], held: list[int]) -> list[tupl
     """(pixels, scale, data, size) per upload. A broker whose workers decode elsewhere (Redis, ``encoded``
     payload) gets the checked bytes: the header is read here, the pixels by the worker."""
     s = state.settings
-    decode = getattr(state.broker, "wants_pixels", True)
+    decode = state.broker.wants_pixels
     out = []
     for i, data in enumerate(images):
         try:

@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from ..errors import InvalidParameter, PayloadTooLarge, PoseKDError
+from ..errors import InvalidParameter, Overloaded, PayloadTooLarge, PoseKDError
 from ..formats import posetrack
 from ..store import ModelSpec
 from ..video import decode
@@ -69,8 +69,7 @@ async def create_video_job(request: Request,
                            smoothing: bool | None = Query(None, description="One-Euro smoothing of keypoints")):
     state = request.app.state.service
     s = state.settings
-    if state.video_runner is None:  # Redis mode: workers run the jobs; never queue one nobody runs
-        await state.broker.require_a_worker()
+    await state.broker.require_a_worker()  # Redis mode: never queue a job nobody runs
     for spec, task in ((model or s.default_pose_model, "pose"), (detector or s.default_detector, "person_detection")):
         await run_in_threadpool(state.registry.get, ModelSpec.parse(spec), task)  # 404 before the upload is kept
     tmp = Path(tempfile.mkdtemp(prefix="posekd-upload-"))
@@ -84,8 +83,12 @@ async def create_video_job(request: Request,
         await run_in_threadpool(state.jobs.create, job, clip)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if state.video_runner is not None:
-        state.video_runner.submit(job.id)
+    try:
+        await run_in_threadpool(state.videos.submit, job.id)
+    except Exception as exc:  # never a job that stays queued for nobody: say so, and fail it
+        await run_in_threadpool(state.jobs.finish, job.id, "failed", f"could not be queued: {exc}")
+        raise Overloaded("the video queue is unavailable; submit the clip again", retry_after=2,
+                         code="broker_unavailable") from None
     url = f"/v1/jobs/{job.id}"
     return JSONResponse({"job_id": job.id, "status": job.status, "status_url": url,
                          "result_url": url + "/result", "video": info.as_dict()},

@@ -1,68 +1,68 @@
-"""What the API holds while it runs: settings, store, registry, pipeline and broker."""
+"""What the API holds while it runs: the runtime built for the ``api`` role (store, registry,
+pipeline, broker, video queue, job store — see :mod:`service.composition`) and what start-up found."""
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 
-from .. import metrics
-from ..broker import Broker, LocalBroker
-from ..broker.redis import RedisBroker
+from ..broker import Broker
+from ..broker.videos import VideoQueue
+from ..composition import Runtime, build
 from ..errors import PoseKDError
 from ..pipeline import PosePipeline
-from ..pipeline.runtime import OnnxModel
 from ..settings import Settings
 from ..store import ModelRegistry, ModelSpec, ModelStore
-from ..video.jobs import JobStore, LocalJobStore, RedisJobStore
-from ..video.runner import LocalRunner
+from ..video.jobs import JobStore
 
 log = logging.getLogger("posekd.api")
 
 
 @dataclass
 class ServiceState:
-    settings: Settings
-    store: ModelStore
-    registry: ModelRegistry
-    pipeline: PosePipeline
-    broker: Broker
-    preload_errors: dict[str, str]
-    jobs: JobStore | None = None
-    video_runner: LocalRunner | None = None  # embedded mode; in Redis mode the workers run the jobs
+    runtime: Runtime
+    preload_errors: dict[str, str] = field(default_factory=dict)
     warmed: list[str] = field(default_factory=list)  # name:version of the models run once at start
 
     @classmethod
     def build(cls, settings: Settings) -> ServiceState:
-        store = ModelStore(settings.model_store)
-        # In Redis mode the workers run the models; the API only verifies them (sha256) and resolves names.
-        loader = (lambda m, data: None) if settings.redis_url else (
-            lambda m, data: OnnxModel.from_settings(m, data, settings))
-        registry = ModelRegistry(store, loader, default_alias=settings.default_alias)
-        registry.on_change(lambda: metrics.publish_models(registry))
-        pipeline = PosePipeline.from_settings(settings)
-        broker: Broker
-        if settings.redis_url:
-            broker = RedisBroker(settings.redis_url, prefix=settings.redis_prefix, queue_max=settings.queue_max,
-                                 payload=settings.redis_payload, connect_timeout_s=settings.redis_connect_timeout_s,
-                                 op_timeout_s=settings.redis_op_timeout_s, reply_ttl_s=settings.reply_ttl_s,
-                                 worker_stale_s=settings.worker_stale_s, require_workers=settings.require_workers,
-                                 max_connections=settings.redis_max_connections)
-        else:
-            broker = LocalBroker(pipeline, registry, max_batch=settings.max_batch,
-                                 max_delay_ms=settings.max_delay_ms, queue_max=settings.queue_max,
-                                 workers=settings.workers)
-        if settings.redis_url:
-            jobs: JobStore = RedisJobStore(settings.redis_url, settings.redis_prefix, settings.job_ttl_s,
-                                           settings.redis_connect_timeout_s)
-            runner = None
-        else:
-            jobs = LocalJobStore(settings.video_dir, settings.job_ttl_s)
-            runner = LocalRunner(jobs, settings, registry, pipeline, settings.video_workers)
-        return cls(settings, store, registry, pipeline, broker, {}, jobs, runner)
+        return cls(build(settings, "api"))
+
+    # the parts, typed, for the routes
+    @property
+    def settings(self) -> Settings:
+        return self.runtime.settings
+
+    @property
+    def store(self) -> ModelStore:
+        return self.runtime.store
+
+    @property
+    def registry(self) -> ModelRegistry:
+        return self.runtime.registry
+
+    @property
+    def pipeline(self) -> PosePipeline:
+        return self.runtime.pipeline
+
+    @property
+    def broker(self) -> Broker:
+        assert self.runtime.broker is not None  # the api role always has one
+        return self.runtime.broker
+
+    @property
+    def videos(self) -> VideoQueue:
+        assert self.runtime.videos is not None
+        return self.runtime.videos
+
+    @property
+    def jobs(self) -> JobStore:
+        assert self.runtime.jobs is not None
+        return self.runtime.jobs
 
     @property
     def runs_models(self) -> bool:
         """False in Redis mode: the workers load and run the models; the API only resolves names."""
-        return isinstance(self.broker, LocalBroker)
+        return self.broker.runs_models
 
     def default_specs(self) -> list[str]:
         return [self.settings.default_pose_model, self.settings.default_detector]

@@ -35,7 +35,28 @@ class JobResult:
 
 
 class Broker(abc.ABC):
+    """What the API needs from the queue in either mode. The defaults describe the embedded broker;
+    the Redis broker overrides them."""
     name = "broker"
+
+    @property
+    def wants_pixels(self) -> bool:
+        """True when uploads must be decoded before ``submit`` (in-process, or Redis with raw payload)."""
+        return True
+
+    @property
+    def runs_models(self) -> bool:
+        """True when this process runs the models itself (embedded mode)."""
+        return True
+
+    @property
+    def workers(self) -> int | None:
+        """Workers ready to serve (inference threads here; live worker processes in Redis mode)."""
+        return None
+
+    async def require_a_worker(self) -> None:
+        """Raise Overloaded (503 ``no_workers``) when no worker would run queued work; no-op here."""
+        return None
 
     @abc.abstractmethod
     async def start(self) -> None: ...

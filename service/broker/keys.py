@@ -26,6 +26,11 @@ class RedisKeys:
         return f"{self.prefix}:cancelled:{job_id}"
 
     @property
+    def videos(self) -> str:
+        """The video job stream: one entry (``job``: id) per queued job."""
+        return f"{self.prefix}:videos"
+
+    @property
     def workers(self) -> str:
         """Sorted set of worker names scored by their last heartbeat (Unix seconds)."""
         return f"{self.prefix}:workers"

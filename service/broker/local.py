@@ -60,6 +60,10 @@ class LocalBroker(Broker):
     def depth(self) -> int:
         return self._depth
 
+    @property
+    def workers(self) -> int | None:
+        return sum(1 for t in self._threads if t.is_alive())
+
     async def ready(self) -> bool:
         return self._accepting and any(t.is_alive() for t in self._threads)
 

@@ -119,6 +119,10 @@ class RedisBroker(Broker):
     def wants_pixels(self) -> bool:
         return self.payload == "raw"
 
+    @property
+    def runs_models(self) -> bool:
+        return False  # workers do; this process only resolves names and checks files
+
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self._redis = connect(self.url, self.connect_timeout_s, self.op_timeout_s, self.max_connections)

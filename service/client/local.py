@@ -17,19 +17,17 @@ class Estimator:
 
     def __init__(self, model: str | None = None, detector: str | None = None, *, store: str | Path | None = None,
                  settings=None):
-        from ..pipeline import PosePipeline
-        from ..pipeline.runtime import OnnxModel
+        from ..composition import build
         from ..settings import get_settings
-        from ..store import ModelRegistry, ModelStore
 
-        self.settings = settings or get_settings()
-        s = self.settings
-        self.registry = ModelRegistry(ModelStore(store or s.model_store),
-                                      lambda m, data: OnnxModel.from_settings(m, data, s),
-                                      default_alias=s.default_alias)
+        s = settings or get_settings()
+        if store is not None:
+            s = s.model_copy(update={"model_store": Path(store)})
+        self.settings = s
+        rt = build(s, "offline")
+        self.registry, self.pipeline = rt.registry, rt.pipeline
         self.pose_model = self.registry.get(model or s.default_pose_model, task="pose")
         self.detector = self.registry.get(detector or s.default_detector, task="person_detection")
-        self.pipeline = PosePipeline.from_settings(s)
 
     @property
     def names(self) -> tuple[str, str]:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..store.manifest import Manifest
+from ..store.manifest import Manifest, graph_outputs
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -43,14 +43,8 @@ class OnnxModel:
         self.session = ort.InferenceSession(data, opts, providers=choose_providers(device, cuda_device_id))
         self.manifest = manifest
         self.provider = self.session.get_providers()[0]
+        self.output_names = graph_outputs(manifest, self.session)
         inputs = {i.name: i for i in self.session.get_inputs()}
-        if manifest.input.name not in inputs:
-            raise ValueError(f"the graph has no input {manifest.input.name!r} (it has {sorted(inputs)})")
-        graph_outputs = [o.name for o in self.session.get_outputs()]
-        self.output_names = manifest.output.names or graph_outputs
-        missing = [n for n in self.output_names if n not in graph_outputs]
-        if missing:
-            raise ValueError(f"the graph has no outputs {missing} (it has {graph_outputs})")
         batch_dim = inputs[manifest.input.name].shape[0]
         fixed = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else 0
         self.max_batch = manifest.input.max_batch or fixed  # 0: any

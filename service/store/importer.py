@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ManifestError
-from .manifest import Manifest, sha256_file
+from .manifest import Manifest, graph_outputs, sha256_file
 from .store import ModelStore
 from .teachers import TEACHERS, teacher_manifest
 
@@ -48,8 +48,11 @@ def import_model(store: ModelStore, onnx_path: Path | str, fields: dict[str, Any
     manifest = store.add_version(onnx_path, fields)
     if validate:
         try:
-            from ..pipeline.runtime import OnnxModel
-            OnnxModel(manifest, onnx_path.read_bytes(), device="cpu", intra_threads=1)
+            import onnxruntime as ort
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads, opts.log_severity_level = 1, 3
+            graph_outputs(manifest, ort.InferenceSession(onnx_path.read_bytes(), opts,
+                                                         providers=["CPUExecutionProvider"]))
         except Exception as exc:
             shutil.rmtree(store.version_dir(manifest.name, manifest.version), ignore_errors=True)
             raise ManifestError(f"{onnx_path} does not run as described: {exc}") from exc

@@ -104,6 +104,21 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def graph_outputs(manifest: Manifest, session) -> list[str]:
+    """The output names to fetch from an ONNX Runtime session for this manifest (all of the graph's
+    when the manifest names none); ValueError when the graph lacks the manifest's input or outputs.
+    Used by the importer (validation) and by the runtime (loading), so both apply one rule."""
+    inputs = [i.name for i in session.get_inputs()]
+    if manifest.input.name not in inputs:
+        raise ValueError(f"the graph has no input {manifest.input.name!r} (it has {sorted(inputs)})")
+    available = [o.name for o in session.get_outputs()]
+    names = list(manifest.output.names) or available
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise ValueError(f"the graph has no outputs {missing} (it has {available})")
+    return names
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -186,16 +186,13 @@ class LocalJobStore(JobStore):
 # ---- Redis mode --------------------------------------------------------------------------------
 class RedisJobStore(JobStore):
     """Keys (prefix ``POSEKD_REDIS_PREFIX``): ``job:{id}`` hash, ``job:{id}:clip``, ``job:{id}:result``,
-    ``job:{id}:overlay``; the ``videos`` stream carries one entry per job for the workers."""
-
-    GROUP = "video-workers"
+    ``job:{id}:overlay`` — state and results only; queueing is :class:`~service.broker.videos.RedisVideoQueue`'s."""
 
     def __init__(self, url: str, prefix: str = "posekd", ttl_s: float = 3600.0, connect_timeout_s: float = 1.0):
         import redis
         self.redis = redis.Redis.from_url(url, socket_connect_timeout=connect_timeout_s, socket_timeout=30)
         self.prefix = prefix
         self.ttl_s = ttl_s
-        self.stream = f"{prefix}:videos"
 
     def _key(self, job_id: str, part: str = "") -> str:
         return f"{self.prefix}:job:{_checked(job_id)}" + (f":{part}" if part else "")
@@ -210,7 +207,6 @@ class RedisJobStore(JobStore):
             pipe.hset(self._key(job.id), mapping=fields)
             pipe.set(self._key(job.id, "clip"), clip.read_bytes())
             self._expire_all(pipe, job.id, self.ttl_s * 2)  # queued or running jobs get room
-            pipe.xadd(self.stream, {"job": job.id})
             pipe.execute()
         clip.unlink(missing_ok=True)
 

@@ -6,20 +6,17 @@ import sys
 import time
 from pathlib import Path
 
-from ..pipeline import PosePipeline
-from ..pipeline.runtime import OnnxModel
+from ..composition import build
 from ..settings import Settings
-from ..store import ModelRegistry, ModelStore
 from . import decode
 from .processor import VideoOptions, VideoProcessor
 
 
 def load(settings: Settings, model: str | None, detector: str | None):
-    registry = ModelRegistry(ModelStore(settings.model_store), lambda m, d: OnnxModel.from_settings(m, d, settings),
-                             default_alias=settings.default_alias)
-    pose = registry.get(model or settings.default_pose_model, task="pose")
-    det = registry.get(detector or settings.default_detector, task="person_detection")
-    return PosePipeline.from_settings(settings), pose, det
+    rt = build(settings, "offline")
+    pose = rt.registry.get(model or settings.default_pose_model, task="pose")
+    det = rt.registry.get(detector or settings.default_detector, task="person_detection")
+    return rt.pipeline, pose, det
 
 
 class Progress:

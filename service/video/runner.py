@@ -15,6 +15,7 @@ from pathlib import Path
 from .. import metrics
 from ..broker.keys import RedisKeys
 from ..broker.liveness import dead, holders
+from ..broker.videos import RedisVideoQueue, VideoQueue
 from ..errors import PoseKDError
 from . import decode
 from .jobs import FINAL, JobStore, LocalJobStore, RedisJobStore
@@ -85,8 +86,8 @@ def process(store: JobStore, job_id: str, settings, registry, pipeline, *, stopp
         return status
 
 
-class LocalRunner:
-    """Embedded mode: jobs run on ``workers`` threads in the API process."""
+class LocalRunner(VideoQueue):
+    """Embedded mode: the video queue is ``workers`` threads in the API process."""
 
     def __init__(self, store: LocalJobStore, settings, registry, pipeline, workers: int = 1):
         self.store, self.settings, self.registry, self.pipeline = store, settings, registry, pipeline
@@ -122,19 +123,20 @@ class VideoConsumer:
         self.visibility_ms = int(visibility_s * 1000)
         self.stale_ms = int(stale_s * 1000)
         self.workers_key = RedisKeys(store.prefix).workers  # heartbeats: the image consumer writes them
+        self.stream = RedisKeys(store.prefix).videos
         self.stop_event = threading.Event()
 
     def _ensure_group(self) -> None:
         import redis
         try:
-            self.store.redis.xgroup_create(self.store.stream, RedisJobStore.GROUP, id="0", mkstream=True)
+            self.store.redis.xgroup_create(self.stream, RedisVideoQueue.GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
     def _take_over(self):
         """One job entry held by a dead worker (or, past ``visibility_s``, by a hung one), now ours."""
-        r, stream, group = self.store.redis, self.store.stream, RedisJobStore.GROUP
+        r, stream, group = self.store.redis, self.stream, RedisVideoQueue.GROUP
         others = [n for n in holders(r.xpending(stream, group)) if n != self.name]
         beats = r.zmscore(self.workers_key, others) if others else []
         departed = dead(others, beats, time.time(), self.stale_ms / 1000)
@@ -155,7 +157,7 @@ class VideoConsumer:
         return None
 
     def _next(self):
-        r, stream, group = self.store.redis, self.store.stream, RedisJobStore.GROUP
+        r, stream, group = self.store.redis, self.stream, RedisVideoQueue.GROUP
         taken = self._take_over()
         if taken is not None:
             return taken
@@ -166,7 +168,7 @@ class VideoConsumer:
         """Process one job entry and acknowledge it; False when the worker is stopping (the entry is left
         for another worker)."""
         job_id = (fields or {}).get(b"job", b"").decode()
-        r, stream, group = self.store.redis, self.store.stream, RedisJobStore.GROUP
+        r, stream, group = self.store.redis, self.stream, RedisVideoQueue.GROUP
 
         def keep_alive():  # reset the entry's idle time: this worker is alive and on it
             r.xclaim(stream, group, self.name, 0, [entry_id], justid=True)

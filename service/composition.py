@@ -1,0 +1,82 @@
+"""The one place where the parts are wired: :func:`build` turns ``Settings`` and a role into a
+:class:`Runtime` — store, registry, pipeline and, by role and mode, the broker, the video queue and the
+job store. Every "embedded or Redis?" decision of the service is made here; the API, `posekd worker`
+and the offline commands (`posekd video`, the in-process estimator) all start from it.
+
+| role | registry loads models | broker | video queue | job store |
+|---|---|---|---|---|
+| ``api``, embedded | yes | LocalBroker (inference threads) | LocalRunner (threads) | LocalJobStore |
+| ``api``, Redis | no (names and sha256 only) | RedisBroker | RedisVideoQueue | RedisJobStore |
+| ``worker`` (Redis) | yes | — (it *is* the consumer) | — (VideoConsumer) | RedisJobStore |
+| ``offline`` | yes | — | — | — |
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from . import metrics
+from .broker import Broker, LocalBroker
+from .broker.videos import VideoQueue
+from .pipeline import PosePipeline
+from .settings import Settings
+from .store import ModelRegistry, ModelStore
+from .video.jobs import JobStore
+
+Role = Literal["api", "worker", "offline"]
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    role: Role
+    store: ModelStore
+    registry: ModelRegistry
+    pipeline: PosePipeline
+    broker: Broker | None = None
+    videos: VideoQueue | None = None
+    jobs: JobStore | None = None
+
+    @property
+    def redis_mode(self) -> bool:
+        return bool(self.settings.redis_url)
+
+
+def build(settings: Settings, role: Role) -> Runtime:
+    from .pipeline.runtime import OnnxModel
+
+    if role == "worker" and not settings.redis_url:
+        raise ValueError("a worker needs POSEKD_REDIS_URL (the embedded service runs its own inference threads)")
+    runs_models = role != "api" or not settings.redis_url
+    store = ModelStore(settings.model_store)
+    registry = ModelRegistry(store, (lambda m, data: OnnxModel.from_settings(m, data, settings)) if runs_models
+                             else (lambda m, data: None), default_alias=settings.default_alias)
+    pipeline = PosePipeline.from_settings(settings)
+    rt = Runtime(settings, role, store, registry, pipeline)
+    if role == "offline":
+        return rt
+    registry.on_change(lambda: metrics.publish_models(registry))
+    if settings.redis_url:
+        from .video.jobs import RedisJobStore
+        rt.jobs = RedisJobStore(settings.redis_url, settings.redis_prefix, settings.job_ttl_s,
+                                settings.redis_connect_timeout_s)
+    if role == "worker":
+        return rt
+    if settings.redis_url:
+        from .broker.redis import RedisBroker
+        from .broker.videos import RedisVideoQueue
+        rt.broker = RedisBroker(settings.redis_url, prefix=settings.redis_prefix, queue_max=settings.queue_max,
+                                payload=settings.redis_payload, connect_timeout_s=settings.redis_connect_timeout_s,
+                                op_timeout_s=settings.redis_op_timeout_s, reply_ttl_s=settings.reply_ttl_s,
+                                worker_stale_s=settings.worker_stale_s, require_workers=settings.require_workers,
+                                max_connections=settings.redis_max_connections)
+        rt.videos = RedisVideoQueue(settings.redis_url, settings.redis_prefix, settings.redis_connect_timeout_s)
+    else:
+        from .video.jobs import LocalJobStore
+        from .video.runner import LocalRunner
+        rt.broker = LocalBroker(pipeline, registry, max_batch=settings.max_batch, max_delay_ms=settings.max_delay_ms,
+                                queue_max=settings.queue_max, workers=settings.workers)
+        local_jobs = LocalJobStore(settings.video_dir, settings.job_ttl_s)
+        rt.jobs = local_jobs
+        rt.videos = LocalRunner(local_jobs, settings, registry, pipeline, settings.video_workers)
+    return rt
