@@ -4,11 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 from . import __version__
+from .client.cli import add_pose_parser
 from .errors import PoseKDError
 from .logs import install_log_format
 from .settings import get_settings
@@ -58,82 +58,6 @@ def cmd_video(args) -> int:
                                                     else ""), file=sys.stderr)
     if not args.output:
         print(json.dumps(result))
-    return 0
-
-
-# ---- pose (images, from the command line) --------------------------------------------------------
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-
-
-def _image_paths(items: list[str]) -> list[Path]:
-    out: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise PoseKDError(f"no such file or directory: {item}", status=2)
-    return out
-
-
-def _image_id(path: Path, index: int) -> int:
-    """COCO image ids: the number a COCO-style file name is (000000123456.jpg), else the position."""
-    return int(path.stem) if path.stem.isdigit() else index
-
-
-def _progress(done: int, total: int, name: str) -> None:
-    if not sys.stderr.isatty() and done not in (total,):
-        return
-    width = 30
-    filled = int(width * done / max(total, 1))
-    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {name[:40]:<40}", end="",
-          file=sys.stderr, flush=True)
-    if done == total:
-        print(file=sys.stderr)
-
-
-def cmd_pose(args) -> int:
-    import cv2
-
-    from .client import Client, Estimator
-
-    paths = _image_paths(args.images)
-    if not paths:
-        raise PoseKDError("no images given (JPEG, PNG, WebP or BMP files, or folders of them)", status=2)
-    if args.url:
-        logging.getLogger("httpx").setLevel(logging.WARNING)
-        client = Client(args.url, api_key=args.api_key)
-        def run(path):
-            return client.pose(path, model=args.model, detector=args.detector, min_score=args.min_score)
-    else:
-        estimator = Estimator(args.model, args.detector)
-        def run(path):
-            return estimator(path, min_score=args.min_score)
-    render = Path(args.render) if args.render else None
-    if render:
-        render.mkdir(parents=True, exist_ok=True)
-    out: list = []
-    for i, path in enumerate(paths):
-        result = run(path)
-        if args.format == "coco":
-            out += result.to_coco(_image_id(path, i))
-        else:
-            out.append({"file": str(path), **result.to_dict()})
-        if render:
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is not None:
-                cv2.imwrite(str(render / f"{path.stem}.jpg"), result.draw(image))
-        _progress(i + 1, len(paths), path.name)
-    text = json.dumps(out, indent=None if args.format == "coco" else 1)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
-        people = len(out) if args.format == "coco" else sum(len(r["people"]) for r in out)
-        print(f"{len(paths)} images, {people} people -> {args.output}" + (f"; drawn in {render}/" if render else ""),
-              file=sys.stderr)
-    else:
-        print(text)
     return 0
 
 
@@ -262,54 +186,7 @@ def cmd_bench(args, rest: list[str]) -> int:
     return module.main(rest)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="posekd", description="PoseKD pose-estimation service: keypoints for images, "
-                                "tracked poses for clips, from distilled student models. Settings come from "
-                                "POSEKD_* environment variables (see the README).")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.add_argument("--version", action="version", version=f"posekd {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    serve = sub.add_parser("serve", help="run the HTTP service (embedded mode unless POSEKD_REDIS_URL is set)")
-    serve.add_argument("--host", help="address to bind (default POSEKD_HOST, 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default POSEKD_PORT, 8000)")
-    serve.add_argument("--access-log", nargs="?", const="text", choices=["off", "text", "json"],
-                       help="one log line per request, with its request id (default POSEKD_ACCESS_LOG, off; "
-                            "the flag alone: text)")
-    serve.set_defaults(func=cmd_serve)
-
-    worker = sub.add_parser("worker", help="serve the Redis request stream (needs POSEKD_REDIS_URL)")
-    worker.add_argument("--metrics-port", type=int, help="Prometheus port (default POSEKD_METRICS_PORT, 9100; 0: off)")
-    worker.add_argument("--name", help="consumer name in the group (default POSEKD_WORKER_NAME or host-pid)")
-    worker.add_argument("--device-id", type=int, help="CUDA device (default POSEKD_CUDA_DEVICE_ID)")
-    worker.set_defaults(func=cmd_worker)
-
-    pose = sub.add_parser("pose", help="keypoints of the people in images, in this process (or through a "
-                                       "service with --url)")
-    pose.add_argument("images", nargs="+", help="image files, or folders of them")
-    pose.add_argument("-o", "--output", help="write the results here (default: stdout)")
-    pose.add_argument("--format", choices=["posekd", "coco"], default="posekd",
-                      help="posekd: one object per image (file, image size, people); coco: COCO keypoint results "
-                           "for pycocotools (image_id: the file name's number, else the position)")
-    pose.add_argument("--render", metavar="DIR", help="also write each image with its skeletons drawn into DIR")
-    pose.add_argument("--model", help="pose model (default POSEKD_DEFAULT_POSE_MODEL)")
-    pose.add_argument("--detector", help="person detector (default POSEKD_DEFAULT_DETECTOR)")
-    pose.add_argument("--min-score", type=float, help="drop people below this score (default POSEKD_MIN_SCORE)")
-    pose.add_argument("--url", help="use a running service at this URL instead of loading the models here")
-    pose.add_argument("--api-key", default=os.environ.get("POSEKD_API_KEY"),
-                      help="API key for --url (default POSEKD_API_KEY)")
-    pose.set_defaults(func=cmd_pose)
-
-    video = sub.add_parser("video", help="track the people of a clip offline (the video job's code)")
-    video.add_argument("clip", help="the video file (MP4, MOV, AVI, WebM)")
-    video.add_argument("-o", "--output", help="result JSON (default: stdout)")
-    video.add_argument("--render", help="also write the overlay MP4 here")
-    video.add_argument("--model", help="pose model (default POSEKD_DEFAULT_POSE_MODEL)")
-    video.add_argument("--detector", help="person detector (default POSEKD_DEFAULT_DETECTOR)")
-    video.add_argument("--keyframe-interval", type=int, help="detect every K frames (1: every frame)")
-    video.add_argument("--no-smoothing", action="store_true", help="raw keypoints (no One-Euro filter)")
-    video.set_defaults(func=cmd_video)
-
+def _add_models_parser(sub) -> None:
     models = sub.add_parser("models", help="inspect and change the model store")
     models.add_argument("--store", help="store root (default POSEKD_MODEL_STORE or ./model_store)")
     msub = models.add_subparsers(dest="models_command", required=True)
@@ -344,6 +221,43 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--no-alias", action="store_true", help="add the version without moving any alias")
     imp.add_argument("--if-missing", action="store_true", help="skip files already in the store (same sha256)")
     imp.set_defaults(func=cmd_models_import)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="posekd", description="PoseKD pose-estimation service: keypoints for images, "
+                                "tracked poses for clips, from distilled student models. Settings come from "
+                                "POSEKD_* environment variables (see the README).")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"posekd {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP service (embedded mode unless POSEKD_REDIS_URL is set)")
+    serve.add_argument("--host", help="address to bind (default POSEKD_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default POSEKD_PORT, 8000)")
+    serve.add_argument("--access-log", nargs="?", const="text", choices=["off", "text", "json"],
+                       help="one log line per request, with its request id (default POSEKD_ACCESS_LOG, off; "
+                            "the flag alone: text)")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="serve the Redis request stream (needs POSEKD_REDIS_URL)")
+    worker.add_argument("--metrics-port", type=int, help="Prometheus port (default POSEKD_METRICS_PORT, 9100; 0: off)")
+    worker.add_argument("--name", help="consumer name in the group (default POSEKD_WORKER_NAME or host-pid)")
+    worker.add_argument("--device-id", type=int, help="CUDA device (default POSEKD_CUDA_DEVICE_ID)")
+    worker.set_defaults(func=cmd_worker)
+
+    add_pose_parser(sub)
+
+    video = sub.add_parser("video", help="track the people of a clip offline (the video job's code)")
+    video.add_argument("clip", help="the video file (MP4, MOV, AVI, WebM)")
+    video.add_argument("-o", "--output", help="result JSON (default: stdout)")
+    video.add_argument("--render", help="also write the overlay MP4 here")
+    video.add_argument("--model", help="pose model (default POSEKD_DEFAULT_POSE_MODEL)")
+    video.add_argument("--detector", help="person detector (default POSEKD_DEFAULT_DETECTOR)")
+    video.add_argument("--keyframe-interval", type=int, help="detect every K frames (1: every frame)")
+    video.add_argument("--no-smoothing", action="store_true", help="raw keypoints (no One-Euro filter)")
+    video.set_defaults(func=cmd_video)
+
+    _add_models_parser(sub)
 
     bench = sub.add_parser("bench", help="benchmarks (bench/); results go to bench/RESULTS.md")
     bench.add_argument("what", choices=["images", "students", "queue", "video", "soak"],

@@ -89,9 +89,9 @@ async def _watch_store(state: ServiceState, every: float) -> None:
             log.info("model store changed; reloaded: %s", report.as_dict())
 
 
-def create_app(settings: Settings | None = None, *, state: ServiceState | None = None,
-               handle_signals: bool = False) -> FastAPI:
-    settings = settings or get_settings()
+def _lifespan(settings: Settings, state: ServiceState | None, handle_signals: bool):
+    """Start: build (or take) the state, load and warm the models, start the broker, watch the store
+    and SIGHUP. Stop: finish the accepted work, stop the video queue."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -122,9 +122,10 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
             await svc.broker.stop()
             await run_in_threadpool(svc.videos.stop)
 
-    app = FastAPI(title="PoseKD", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Human keypoints (COCO-17) from distilled student models. "
-                              "Errors are `{\"error\": {\"code\", \"message\", \"request_id\"}}`.")
+    return lifespan
+
+
+def _add_middleware(app: FastAPI, settings: Settings) -> None:
     # outermost last: request id (and access log) around everything, then CORS, compression, metrics
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(GZipMiddleware, minimum_size=settings.gzip_min_bytes, compresslevel=5)
@@ -133,8 +134,10 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
                            allow_headers=["*"], expose_headers=["X-Request-ID", "Retry-After", "Location"],
                            max_age=600)
     app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
-    docs.mount(app)
-    demo.mount(app)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error answers ``{"error": {"code", "message", "request_id"}}``, whoever raised it."""
 
     @app.exception_handler(PoseKDError)
     async def _domain_error(request: Request, exc: PoseKDError):
@@ -164,6 +167,19 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unhandled error on %s", request.url.path)
         return error_response(500, "internal_error", "internal error; see the service log")
+
+
+def create_app(settings: Settings | None = None, *, state: ServiceState | None = None,
+               handle_signals: bool = False) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(title="PoseKD", version=__version__, lifespan=_lifespan(settings, state, handle_signals),
+                  docs_url=None, redoc_url=None,
+                  description="Human keypoints (COCO-17) from distilled student models. "
+                              "Errors are `{\"error\": {\"code\", \"message\", \"request_id\"}}`.")
+    _add_middleware(app, settings)
+    _add_error_handlers(app)
+    docs.mount(app)
+    demo.mount(app)
 
     @app.get("/metrics", include_in_schema=True, tags=["health"], summary="Prometheus metrics (text format)",
              response_class=PlainTextResponse)

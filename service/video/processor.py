@@ -76,94 +76,9 @@ class VideoProcessor:
 
     def run(self, path: Path, info: decode.VideoInfo, progress: Callable[[int, int], None] | None = None,
             render: Path | None = None) -> dict:
-        o = self.opts
-        tracker = Tracker(match_threshold=o.match_threshold, max_lost=o.max_lost, start_score=o.start_score)
-        smoother = TrackSmoother(o.min_cutoff, o.beta, o.d_cutoff) if o.smoothing else None
-        writer = Mp4Writer(render, info.width, info.height, info.fps) if render else None
-        out_frames: list[dict] = []
-        state = {"prev": [], "force": True, "keyframes": 0}
-        buffer: list[tuple[int, float, np.ndarray]] = []
-        t0 = time.perf_counter()
-
-        def emit(idx: int, t: float, image: np.ndarray, people: list, seconds: float) -> None:
-            people = self._dedupe(people)
-            boxes = np.array([p[0] for p in people], np.float32).reshape(-1, 4)
-            kps = np.array([p[1] for p in people], np.float32).reshape(-1, 17, 3)
-            scores = np.array([p[2] for p in people], np.float32)
-            ids = tracker.update(idx, boxes, kps, scores)
-            shown = []
-            for (box, kp, score), tid in zip(people, ids):
-                if tid is None:
-                    continue
-                xy = smoother(tid, kp, t) if smoother else kp
-                shown.append({"track_id": tid, "bbox": [round(float(v), 2) for v in box],
-                              "score": round(float(score), 4),
-                              "keypoints": [[round(float(x), 2), round(float(y), 2), round(float(s), 4)]
-                                            for (x, y, _), s in zip(xy, kp[:, 2])]})
-            out_frames.append({"frame": idx, "time": round(t, 4), "people": shown})
-            if writer is not None:
-                writer.write(draw(image, shown))
-            metrics.VIDEO_FRAMES.inc()
-            metrics.VIDEO_FRAME_SECONDS.observe(seconds)
-            metrics.VIDEO_ACTIVE_TRACKS.set(len(tracker.active))
-            if progress is not None:
-                progress(len(out_frames), max(info.frames, len(out_frames)))
-
-        def flush() -> None:
-            if not buffer:
-                return
-            start = time.perf_counter()
-            carried = [box_from_keypoints(p[1]) for p in state["prev"]]
-            carried = np.array([b for b in carried if b is not None], np.float32).reshape(-1, 4)
-            images = [im for _, _, im in buffer]
-            kps = self.pipeline.pose(self.pose_model, images, [carried] * len(images)) if len(carried) else \
-                [np.zeros((0, 17, 3), np.float32)] * len(images)
-            per_frame = (time.perf_counter() - start) / len(buffer)
-            for (idx, t, image), frame_kps in zip(buffer, kps):
-                people = self._people(frame_kps, None)
-                emit(idx, t, image, people, per_frame)
-                lost = len(people) < len(state["prev"])
-                weak = people and np.mean([p[2] for p in people]) < o.redetect_score
-                state["force"] = state["force"] or lost or bool(weak)
-                state["prev"] = people
-            buffer.clear()
-
-        try:
-            for idx, t, image in decode.frames(path, o.max_frames):
-                scheduled = idx % max(o.keyframe_interval, 1) == 0
-                if scheduled or state["force"] or len(buffer) >= max(o.window, 1):
-                    flush()
-                if scheduled or state["force"] or not state["prev"]:
-                    start = time.perf_counter()
-                    found = self.pipeline.detect(self.detector, [image])[0][: o.max_people]
-                    frame_kps = self.pipeline.pose(self.pose_model, [image], [found])[0]
-                    people = self._people(frame_kps, found)
-                    state["keyframes"] += 1
-                    metrics.VIDEO_KEYFRAMES.inc()
-                    emit(idx, t, image, people, time.perf_counter() - start)
-                    state["prev"], state["force"] = people, False
-                else:
-                    buffer.append((idx, t, image))
-            flush()
-        finally:
-            if writer is not None:
-                writer.close()
-        seconds = time.perf_counter() - t0
-        if not out_frames:
-            raise decode.InvalidVideo("the video has no frames")
-        seen = {p["track_id"] for f in out_frames for p in f["people"]}
-        tracks = [{"track_id": tr.id, "first_frame": tr.first_frame, "last_frame": tr.last_frame,
-                   "frames": tr.frames} for tr in tracker.all_tracks() if tr.id in seen]
-        video = {**info.as_dict(), "frames": len(out_frames)}
-        return {"video": video,
-                "model": {"name": self.pose_model.name, "version": self.pose_model.version},
-                "detector": {"name": self.detector.name, "version": self.detector.version},
-                "keypoint_names": list(COCO17), "tracks": tracks, "frames": out_frames,
-                "stats": {"keyframes": state["keyframes"],
-                          "keyframe_ratio": round(state["keyframes"] / len(out_frames), 4),
-                          "seconds": round(seconds, 3), "fps": round(len(out_frames) / max(seconds, 1e-9), 2),
-                          "smoothing": o.smoothing, "keyframe_interval": o.keyframe_interval,
-                          "rendered_with": writer.codec if writer else None}}
+        """Track the people of one clip; ``progress(done, total)`` after each frame, the overlay
+        written to ``render`` when given. Returns the video result (see the README)."""
+        return _ClipRun(self, info, progress, render).run(path)
 
     def _people(self, kps: np.ndarray, det_boxes: np.ndarray | None) -> list:
         """(box, keypoints, score) for the confident people of one frame; the box is the detector's on
@@ -191,6 +106,116 @@ class VideoProcessor:
             if all(overlap[i, j] <= 0.6 for j in keep):
                 keep.append(i)
         return [people[i] for i in sorted(keep)]
+
+
+class _ClipRun:
+    """The state of one clip being processed: tracker, smoother, overlay writer, the people carried
+    from the last frame, the frames waiting to be propagated as one batch, and the output."""
+
+    def __init__(self, proc: VideoProcessor, info: decode.VideoInfo, progress: Callable[[int, int], None] | None,
+                 render: Path | None):
+        o = proc.opts
+        self.proc, self.info, self.progress = proc, info, progress
+        self.tracker = Tracker(match_threshold=o.match_threshold, max_lost=o.max_lost, start_score=o.start_score)
+        self.smoother = TrackSmoother(o.min_cutoff, o.beta, o.d_cutoff) if o.smoothing else None
+        self.writer = Mp4Writer(render, info.width, info.height, info.fps) if render else None
+        self.frames: list[dict] = []
+        self.prev: list = []  # (box, keypoints, score) of the last frame's people
+        self.force = True  # the next frame must be a keyframe
+        self.keyframes = 0
+        self.buffer: list[tuple[int, float, np.ndarray]] = []
+
+    def run(self, path: Path) -> dict:
+        o, proc = self.proc.opts, self.proc
+        t0 = time.perf_counter()
+        try:
+            for idx, t, image in decode.frames(path, o.max_frames):
+                scheduled = idx % max(o.keyframe_interval, 1) == 0
+                if scheduled or self.force or len(self.buffer) >= max(o.window, 1):
+                    self.flush()
+                if scheduled or self.force or not self.prev:
+                    self.keyframe(idx, t, image)
+                else:
+                    self.buffer.append((idx, t, image))
+            self.flush()
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        if not self.frames:
+            raise decode.InvalidVideo("the video has no frames")
+        return self.result(time.perf_counter() - t0, proc)
+
+    def keyframe(self, idx: int, t: float, image: np.ndarray) -> None:
+        """Detector and pose on this frame."""
+        proc = self.proc
+        start = time.perf_counter()
+        found = proc.pipeline.detect(proc.detector, [image])[0][: proc.opts.max_people]
+        frame_kps = proc.pipeline.pose(proc.pose_model, [image], [found])[0]
+        people = proc._people(frame_kps, found)
+        self.keyframes += 1
+        metrics.VIDEO_KEYFRAMES.inc()
+        self.emit(idx, t, image, people, time.perf_counter() - start)
+        self.prev, self.force = people, False
+
+    def flush(self) -> None:
+        """Propagate the buffered frames: every crop boxed from the people before the window, one batch."""
+        if not self.buffer:
+            return
+        proc = self.proc
+        start = time.perf_counter()
+        carried = [box_from_keypoints(p[1]) for p in self.prev]
+        boxes = np.array([b for b in carried if b is not None], np.float32).reshape(-1, 4)
+        images = [im for _, _, im in self.buffer]
+        kps = proc.pipeline.pose(proc.pose_model, images, [boxes] * len(images)) if len(boxes) else \
+            [np.zeros((0, 17, 3), np.float32)] * len(images)
+        per_frame = (time.perf_counter() - start) / len(self.buffer)
+        for (idx, t, image), frame_kps in zip(self.buffer, kps):
+            people = proc._people(frame_kps, None)
+            self.emit(idx, t, image, people, per_frame)
+            lost = len(people) < len(self.prev)
+            weak = people and np.mean([p[2] for p in people]) < proc.opts.redetect_score
+            self.force = self.force or lost or bool(weak)
+            self.prev = people
+        self.buffer.clear()
+
+    def emit(self, idx: int, t: float, image: np.ndarray, people: list, seconds: float) -> None:
+        """Track, smooth, record (and draw) one frame's people."""
+        people = self.proc._dedupe(people)
+        boxes = np.array([p[0] for p in people], np.float32).reshape(-1, 4)
+        kps = np.array([p[1] for p in people], np.float32).reshape(-1, 17, 3)
+        scores = np.array([p[2] for p in people], np.float32)
+        ids = self.tracker.update(idx, boxes, kps, scores)
+        shown = []
+        for (box, kp, score), tid in zip(people, ids):
+            if tid is None:
+                continue
+            xy = self.smoother(tid, kp, t) if self.smoother else kp
+            shown.append({"track_id": tid, "bbox": [round(float(v), 2) for v in box],
+                          "score": round(float(score), 4),
+                          "keypoints": [[round(float(x), 2), round(float(y), 2), round(float(s), 4)]
+                                        for (x, y, _), s in zip(xy, kp[:, 2])]})
+        self.frames.append({"frame": idx, "time": round(t, 4), "people": shown})
+        if self.writer is not None:
+            self.writer.write(draw(image, shown))
+        metrics.VIDEO_FRAMES.inc()
+        metrics.VIDEO_FRAME_SECONDS.observe(seconds)
+        metrics.VIDEO_ACTIVE_TRACKS.set(len(self.tracker.active))
+        if self.progress is not None:
+            self.progress(len(self.frames), max(self.info.frames, len(self.frames)))
+
+    def result(self, seconds: float, proc: VideoProcessor) -> dict:
+        o, frames = proc.opts, self.frames
+        seen = {p["track_id"] for f in frames for p in f["people"]}
+        tracks = [{"track_id": tr.id, "first_frame": tr.first_frame, "last_frame": tr.last_frame,
+                   "frames": tr.frames} for tr in self.tracker.all_tracks() if tr.id in seen]
+        return {"video": {**self.info.as_dict(), "frames": len(frames)},
+                "model": {"name": proc.pose_model.name, "version": proc.pose_model.version},
+                "detector": {"name": proc.detector.name, "version": proc.detector.version},
+                "keypoint_names": list(COCO17), "tracks": tracks, "frames": frames,
+                "stats": {"keyframes": self.keyframes, "keyframe_ratio": round(self.keyframes / len(frames), 4),
+                          "seconds": round(seconds, 3), "fps": round(len(frames) / max(seconds, 1e-9), 2),
+                          "smoothing": o.smoothing, "keyframe_interval": o.keyframe_interval,
+                          "rendered_with": self.writer.codec if self.writer else None}}
 
 
 __all__ = ["Cancelled", "VideoOptions", "VideoProcessor", "box_from_keypoints"]
