@@ -5,27 +5,32 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shlex
 import sys
 from pathlib import Path
 
+from .publish import (  # noqa: F401
+    DATA,
+    EVAL_SET,
+    REPO,
+    SHARED,
+    _load_ref,
+    _served,
+    command_line,
+    data_relative,
+    description,
+    det_size,
+    evaluate_export,
+    export_run,
+    lineage_of,
+    register_and_promote,
+)
+
 log = logging.getLogger("posekd.distill")
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("POSEKD_SHARED", REPO.parent / "shared"))
-DATA = Path(os.environ.get("POSEKD_DATA", SHARED / "data"))
-EVAL_SET = DATA / "labeled" / "coco_mini_train" / "annotations" / "person_keypoints_train2017.json"
 DEFAULT_POSE_DATA = [f"lspet:{DATA}/labeled/lspet", f"folder:{DATA}/unlabeled/images",
                      f"video:{DATA}/unlabeled/videos@15"]
 DEFAULT_DET_DATA = [f"folder:{DATA}/unlabeled/images", f"video:{DATA}/unlabeled/videos@10",
                     f"video:{DATA}/opencv_samples/vtest.avi@8", f"lspet:{DATA}/labeled/lspet"]
-
-
-def command_line(args=None) -> str:
-    """The exact command that ran (for manifests' lineage)."""
-    argv = getattr(args, "argv", None)
-    return "posekd " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
 
 
 def _records(specs: list[str], exclude: list[str], limit_per_source: int | None = None):
@@ -51,11 +56,6 @@ def _default_exclude() -> list[str]:
     return [f"coco:{EVAL_SET}"] if EVAL_SET.is_file() else []
 
 
-def _det_size(ref: str) -> tuple[int, int] | None:
-    """MultiPose labels at long side 512 (the teachers README's setting); others at their own size."""
-    return (512, 512) if ref == "movenet-multipose" else None
-
-
 # ---- cache ------------------------------------------------------------------------------------
 def cmd_cache(args) -> int:
     from service.settings import get_settings
@@ -72,7 +72,7 @@ def cmd_cache(args) -> int:
         records = _records(data, exclude, args.limit)
         detector = None
         if any(not r.people for r in records):
-            detector = DetectionTeacher(load_model(args.detector, store=store, input_size=_det_size(args.detector)),
+            detector = DetectionTeacher(load_model(args.detector, store=store, input_size=det_size(args.detector)),
                                         threshold=0.15)
         records = find_people(records, detector)
         teacher = PoseTeacher(load_model(args.teacher, store=store))
@@ -81,7 +81,7 @@ def cmd_cache(args) -> int:
     else:
         data = args.data or DEFAULT_DET_DATA
         records = _records(data, exclude, args.limit)
-        teachers = [DetectionTeacher(load_model(ref, store=store, input_size=_det_size(ref)), threshold=0.15)
+        teachers = [DetectionTeacher(load_model(ref, store=store, input_size=det_size(ref)), threshold=0.15)
                     for ref in args.teacher.split("+")]
         if len(teachers) > 2:
             raise SystemExit("--teacher: one detection teacher, or two joined by '+'")
@@ -138,189 +138,29 @@ def cmd_train(args) -> int:
     return 0
 
 
-RECIPES = {
-    "pose": "OKDHP online distillation: branches on a shared pruned-MoveNet trunk with a DUC decoder (KDLPN), "
-            "FAU ensemble teaches each branch by pixel-wise KL; plus the teacher's heatmaps windowed at its "
-            "decoded keypoints (spatial-softmax CE + score BCE) and human labels; consistent teaching on "
-            "cached augmented views; branch 0 exported",
-    "movenet": "MoveNet heads kept (keypoint heatmaps, person centre, regression, offsets; MoveNet's centre-aware "
-               "decoder), warm-started from Lightning; distilled from Thunder: its keypoint and centre maps pixel by "
-               "pixel, its decoded keypoints (LSPET human labels where present) as offset/regression targets, its "
-               "scores at the keypoint cells; EMA weights selected by held-out teacher agreement",
-    "regress": "DistilPose-style regression: integral coordinates + uncertainty rendered as simulated heatmaps "
-               "matched to the teacher's heatmaps, coordinate L1 to teacher and human labels, score BCE",
-    "detector": "CenterNet-style single-class detector: centre focal loss, log box size and centre offset L1, "
-                "targets from the detection teacher's boxes on the same letterboxed views",
-}
+
 
 
 # ---- export + register --------------------------------------------------------------------------
-def _served(fields: dict, data: bytes, threads: int = 2):
-    from service.pipeline.runtime import OnnxModel
-    from service.store.manifest import Manifest, sha256_bytes
-    from service.store.registry import ServedModel
-
-    manifest = Manifest.model_validate({**fields, "version": fields.get("version", 1), "sha256": sha256_bytes(data)})
-    return ServedModel(manifest, OnnxModel(manifest, data, device="cpu", intra_threads=threads), (0, 0))
-
-
-def _load_ref(ref: str | None, store, threads: int = 2):
-    if not ref:
-        return None
-    from .teachers import load_model
-    return load_model(ref, store=store, threads=threads)
-
-
-def data_relative(value):
-    """Paths under the data root written as ``$POSEKD_DATA/...`` (manifests name data relative to the data
-    root, never the training machine's absolute path); applied through dicts, lists and strings."""
-    if isinstance(value, str):
-        resolved = DATA.resolve()
-        for prefix in (str(resolved), str(DATA), os.path.relpath(resolved)):  # absolute, as given, from here
-            if prefix not in (".", ""):
-                value = value.replace(prefix, "$POSEKD_DATA")
-        return value
-    if isinstance(value, dict):
-        return {k: data_relative(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [data_relative(v) for v in value]
-    return value
-
-
-def _load_ref_bytes(ref: str, store, threads: int = 2):
-    from .teachers import load_model_bytes
-    return load_model_bytes(ref, store=store, threads=threads, input_size=_det_size(ref))
-
-
-def _current_production(store, name: str):
-    if name not in store.names() or "production" not in store.aliases(name):
-        return None
-    return store.manifest(name, store.aliases(name)["production"])
-
-
-def train_commands(meta: dict) -> list[str]:
-    """The training commands of a run, in order (a resumed run has several)."""
-    commands = meta.get("commands") or ([meta["command"]] if meta.get("command") else [])
-    return [c.split("  #")[0] for c in commands]
-
-
 def cmd_export(args) -> int:
-    import torch
-
+    """Export, evaluate, register, promote (see :mod:`distill.publish`)."""
     from service.settings import get_settings
     from service.store import ModelStore
 
-    from .evaluate import evaluate
-    from .export import Gates, export_module, git_commit, manifest_fields, parity, to_onnx
-    from .students import StudentConfig, build_student
-    from .train import warm_start_weights
+    from .export import Gates, manifest_fields
 
-    run = Path(args.run)
-    state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
-    if not args.last and (run / "best.pt").is_file():
-        # the weights at the best held-out signal; the lineage (every command, resumes) stays the run's own
-        best = torch.load(run / "best.pt", map_location="cpu", weights_only=False)
-        state = {**state, "model": best["model"], "selected": {"step": best["step"], "by": best.get("selected_by"),
-                                                               "signal": best.get("best")}}
-    print(f"exporting {run} at step {state.get('selected', state)['step']} of {state['step']}")
-    cfg = trained = StudentConfig(**state["student"])
-    model = build_student(cfg, warm_start_weights(cfg))
-    model.load_state_dict(state["model"])
-    if args.size and args.size != cfg.size:  # the network is fully convolutional: same weights, other input
-        import dataclasses
-        cfg = dataclasses.replace(cfg, size=args.size)
-        model.cfg = cfg
-    module = export_module(model, cfg)
-    data = to_onnx(module, cfg)
-    diff = parity(module, data, cfg)
-    onnx_path = run / "model.onnx"
-    onnx_path.write_bytes(data)
-    print(f"exported {onnx_path} ({len(data) / 1e6:.2f} MB); ONNX vs torch max |diff| = {diff:.2e}")
-
+    ex = export_run(Path(args.run), last=args.last, size=args.size)
     store = ModelStore(args.store or get_settings().model_store)
-    cache_meta = {}
-    cache_dir = Path(state["meta"].get("cache", ""))
-    if (cache_dir / "meta.json").is_file():
-        cache_meta = json.loads((cache_dir / "meta.json").read_text())
-    name = args.name or run.name
-    kind = cfg.kind
-    teacher_name = cache_meta.get("teacher")
-    history = [h for h in state["history"] if "agreement" in h]
-    if "selected" in state:  # the held-out signals of the exported weights
-        history = [h for h in history if h["step"] <= state["selected"]["step"]] or history
-    lineage = {
-        "source": f"posekd distill ({kind} student)",
-        "teacher": teacher_name,
-        "warm_start": f"{cfg.warm_start} (trunk/FPN/heads initializers, {cfg.keep:.0%} of expansion channels)",
-        "recipe": RECIPES[kind],
-        "training": {"student": trained.to_dict(), **({"exported_size": cfg.size} if cfg is not trained else {}),
-                     "train": {k: v for k, v in state["train"].items() if k != "extra"},
-                   "steps": state["step"], "heldout_teacher_agreement": history[-1]["agreement"] if history else None,
-                   "heldout_pck": history[-1].get("heldout_pck") if history else None,
-                   **({"selected": state["selected"]} if "selected" in state else {})},
-        "data": cache_meta.get("data", []),
-        "excluded": cache_meta.get("exclude", []),
-        "cache": {k: cache_meta.get(k) for k in ("count", "people", "seed", "teacher", "command") if k in cache_meta},
-        "command": " && ".join(c for c in (cache_meta.get("command"), *train_commands(state["meta"]),
-                                            command_line(args)) if c),
-        "train_resumed_at": state["meta"].get("resumed_at", []),
-        "git_commit": git_commit(),
-        "license": "weights derived from Google's MoveNet (Apache-2.0) on research-only data; research use",
-    }
-    desc = {"pose": f"PoseKD pose student (heatmaps, {cfg.size}px, OKDHP branch 0, DUC decoder)",
-            "movenet": f"PoseKD pose student (MoveNet heads, {cfg.size}px, Lightning warm start distilled from "
-                       f"Thunder, {cfg.keep:.0%} of the high-resolution expansion channels)",
-            "regress": f"PoseKD regression student (DistilPose-style, coordinates out, {cfg.size}px)",
-            "detector": f"PoseKD person detector student (centre + box size, {cfg.size}px letterbox)"}[kind]
-    fields = manifest_fields(name, cfg, description=args.description or desc, lineage=data_relative(lineage))
-    served = _served(fields, data)
-    annotations = args.eval_set if args.eval_set is not None else (str(EVAL_SET) if EVAL_SET.is_file() else None)
-    teacher = _load_ref(args.teacher, store) if kind != "detector" else _load_ref(args.pose, store)
-    detector = _load_ref(args.detector, store) if kind != "detector" and args.detector else None
-    pck_records = None
-    if kind != "detector" and args.pck:
-        from .data import read_source
-        pck_records = read_source(args.pck)
-    metrics = evaluate(served, data, annotations=annotations, teacher=teacher, detector=detector,
-                       pck_records=pck_records)
-    metrics["export_max_abs_diff"] = diff
+    lineage, _ = lineage_of(ex, args)
+    name = args.name or ex.run.name
+    fields = manifest_fields(name, ex.cfg, description=args.description or description(ex.cfg), lineage=lineage)
     gates = Gates(min_ap=args.min_ap, max_ap_drop=args.max_ap_drop, max_latency_ratio=args.max_latency_ratio,
-                  metric="end_to_end" if kind == "detector" else "gt_boxes",
+                  metric="end_to_end" if ex.cfg.kind == "detector" else "gt_boxes",
                   floor_latency_ratio=args.floor_latency_ratio)
-    floor = None
-    if args.floor and annotations:  # the public model to beat, measured again now, like for like
-        floor_model, floor_data = _load_ref_bytes(args.floor, store)
-        if kind == "detector":
-            floor = evaluate(floor_model, floor_data, annotations=annotations, teacher=teacher)
-        else:
-            floor = evaluate(floor_model, floor_data, annotations=annotations, detector=detector,
-                             pck_records=pck_records)
-        metrics["floor"] = {k: floor.get(k) for k in ("model", gates.metric, "ms_b1", "ms_b8", "pck@0.2")
-                            if floor.get(k) is not None}
-    metrics = data_relative(metrics)
+    metrics, floor = evaluate_export(ex, fields, store, args, gates)
     print(json.dumps(metrics, indent=2))
-    fields["metrics"] = metrics
-    fields["params"] = metrics.get("params")
-    fields["gflops"] = metrics.get("gflops")
-    manifest = store.add_version(onnx_path, fields)
-    print(f"registered {manifest.name}:{manifest.version} in {store.root}")
-
-    current = _current_production(store, name)
-    current_metrics = None
-    if current is not None:  # production's latency is measured again here, so the two compare like for like
-        from .evaluate import latency
-        cur = _load_ref(f"{name}:{current.version}", store)
-        current_metrics = {**current.metrics, "ms_b1": latency(cur, 1), "ms_b8": latency(cur, 8, 10)}
-    ok, why = gates.check(metrics, current_metrics, floor)
-    if args.no_promote:
-        print("not promoted (--no-promote)")
-    elif ok:
-        store.set_alias(name, "production", manifest.version)
-        print(f"{name}:{manifest.version} passed the gates and is now production")
-    else:
-        print(f"{name}:{manifest.version} stays out of production: " + "; ".join(why))
-        return 3
-    return 0
+    fields.update(metrics=metrics, params=metrics.get("params"), gflops=metrics.get("gflops"))
+    return register_and_promote(store, ex.path, fields, gates, floor, promote=not args.no_promote)
 
 
 # ---- eval ---------------------------------------------------------------------------------------
