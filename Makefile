@@ -6,7 +6,7 @@ BIN      := $(VENV)/bin
 TEACHERS ?= $(if $(POSEKD_TEACHERS),$(POSEKD_TEACHERS),../shared/teachers)
 PYTEST_ARGS ?=
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench lint typecheck clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ bench: $(VENV)/.dev
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check service distill tests bench posekd
+
+typecheck: $(VENV)/.dev
+	$(BIN)/mypy service
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

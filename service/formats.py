@@ -40,7 +40,8 @@ def posetrack(result: Mapping[str, Any], video_id: int = 1, name: str = "video")
     from .keypoints import COCO17, SKELETON
 
     frames = result["frames"]
-    images, annotations = [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
     for f in frames:
         image_id = video_id * 100_000 + int(f["frame"])
         images.append({"id": image_id, "file_name": f"{name}/{int(f['frame']):06d}.jpg", "frame_id": image_id,

@@ -9,11 +9,21 @@ from .. import __version__
 from ..errors import ModelNotFound
 from ..names import NamePath, VersionPath
 from ..store import ModelSpec
-from .schemas import ErrorResponse, Health, Readiness, V2Live, V2ModelMetadata, V2ModelReady, V2Ready, V2Server
+from .schemas import (
+    ErrorResponse,
+    Health,
+    Readiness,
+    Responses,
+    V2Live,
+    V2ModelMetadata,
+    V2ModelReady,
+    V2Ready,
+    V2Server,
+)
 
 router = APIRouter(tags=["health"])
-_V2_ERRORS: dict = {c: {"model": ErrorResponse} for c in (404, 422)}
-_V2_READY: dict = {**_V2_ERRORS, 503: {"description": "the model is not loaded or failed to load "
+_V2_ERRORS: Responses = {c: {"model": ErrorResponse} for c in (404, 422)}
+_V2_READY: Responses = {**_V2_ERRORS, 503: {"description": "the model is not loaded or failed to load "
                                                       "(same body, `ready: false`)"}}
 
 _DTYPES = {"float32": "FP32", "float16": "FP16", "uint8": "UINT8", "int32": "INT32"}

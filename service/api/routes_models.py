@@ -8,11 +8,11 @@ from starlette.concurrency import run_in_threadpool
 from ..errors import InvalidParameter, ManifestError, ModelNotFound
 from ..names import AliasPath, NamePath
 from .bodies import read_body
-from .schemas import AliasTable, AliasUpdate, ErrorResponse, ModelInfo, ModelsList, ReloadReport
+from .schemas import AliasTable, AliasUpdate, ErrorResponse, ModelInfo, ModelsList, ReloadReport, Responses
 from .security import RequireAdmin, RequireKey
 
 router = APIRouter(prefix="/v1", tags=["models"])
-_ERRORS = {c: {"model": ErrorResponse} for c in (401, 403, 404, 409, 422)}
+_ERRORS: Responses = {c: {"model": ErrorResponse} for c in (401, 403, 404, 409, 422)}
 
 
 def describe(state, name: str, full: bool) -> dict:

@@ -6,7 +6,7 @@ import contextlib
 import json
 import time
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
@@ -21,12 +21,12 @@ from ..keypoints import COCO17
 from ..pipeline import ImageTask
 from ..store import ModelSpec
 from .bodies import form_files, is_multipart, read_body
-from .schemas import BatchResponse, CocoResult, ErrorResponse, PoseResponse
+from .schemas import BatchResponse, CocoResult, ErrorResponse, PoseResponse, Responses
 from .security import RequireKey
 
 router = APIRouter(prefix="/v1", tags=["pose"], dependencies=[RequireKey])
 
-_ERRORS: dict = {c: {"model": ErrorResponse} for c in (400, 401, 403, 404, 408, 409, 413, 415, 422, 503, 504)}
+_ERRORS: Responses = {c: {"model": ErrorResponse} for c in (400, 401, 403, 404, 408, 409, 413, 415, 422, 503, 504)}
 _IMAGE_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
                                        "properties": {"image": {"type": "string", "format": "binary"}}}},
@@ -84,7 +84,7 @@ async def _read_images(state, images: list[bytes], held: list[int]) -> list[tupl
     payload) gets the checked bytes: the header is read here, the pixels by the worker."""
     s = state.settings
     decode = state.broker.wants_pixels
-    out = []
+    out: list[tuple[Any, float, bytes | None, tuple[int, int] | None]] = []
     for i, data in enumerate(images):
         try:
             if decode:  # one image after the other: a batch holds at most one full-size image at a time
@@ -207,7 +207,7 @@ async def pose(request: Request, model: str | None = ModelQ, detector: str | Non
     return JSONResponse(_image_response(result.results[0], pose_info, det_info, result.queue_s, t0))
 
 
-_RENDERED = {200: {"description": "the image with boxes, skeletons and scores drawn (JPEG or PNG); the "
+_RENDERED: Responses = {200: {"description": "the image with boxes, skeletons and scores drawn (JPEG or PNG); the "
                                   "people's JSON is in the `X-PoseKD-People` header count and `/v1/pose`",
                    "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}},
                                "image/png": {"schema": {"type": "string", "format": "binary"}}}}}

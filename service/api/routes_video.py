@@ -18,13 +18,13 @@ from ..store import ModelSpec
 from ..video import decode
 from ..video.jobs import FINAL, Job
 from .bodies import parse_form
-from .schemas import ErrorResponse, JobCreated, JobDeleted, JobStatus, PoseTrackDocument, VideoResult
+from .schemas import ErrorResponse, JobCreated, JobDeleted, JobStatus, PoseTrackDocument, Responses, VideoResult
 from .security import RequireKey
 
 router = APIRouter(prefix="/v1", tags=["video"], dependencies=[RequireKey])
-_ERRORS: dict = {c: {"model": ErrorResponse} for c in (400, 401, 403, 404, 408, 413, 415, 422, 503)}
-_JOB_ERRORS: dict = {c: {"model": ErrorResponse} for c in (401, 403, 404)}
-_OUTPUT_ERRORS: dict = {c: {"model": ErrorResponse} for c in (401, 403, 404, 409)}
+_ERRORS: Responses = {c: {"model": ErrorResponse} for c in (400, 401, 403, 404, 408, 413, 415, 422, 503)}
+_JOB_ERRORS: Responses = {c: {"model": ErrorResponse} for c in (401, 403, 404)}
+_OUTPUT_ERRORS: Responses = {c: {"model": ErrorResponse} for c in (401, 403, 404, 409)}
 _VIDEO_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["video"], "properties": {"video": {"type": "string", "format": "binary"}}}}}}}
 
@@ -130,7 +130,7 @@ async def job_result(request: Request, job_id: str,
     return Response(data, media_type="application/json")
 
 
-_MP4 = {200: {"description": "the overlay MP4",
+_MP4: Responses = {200: {"description": "the overlay MP4",
              "content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}}}}}
 
 

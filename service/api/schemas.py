@@ -5,6 +5,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+Responses = dict[int | str, dict[str, Any]]  # the type of a route's ``responses=`` table
+
 
 class ModelRef(BaseModel):
     name: str

@@ -59,4 +59,4 @@ def execute(pipeline: PosePipeline, registry: ModelRegistry, jobs: list[PoseJob]
             metrics.QUEUE_WAIT.labels(pose.name).observe(queue_s)
             outcomes[i] = JobResult(results[k:k + n], queue_s, total)
             k += n
-    return outcomes
+    return [o if o is not None else RuntimeError("the batch gave this job no result") for o in outcomes]

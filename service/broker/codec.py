@@ -19,6 +19,11 @@ def _s(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _pair(values) -> tuple[int, int]:
+    a, b = (int(v) for v in values)
+    return a, b
+
+
 def request_fields(job_id: str, index: int, count: int, pose_ref: str, detector_ref: str | None, reply: str,
                    deadline: float, enqueued: float, task: ImageTask, fmt: str) -> dict[str, bytes | str]:
     if task.data is None:  # only pixels at hand (a caller that decoded itself): send those
@@ -36,7 +41,7 @@ def request_fields(job_id: str, index: int, count: int, pose_ref: str, detector_
         fields[k.F_SHAPE] = f"{image.shape[0]},{image.shape[1]}"
         fields[k.F_IMAGE] = image.tobytes()
     else:
-        fields[k.F_IMAGE] = task.data
+        fields[k.F_IMAGE] = task.data or b""
     return fields
 
 
@@ -64,15 +69,19 @@ class Request:
         fmt = _s(f[k.F_FORMAT])
         task = ImageTask(None, boxes, float(params["min_score"]), int(params["max_people"]),
                          float(params["scale"]), data=f[k.F_IMAGE],
-                         size=tuple(int(v) for v in params["size"]) if params.get("size") else None)
-        shape = tuple(int(v) for v in _s(f[k.F_SHAPE]).split(",")) if fmt == "raw" else None
+                         size=_pair(params["size"]) if params.get("size") else None)
+        shape = _pair(_s(f[k.F_SHAPE]).split(",")) if fmt == "raw" else None
         return cls(_s(entry_id), _s(f[k.F_JOB]), int(_s(f[k.F_INDEX])), int(_s(f[k.F_COUNT])), _s(f[k.F_POSE]),
                    _s(f[k.F_DETECTOR]) or None, _s(f[k.F_REPLY]), float(_s(f[k.F_DEADLINE])),
                    float(_s(f[k.F_ENQUEUED])), fmt, task, shape)
 
     def decode(self, settings) -> None:
         """Turn the payload into pixels; raises InvalidImage and friends for a bad upload."""
+        if self.task.data is None:
+            raise ValueError("the request carries no image")
         if self.fmt == "raw":
+            if self.shape is None:
+                raise ValueError("a raw image needs its shape")
             h, w = self.shape
             self.task.image = np.frombuffer(self.task.data, np.uint8).reshape(h, w, 3)
         else:

@@ -19,6 +19,7 @@ import os
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from .. import metrics
 from ..errors import PoseKDError
@@ -58,7 +59,7 @@ class StreamConsumer:
         self._decoder = ThreadPoolExecutor(max(2, min(8, os.cpu_count() or 2)), thread_name_prefix="posekd-decode")
         self._next_reclaim = 0.0
         self._backlog = True  # first read: entries this name held before a restart
-        self._redis = None
+        self._redis: Any = None  # an asyncio Redis client once run() connects
 
     # ---- main loop ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -217,7 +218,7 @@ class StreamConsumer:
         return live
 
     async def _dead_letter(self, entries: list) -> None:
-        replies = []
+        replies: list[tuple[Any, Any]] = []
         for entry_id, fields in entries:
             try:
                 req = codec.Request.parse(entry_id, fields)
@@ -237,7 +238,8 @@ class StreamConsumer:
         """Parse, drop what nobody waits for (cancelled jobs, passed deadlines) and decode the uploads
         (in parallel threads, while the previous batch is on the models). Returns the requests ready to
         run and the entries already finished, with their replies where one is owed."""
-        requests, finished = [], []
+        requests: list[codec.Request] = []
+        finished: list[tuple[Any, Any]] = []
         for entry_id, fields in entries:
             try:
                 requests.append(codec.Request.parse(entry_id, fields))
@@ -249,11 +251,11 @@ class StreamConsumer:
         loop = asyncio.get_running_loop()
         errors = await asyncio.gather(*(loop.run_in_executor(self._decoder, self._decode, r) for r in wanted))
         live = []
-        for req, exc in zip(wanted, errors):
-            if exc is None:
+        for req, failure in zip(wanted, errors):
+            if failure is None:
                 live.append(req)
             else:
-                finished.append((req.entry_id, (req.reply, codec.reply_error(req, exc, self.name))))
+                finished.append((req.entry_id, (req.reply, codec.reply_error(req, failure, self.name))))
                 metrics.WORKER_ENTRIES.labels("error").inc()
         return live, finished
 

@@ -116,7 +116,7 @@ class LocalBroker(Broker):
                 continue
             try:
                 outcomes = execute(self.pipeline, self.registry, live)
-            except BaseException as exc:  # keep the worker alive whatever happens
+            except Exception as exc:  # keep the worker alive whatever happens
                 log.exception("batch failed")
                 outcomes = [exc] * len(live)
             for job, outcome in zip(live, outcomes):

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
+from typing import Any
 
 from .. import metrics
 from ..errors import Overloaded, PoseKDError, Timeout
@@ -80,7 +81,7 @@ class _Waiter:
         self.queue_s = max(self.queue_s, reply.body["queue_s"])
         self.batch = max(self.batch, reply.body["batch"])
         if all(r is not None for r in self.results):
-            self.future.set_result(JobResult(self.results, self.queue_s, self.batch))
+            self.future.set_result(JobResult([r for r in self.results if r is not None], self.queue_s, self.batch))
 
 
 class RedisBroker(Broker):
@@ -113,7 +114,8 @@ class RedisBroker(Broker):
         self._depth = 0
         self._workers: int | None = None  # live workers at the last poll; None: not known yet
         self._last_read = "0-0"
-        self._redis = self._reader_redis = None
+        self._redis: Any = None  # asyncio Redis clients once start() connects
+        self._reader_redis: Any = None
 
     @property
     def wants_pixels(self) -> bool:

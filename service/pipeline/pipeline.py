@@ -123,9 +123,9 @@ class PosePipeline:
         inv = np.stack(inverses)  # (C, 2, 3)
         xy = np.einsum("ckj,cij->cki", kps[..., :2], inv[:, :, :2]) + inv[:, None, :, 2]
         kps = np.concatenate([xy, kps[..., 2:]], -1)
-        owners = np.asarray(owners)
+        owner = np.asarray(owners)
         for i in range(len(images)):
-            per_image[i] = kps[owners == i]
+            per_image[i] = kps[owner == i]
         metrics.observe_stage(model.name, model.version, "pose", time.perf_counter() - t0, len(crops))
         return per_image
 
@@ -140,14 +140,19 @@ class PosePipeline:
             if t.boxes is not None:
                 b = np.asarray(t.boxes, np.float32).reshape(-1, 4) / t.scale
                 boxes[i] = np.concatenate([b, np.ones((len(b), 1), np.float32)], 1)
-        if need:
-            for i, found in zip(need, self.detect(detector, [tasks[i].image for i in need])):
+        images = [t.image for t in tasks]
+        if any(im is None for im in images):
+            raise ValueError("every task needs its decoded image")
+        pixels = [im for im in images if im is not None]
+        if need and detector is not None:
+            for i, found in zip(need, self.detect(detector, [pixels[i] for i in need])):
                 boxes[i] = found
         t1 = time.perf_counter()
-        keypoints = self.pose(model, [t.image for t in tasks], boxes)
+        keypoints = self.pose(model, pixels, [b if b is not None else np.zeros((0, 5), np.float32) for b in boxes])
         t2 = time.perf_counter()
         results = []
-        for task, bxs, kps in zip(tasks, boxes, keypoints):
+        for task, image, given, kps in zip(tasks, pixels, boxes, keypoints):
+            bxs = given if given is not None else np.zeros((0, 5), np.float32)
             if task.scale != 1.0:
                 bxs = bxs * np.array([task.scale] * 4 + [1.0], np.float32)
                 kps = kps * np.array([task.scale, task.scale, 1.0], np.float32)
@@ -158,7 +163,7 @@ class PosePipeline:
             people.sort(key=lambda p: -p.score)
             people = people[: task.max_people]
             metrics.PEOPLE.observe(len(people))
-            size = task.size or (round(task.image.shape[1] * task.scale), round(task.image.shape[0] * task.scale))
+            size = task.size or (round(image.shape[1] * task.scale), round(image.shape[0] * task.scale))
             results.append(ImageResult(people, {"detect": (t1 - t0) * 1000, "pose": (t2 - t1) * 1000,
                                                 "inference": (t2 - t0) * 1000}, size))
         return results

@@ -80,7 +80,7 @@ class Manifest(BaseModel):
     output: OutputSpec
     crop: CropSpec = Field(default_factory=CropSpec)
     keypoint_names: list[str] = Field(default_factory=lambda: list(COCO17))
-    skeleton: list[tuple[int, int]] = Field(default_factory=lambda: [tuple(p) for p in SKELETON])
+    skeleton: list[tuple[int, int]] = Field(default_factory=lambda: [(a, b) for a, b in SKELETON])
     params: int | None = None
     gflops: float | None = None
     lineage: Lineage = Field(default_factory=Lineage)

@@ -118,12 +118,12 @@ class ModelRegistry:
                 report.errors[name] = exc.message
                 continue
             with self._lock:
-                served = dict(self._aliases.get(name, {}))
-            new = dict(served)
-            for alias in set(served) - set(disk):
+                current = dict(self._aliases.get(name, {}))
+            new = dict(current)
+            for alias in set(current) - set(disk):
                 del new[alias]
             for alias, version in disk.items():
-                if served.get(alias) == version:
+                if current.get(alias) == version:
                     continue
                 try:
                     if name in self._aliases:  # already served: prove the new target before moving
@@ -132,7 +132,7 @@ class ModelRegistry:
                     report.changed.append(f"{name}@{alias} -> {version}")
                 except PoseKDError as exc:
                     report.errors[f"{name}@{alias}"] = (f"{exc.message}; {name}@{alias} stays at "
-                                                        f"version {served.get(alias)}")
+                                                        f"version {current.get(alias)}")
                     log.error("reload: %s", report.errors[f"{name}@{alias}"])
             with self._lock:
                 self._aliases[name] = new

@@ -17,6 +17,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import PoseKDError
 from ..names import is_job_id
@@ -190,7 +191,8 @@ class RedisJobStore(JobStore):
 
     def __init__(self, url: str, prefix: str = "posekd", ttl_s: float = 3600.0, connect_timeout_s: float = 1.0):
         import redis
-        self.redis = redis.Redis.from_url(url, socket_connect_timeout=connect_timeout_s, socket_timeout=30)
+        # Any: redis-py types answers as bytes | str (decode_responses is a run-time choice); ours are bytes
+        self.redis: Any = redis.Redis.from_url(url, socket_connect_timeout=connect_timeout_s, socket_timeout=30)
         self.prefix = prefix
         self.ttl_s = ttl_s
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -49,7 +50,7 @@ class Mp4Writer:
         self.container = av.open(str(path), mode="w", format="mp4")
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
         rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(25)
-        self.stream = self.container.add_stream(codec, rate=rate)
+        self.stream: Any = cast(Any, self.container.add_stream(codec, rate=rate))  # PyAV types it as a union
         self.stream.width, self.stream.height = width - width % 2, height - height % 2
         self.stream.pix_fmt = "yuv420p"
         if codec == "libx264":
