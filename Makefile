@@ -41,7 +41,7 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff check service distill tests bench posekd
 
 typecheck: $(VENV)/.dev
-	$(BIN)/mypy service
+	$(BIN)/mypy service distill
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

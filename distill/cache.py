@@ -25,7 +25,7 @@ from numpy.lib.format import open_memmap
 
 from .augment import AugmentConfig, photometric, scale_matrix, transform_keypoints, view_matrix, warp
 from .data import Record
-from .teachers import DetectionTeacher, PoseTeacher
+from .teachers import BoxEnsemble, DetectionTeacher, PoseTeacher
 
 log = logging.getLogger("posekd.distill")
 
@@ -120,7 +120,9 @@ def build_pose_cache(records: list[Record], teacher: PoseTeacher, out: Path | st
     writer = _Writer(out, shapes, views)
     order = np.concatenate([rng.permutation(len(people)) for _ in range(views // len(people) + 1)])[:views]
     # group by image so each image is decoded once per pass over the chunk
-    batch_t, batch_s, batch_gt = [], [], []
+    batch_t: list[np.ndarray] = []
+    batch_s: list[np.ndarray] = []
+    batch_gt: list[np.ndarray] = []
     started = time.time()
     bar = tqdm(total=views, desc=f"teacher {teacher.name} labelling views", disable=not progress, unit="view")
 
@@ -147,7 +149,7 @@ def build_pose_cache(records: list[Record], teacher: PoseTeacher, out: Path | st
         current, image = -1, None
         for idx in sel:
             ri, pi = people[idx]
-            if ri != current:
+            if ri != current or image is None:
                 image, current = records[ri].load(), ri
             person = records[ri].people[pi]
             m, flipped = view_matrix(person.box, tsize, rng, cfg, person.keypoints,
@@ -196,7 +198,8 @@ class PoseCache:
         return len(self.teacher_kp)
 
 
-def build_detection_cache(records: list[Record], teacher: DetectionTeacher, out: Path | str, *, size: int = 256,
+def build_detection_cache(records: list[Record], teacher: DetectionTeacher | BoxEnsemble, out: Path | str, *,
+                          size: int = 256,
                           max_boxes: int = 20, views_per_image: int = 2, seed: int = 0,
                           meta: dict | None = None, progress: bool = True) -> dict:
     """Letterboxed views (random scale and flip after the first) labelled by the detection teacher on

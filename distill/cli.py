@@ -85,8 +85,8 @@ def cmd_cache(args) -> int:
                     for ref in args.teacher.split("+")]
         if len(teachers) > 2:
             raise SystemExit("--teacher: one detection teacher, or two joined by '+'")
-        teacher = teachers[0] if len(teachers) == 1 else BoxEnsemble(*teachers)
-        info = build_detection_cache(records, teacher, args.out, size=args.size, views_per_image=args.views,
+        boxes_from = teachers[0] if len(teachers) == 1 else BoxEnsemble(teachers[0], teachers[1])
+        info = build_detection_cache(records, boxes_from, args.out, size=args.size, views_per_image=args.views,
                                      seed=args.seed, meta={"data": data, "exclude": exclude,
                                                            "command": command_line(args)})
     print(json.dumps(info, indent=2))

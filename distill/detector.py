@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .students import StudentConfig, calibrate, decode_centers, prepare
+from .students import StudentConfig, calibrate, channels_last, decode_centers, prepare
 from .train import TrainConfig, TrainingRun
 
 log = logging.getLogger("posekd.distill")
@@ -120,7 +120,7 @@ def fit_detector(cfg: StudentConfig, tc: TrainConfig, cache: DetectionCache, out
         if errors:
             log.info("pruned blocks refitted to the teacher's features; relative errors %s",
                      " ".join(f"{e:.2f}" for e in errors))
-    model = run.model = model.to(memory_format=torch.channels_last)
+    model = run.model = channels_last(model)
     holdout = min(tc.holdout, max(0, n // 5))
     train_idx, val_idx = np.arange(0, n - holdout), np.arange(n - holdout, n)
     if run.step == 0 and len(val_idx):
@@ -141,8 +141,8 @@ def fit_detector(cfg: StudentConfig, tc: TrainConfig, cache: DetectionCache, out
             boxes[..., 0] = x1
         t = {k: torch.from_numpy(v) for k, v in center_targets(boxes, grid).items()}
         if run.update(detector_step(model, prepare(images), t, tc)):
-            rec = box_recall(run.selected, cache, val_idx) if len(val_idx) else None
-            run.save({"agreement": rec} if rec is not None else {})
-            if rec is not None:
-                run.report("teacher-box recall", rec)
+            recall = box_recall(run.selected, cache, val_idx) if len(val_idx) else None
+            run.save({"agreement": recall} if recall is not None else {})
+            if recall is not None:
+                run.report("teacher-box recall", recall)
     return run.finish()

@@ -122,6 +122,8 @@ def pck(model: ServedModel, records: list[Record], threshold: float = 0.2) -> fl
                 continue
             k = np.asarray(res.people[int(near.argmin())].keypoints)
             g = p.keypoints
+            if g is None:
+                continue
             torso = torso_size(g)
             if torso <= 0:
                 continue
@@ -224,7 +226,7 @@ def evaluate(model: ServedModel, onnx_bytes: bytes, *, annotations: str | Path |
         out["ms_b8"] = latency(model, 8, max(5, speed_runs // 3))
     if annotations:
         records = read_coco(annotations)
-        ids = [r.image_id for r in records]
+        ids = [int(r.image_id or 0) for r in records]
         out["eval_set"] = str(annotations)
         out["images"] = len(records)
         out["people"] = sum(len(r.people) for r in records)
@@ -237,7 +239,7 @@ def evaluate(model: ServedModel, onnx_bytes: bytes, *, annotations: str | Path |
         if detector is not None or m.task == "person_detection":
             pose = model if m.task == "pose" else teacher
             det = detector if m.task == "pose" else model
-            if pose is not None:
+            if pose is not None and det is not None:
                 res, ms = predict(pose, records, det)
                 out["end_to_end"] = {**coco_ap(annotations, res, ids), "ms_per_image": round(ms, 2),
                                      "detector": f"{det.name}:{det.version}", "pose": f"{pose.name}:{pose.version}"}

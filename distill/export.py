@@ -8,6 +8,7 @@ import logging
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -22,7 +23,8 @@ STUDENT_INPUT = {"name": "image", "layout": "NCHW", "dtype": "float32", "color":
                  "mean": (127.5, 127.5, 127.5), "std": (127.5, 127.5, 127.5)}
 
 
-def export_module(model: torch.nn.Module, cfg: StudentConfig) -> torch.nn.Module:
+def export_module(model: Any, cfg: StudentConfig) -> torch.nn.Module:
+    """The export wrapper of a trained student (``model``: the student class its ``cfg.kind`` names)."""
     model = model.eval()
     if cfg.kind == "pose":
         return PoseExport(model).eval()
@@ -48,7 +50,7 @@ def to_onnx(module: torch.nn.Module, cfg: StudentConfig, opset: int = 17) -> byt
     x = torch.zeros(2, 3, cfg.size, cfg.size)
     f = io.BytesIO()
     with torch.no_grad():
-        torch.onnx.export(module, (x,), f, input_names=["image"], output_names=names,
+        torch.onnx.export(module, (x,), cast(Any, f), input_names=["image"], output_names=names,  # a file works
                           dynamic_axes={"image": {0: "batch"}, **{n: {0: "batch"} for n in names}},
                           opset_version=opset, do_constant_folding=True, dynamo=False)
     return fold_pads(f.getvalue())

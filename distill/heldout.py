@@ -69,6 +69,8 @@ class HeldoutPCK:
 
     @torch.no_grad()
     def __call__(self, model, kind: str) -> float:
+        if self.x is None or self.gt is None:
+            return 0.0
         model.eval()
         xy = torch.cat([predict_xy(model, self.x[i:i + 64], kind) for i in range(0, len(self.x), 64)])
         model.train()

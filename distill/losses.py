@@ -78,7 +78,7 @@ def label_targets(gt_kp: torch.Tensor, h: int, w: int, sigma_cells: float = 1.5)
     return gaussians(gt_kp[..., :2], h, w, sigma_cells), (gt_kp[..., 2] > 0).float()
 
 
-def soft_argmax(logits: torch.Tensor, beta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def soft_argmax(logits: torch.Tensor, beta: float | torch.Tensor = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Expected (x, y) in 0..1 under the spatial softmax, and the per-keypoint spread (std in cells)."""
     n, k, h, w = logits.shape
     p = F.softmax(logits.reshape(n, k, -1).float() * beta, -1).reshape(n, k, h, w)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -150,7 +151,9 @@ class DUC(nn.Module):
             w = np.stack(phases)[:, None].astype(np.float32)  # 4, 1, 3, 3
             with torch.no_grad():
                 self.conv.weight.copy_(torch.from_numpy(np.tile(w, (channels, 1, 1, 1))))
-                self.conv.bias.zero_()
+                bias = self.conv.bias
+                assert bias is not None
+                bias.zero_()
 
     def forward(self, x):
         return self.shuffle(self.conv(x))
@@ -235,6 +238,7 @@ class MoveNetLike(nn.Module):
             layers.append(InvertedResidual(cin, hidden, cout, STRIDES[i]))
             cin = cout
         self.blocks = nn.ModuleList(layers)
+        self.block_list: list[InvertedResidual] = layers  # the same modules, typed
         self.out_conv = nn.Conv2d(cin, arch.out_conv, 1)
         f64, f32, f24 = arch.fpn
         ch = {n: arch.blocks[b - 1][1] for n, b in TAPS.items()}
@@ -285,7 +289,7 @@ class MoveNetLike(nn.Module):
         _load(self.conv1, tw.stem[0])
         _load(self.stem_dw, tw.stem[1])
         _load(self.stem_project, tw.stem[2])
-        for blk, (we, wd, wp) in zip(self.blocks, tw.blocks):
+        for blk, (we, wd, wp) in zip(self.block_list, tw.blocks):
             hidden = blk.expand.out_channels
             importance = np.abs(wp.weight[:, :, 0, 0]).sum(0) * np.abs(we.weight[:, :, 0, 0]).sum(1)
             keep = np.sort(np.argsort(-importance)[:hidden])
@@ -306,9 +310,10 @@ class MoveNetLike(nn.Module):
         _load(self.sep4.pw, f[9])
         loaded = []
         for own, theirs in (head_map or {}).items():
-            if own in self.heads and theirs in tw.heads and \
-                    tw.heads[theirs][2].weight.shape[0] == self.heads[own].out.out_channels:
-                self.heads[own].load(tw.heads[theirs])
+            head = cast(Head, self.heads[own]) if own in self.heads else None
+            if head is not None and theirs in tw.heads and \
+                    tw.heads[theirs][2].weight.shape[0] == head.out.out_channels:
+                head.load(tw.heads[theirs])
                 loaded.append(own)
         return loaded
 
@@ -326,7 +331,7 @@ def reconstruct_pruned(student: MoveNetLike, teacher: MoveNetLike, x: torch.Tens
     xs = student.stem_project(F.relu6(student.stem_dw(F.relu6(student.conv1(x)))))
     xt = teacher.stem_project(F.relu6(teacher.stem_dw(F.relu6(teacher.conv1(x)))))
     errors = []
-    for bs, bt in zip(student.blocks, teacher.blocks):
+    for bs, bt in zip(student.block_list, teacher.block_list):
         yt = bt(xt)
         if bs.expand.out_channels < bt.expand.out_channels:
             h = F.relu6(bs.dw(F.relu6(bs.expand(xs))))

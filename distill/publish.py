@@ -126,7 +126,7 @@ def export_run(run: Path, *, last: bool = False, size: int | None = None) -> Exp
     model.load_state_dict(state["model"])
     if size and size != cfg.size:
         cfg = dataclasses.replace(cfg, size=size)
-        model.cfg = cfg
+        setattr(model, "cfg", cfg)  # noqa: B010  (nn.Module's __setattr__ types attributes as modules)
     module = export_module(model, cfg)
     data = to_onnx(module, cfg)
     diff = parity(module, data, cfg)

@@ -21,13 +21,16 @@ Presets (``PRESETS``) fix the sizes the project ships."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .losses import soft_argmax
-from .movenet import Arch, MoveNetLike, TeacherWeights, normalise
+from .movenet import Arch, Head, MoveNetLike, TeacherWeights, normalise
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 @dataclass
@@ -64,8 +67,9 @@ class FAU(nn.Module):
         self.branches, self.k = branches, keypoints
         self.fc = nn.Sequential(nn.Linear(channels + branches * keypoints, 64), nn.ReLU(),
                                 nn.Linear(64, branches * keypoints))
-        nn.init.zeros_(self.fc[2].weight)
-        nn.init.zeros_(self.fc[2].bias)
+        last = cast(nn.Linear, self.fc[2])
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def forward(self, features: torch.Tensor, maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         pooled = [features.mean((2, 3))] + [m.detach().amax((2, 3)) for m in maps]
@@ -118,7 +122,7 @@ class MoveNetStudent(nn.Module):
         g = torch.Generator().manual_seed(1)
         with torch.no_grad():
             for i in range(1, self.cfg.branches):
-                pw = self.net.heads[f"kpt_heatmap_b{i}"].sep.pw.weight
+                pw = cast(Head, self.net.heads[f"kpt_heatmap_b{i}"]).sep.pw.weight
                 pw.mul_(1 + 0.2 * torch.randn(pw.shape, generator=g))
         return loaded
 
@@ -181,11 +185,11 @@ def build_student(cfg: StudentConfig, tw: TeacherWeights | None) -> nn.Module:
            "detector": DetectorStudent}[cfg.kind]
     model = cls(cfg, arch)
     if tw is not None:
-        model.warm_start(tw)
+        cast(Any, model).warm_start(tw)
     return model
 
 
-def calibrate(model: nn.Module, tw: TeacherWeights | None, images_uint8: torch.Tensor) -> list[float]:
+def calibrate(model: Any, tw: TeacherWeights | None, images_uint8: torch.Tensor) -> list[float]:
     """After a pruned warm start: refit the pruned blocks' projections so the trunk reproduces the
     teacher's block outputs on ``images_uint8`` (N, H, W, 3). No-op without pruning or teacher."""
     from .movenet import reconstruct_pruned
@@ -197,7 +201,12 @@ def calibrate(model: nn.Module, tw: TeacherWeights | None, images_uint8: torch.T
     return reconstruct_pruned(model.net, full, normalise(images_uint8))
 
 
-def arch_of(model: nn.Module) -> Arch:
+def channels_last(model: ModuleT) -> ModuleT:
+    """The model with its weights in channels-last layout (faster convolutions on the CPU)."""
+    return cast(Any, model).to(memory_format=torch.channels_last)  # torch's stubs omit this overload
+
+
+def arch_of(model: Any) -> Arch:
     return model.net.arch
 
 

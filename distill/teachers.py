@@ -75,8 +75,8 @@ class PoseTeacher:
         if m.task != "pose":
             raise ValueError(f"{m.name} is not a pose model")
         self.size = (m.input.height, m.input.width)
-        self.heatmap_name = {"movenet_heads": "kpt_heatmap", "heatmap": (m.output.names or [None])[0]}.get(
-            m.output.decoder)
+        first = m.output.names[0] if m.output.names else None
+        self.heatmap_name = {"movenet_heads": "kpt_heatmap", "heatmap": first}.get(m.output.decoder)
         # MoveNet heads also say where the person's centre is (the decoder picks the person with it)
         self.center_name = "center_heatmap" if m.output.decoder == "movenet_heads" else None
 

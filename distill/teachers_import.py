@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -145,7 +146,7 @@ def import_teachers(out: Path, *, workdir: Path, venv: Path, shipped: Path | Non
             make_heads(target, heads)
             built.append(heads)
         for path in built:
-            entry = {"sha256": sha256(path)}
+            entry: dict[str, Any] = {"sha256": sha256(path)}
             if shipped is not None and (shipped / path.name).is_file():
                 entry.update(compare(path, shipped / path.name))
                 entry["matches_shipped"] = entry["identical"] or entry["max_abs_diff"] <= tolerance

@@ -20,7 +20,7 @@ from .augment import FLIP_INDEX
 from .cache import PoseCache
 from .heldout import HeldoutPCK, pose_agreement, predict_xy, save_curve  # noqa: F401  (re-exported)
 from .steps import heatmap_losses, hint_loss, movenet_step, pose_step, regress_step  # noqa: F401
-from .students import StudentConfig, build_student, calibrate, prepare
+from .students import StudentConfig, build_student, calibrate, channels_last, prepare
 from .teachers import TEACHER_FILES, teachers_dir
 
 log = logging.getLogger("posekd.distill")
@@ -128,7 +128,8 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, warm_names: set[str]) -> torch.optim.Optimizer:
-    warm, fresh = [], []
+    warm: list[torch.nn.Parameter] = []
+    fresh: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         (warm if name in warm_names else fresh).append(p)
     groups = [{"params": warm, "lr": cfg.warm_start_lr}, {"params": fresh, "lr": cfg.lr}]
@@ -231,7 +232,7 @@ class TrainingRun:
 
     def update(self, losses: dict[str, torch.Tensor]) -> bool:
         """One optimiser step on the summed losses; True when a checkpoint is due."""
-        loss = sum(losses.values())
+        loss = torch.stack(list(losses.values())).sum()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
@@ -253,8 +254,8 @@ class TrainingRun:
         self.history.append({"step": self.step, **evaluation, "seconds": round(time.time() - self.started, 1)})
         signal = evaluation.get("signal", evaluation.get("agreement"))
         improved = signal is not None and signal > self.best
-        if improved:
-            self.best = signal
+        if improved and signal is not None:
+            self.best = float(signal)
         common = {"step": self.step, "history": self.history, "student": self.cfg.to_dict(), "train": self.tc.__dict__,
                   "meta": self.meta or {}, "best": self.best}
         torch.save({**common, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
@@ -319,7 +320,7 @@ def fit(student_cfg: StudentConfig, train_cfg: TrainConfig, cache: PoseCache, ou
         run.history.append({"step": 0, **ev, "seconds": 0.0})
         if ev:
             log.info("held-out signals before training: %s", {k: round(v, 4) for k, v in ev.items()})
-    model = run.model = model.to(memory_format=torch.channels_last)
+    model = run.model = channels_last(model)
     step_fn = {"regress": regress_step, "movenet": movenet_step}.get(student_cfg.kind, pose_step)
     model.train()
 
@@ -331,7 +332,7 @@ def fit(student_cfg: StudentConfig, train_cfg: TrainConfig, cache: PoseCache, ou
     hint_net = None
     if tw is not None and train_cfg.hint_weight:
         from .movenet import Arch, MoveNetLike
-        hint_net = MoveNetLike(Arch.from_teacher(tw), {}).eval().to(memory_format=torch.channels_last)
+        hint_net = channels_last(MoveNetLike(Arch.from_teacher(tw), {}).eval())
         hint_net.load_teacher(tw)
         for p in hint_net.parameters():
             p.requires_grad_(False)
