@@ -146,14 +146,7 @@ def gflops(onnx_bytes: bytes, input_name: str, shape: tuple[int, ...], dtype: st
     except ImportError:
         return None
     m = onnx.load_from_string(onnx_bytes)
-    weights = {t.name: list(t.dims) for t in m.graph.initializer}
-    for n in m.graph.node:  # exporters sometimes route weights through Identity or Constant nodes
-        if n.op_type == "Identity" and n.input[0] in weights:
-            weights[n.output[0]] = weights[n.input[0]]
-        elif n.op_type == "Constant":
-            for a in n.attribute:
-                if a.name == "value":
-                    weights[n.output[0]] = list(numpy_helper.to_array(a.t).shape)
+    weights = _weight_shapes(m, numpy_helper)
     nodes = [n for n in m.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
     existing = {o.name for o in m.graph.output}
     for n in nodes:
@@ -168,21 +161,32 @@ def gflops(onnx_bytes: bytes, input_name: str, shape: tuple[int, ...], dtype: st
         shapes = {k: v.shape for k, v in zip(names, sess.run(names, {input_name: x}))}
     except Exception:
         return None
-    macs = 0
-    for n in nodes:
-        out = shapes.get(n.output[0])
-        if out is None:
-            continue
-        if n.op_type == "Conv":
-            w = weights.get(n.input[1])
-            if w is None:
-                continue
-            macs += int(np.prod(w)) * int(np.prod(out[2:])) * int(out[0])
-        else:
-            a = shapes.get(n.input[0]) or weights.get(n.input[0])
-            if a is not None:
-                macs += int(np.prod(out)) * int(a[-1])
-    return round(2 * macs / 1e9, 3)
+    return round(2 * sum(_macs(n, shapes, weights) for n in nodes) / 1e9, 3)
+
+
+def _weight_shapes(m, numpy_helper) -> dict[str, list[int]]:
+    """Shapes of the initializers, and of what Identity or Constant nodes route them through."""
+    weights = {t.name: list(t.dims) for t in m.graph.initializer}
+    for n in m.graph.node:
+        if n.op_type == "Identity" and n.input[0] in weights:
+            weights[n.output[0]] = weights[n.input[0]]
+        elif n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    weights[n.output[0]] = list(numpy_helper.to_array(a.t).shape)
+    return weights
+
+
+def _macs(n, shapes: dict, weights: dict) -> int:
+    """Multiply-adds of one Conv, Gemm or MatMul node, from its output shape and its weight shape."""
+    out = shapes.get(n.output[0])
+    if out is None:
+        return 0
+    if n.op_type == "Conv":
+        w = weights.get(n.input[1])
+        return 0 if w is None else int(np.prod(w)) * int(np.prod(out[2:])) * int(out[0])
+    a = shapes.get(n.input[0]) or weights.get(n.input[0])
+    return 0 if a is None else int(np.prod(out)) * int(a[-1])
 
 
 def latency(model: ServedModel, batch: int, runs: int = 30, seed: int = 0) -> float:

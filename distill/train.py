@@ -279,34 +279,59 @@ class TrainingRun:
                             "seconds_this_run": round(time.time() - self.started, 1)}
 
 
+def _warm_parameter(name: str) -> bool:
+    """Parameters copied from the teacher (trained at the warm learning rate)."""
+    return (name.startswith("net.") and not name.startswith("net.heads.")) or \
+        name.startswith(("net.heads.b0.", "net.heads.attn.", "net.heads.kpt_", "net.heads.center."))
+
+
+def _initialise(run: TrainingRun, batches: PoseBatches, cache: PoseCache, init: bytes | None) -> None:
+    """Step 0: the weights of an exported model (``--init``), or a pruned warm start refitted to the
+    teacher's features on a few cached views."""
+    model, tw, cfg, tc = run.model, run.tw, run.cfg, run.tc
+    if init is not None:
+        loaded = load_exported(model, init)
+        log.info("initialised %d tensors from the given exported model", len(loaded))
+        return
+    if tw is None:
+        return
+    calib = batches.train_idx[:: max(1, len(batches.train_idx) // tc.calibration)][: tc.calibration]
+    x = torch.from_numpy(np.ascontiguousarray(cache.images[np.sort(calib)]))
+    if x.shape[1] != cfg.size:
+        x = F.interpolate(x.permute(0, 3, 1, 2).float(), size=(cfg.size,) * 2, mode="bilinear",
+                          antialias=True).round().clamp(0, 255).byte().permute(0, 2, 3, 1)
+    errors = calibrate(model, tw, x)
+    if errors:
+        log.info("pruned blocks refitted to the teacher's features; relative errors %s",
+                 " ".join(f"{e:.2f}" for e in errors))
+
+
+def _hint_network(run: TrainingRun, tc: TrainConfig):
+    """Thunder's own trunk, frozen, for the FitNets-style feature hint (None without one)."""
+    if run.tw is None or not tc.hint_weight:
+        return None
+    from .movenet import Arch, MoveNetLike
+    net = channels_last(MoveNetLike(Arch.from_teacher(run.tw), {}).eval())
+    net.load_teacher(run.tw)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
 def fit(student_cfg: StudentConfig, train_cfg: TrainConfig, cache: PoseCache, out: Path | str, *,
         resume: bool = True, progress: bool = True, meta: dict | None = None,
         init: bytes | None = None, heldout_pck: HeldoutPCK | None = None) -> tuple[torch.nn.Module, dict]:
     """Train a pose or regression student on a pose cache; returns (model, summary). With
     ``heldout_pck`` every evaluation also measures PCK on those labelled images, and the best
     checkpoint is chosen by the mean of the two held-out signals."""
-    run = TrainingRun(student_cfg, train_cfg, out,
-                      lambda n: (n.startswith("net.") and not n.startswith("net.heads."))
-                      or n.startswith(("net.heads.b0.", "net.heads.attn.", "net.heads.kpt_", "net.heads.center.")),
-                      resume=resume, meta=meta, progress=progress,
+    run = TrainingRun(student_cfg, train_cfg, out, _warm_parameter, resume=resume, meta=meta, progress=progress,
                       desc=f"distilling {student_cfg.kind} {Path(out).name}",
                       curve_title=f"{Path(out).name}: {student_cfg.kind}, keep {student_cfg.keep}, "
                                   f"{student_cfg.size}px")
-    model, tw = run.model, run.tw
     batches = PoseBatches(cache, student_cfg.size, train_cfg.holdout, train_cfg.seed + run.step)
-    if run.step == 0 and init is not None:
-        loaded = load_exported(model, init)
-        log.info("initialised %d tensors from the given exported model", len(loaded))
-    elif run.step == 0 and tw is not None:
-        calib = batches.train_idx[:: max(1, len(batches.train_idx) // train_cfg.calibration)][: train_cfg.calibration]
-        x = torch.from_numpy(np.ascontiguousarray(cache.images[np.sort(calib)]))
-        if x.shape[1] != student_cfg.size:
-            x = F.interpolate(x.permute(0, 3, 1, 2).float(), size=(student_cfg.size,) * 2, mode="bilinear",
-                              antialias=True).round().clamp(0, 255).byte().permute(0, 2, 3, 1)
-        errors = calibrate(model, tw, x)
-        if errors:
-            log.info("pruned blocks refitted to the teacher's features; relative errors %s",
-                     " ".join(f"{e:.2f}" for e in errors))
+    if run.step == 0:
+        _initialise(run, batches, cache, init)
+
     def evaluation(m) -> dict:
         ev = pose_agreement(m, batches, student_cfg.kind)
         if heldout_pck is not None and len(heldout_pck):
@@ -315,38 +340,29 @@ def fit(student_cfg: StudentConfig, train_cfg: TrainConfig, cache: PoseCache, ou
                 ev["signal"] = (ev["agreement"] + ev["heldout_pck"]) / 2
         return ev
 
-    if run.step == 0:
-        ev = evaluation(model)
-        run.history.append({"step": 0, **ev, "seconds": 0.0})
-        if ev:
-            log.info("held-out signals before training: %s", {k: round(v, 4) for k, v in ev.items()})
-    model = run.model = channels_last(model)
-    step_fn = {"regress": regress_step, "movenet": movenet_step}.get(student_cfg.kind, pose_step)
-    model.train()
-
-    def checkpoint():
+    def checkpoint() -> dict:
         ev = evaluation(run.selected)
         run.save(ev)
         return ev
 
-    hint_net = None
-    if tw is not None and train_cfg.hint_weight:
-        from .movenet import Arch, MoveNetLike
-        hint_net = channels_last(MoveNetLike(Arch.from_teacher(tw), {}).eval())
-        hint_net.load_teacher(tw)
-        for p in hint_net.parameters():
-            p.requires_grad_(False)
+    if run.step == 0:
+        ev = evaluation(run.model)
+        run.history.append({"step": 0, **ev, "seconds": 0.0})
+        if ev:
+            log.info("held-out signals before training: %s", {k: round(v, 4) for k, v in ev.items()})
+    model = run.model = channels_last(run.model)
+    step_fn = {"regress": regress_step, "movenet": movenet_step}.get(student_cfg.kind, pose_step)
+    model.train()
+    hint_net = _hint_network(run, train_cfg)
     while run.running:
         b = batches.sample(train_cfg.batch)
         if hint_net is not None:
             with torch.no_grad():
                 b["teacher_features"] = hint_net.features(b["x"])
-        if run.update(step_fn(model, b, train_cfg)):
-            ev = checkpoint()
-            if ev:
-                run.report("held-out agreement", ev["agreement"])
-                if "heldout_pck" in ev:
-                    run.report("held-out PCK@0.2", ev["heldout_pck"])
+        if run.update(step_fn(model, b, train_cfg)) and (ev := checkpoint()):
+            run.report("held-out agreement", ev["agreement"])
+            if "heldout_pck" in ev:
+                run.report("held-out PCK@0.2", ev["heldout_pck"])
     if not run.ckpt.exists() or torch.load(run.ckpt, map_location="cpu", weights_only=False)["step"] != run.step:
         checkpoint()
     return run.finish()
