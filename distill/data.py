@@ -47,13 +47,6 @@ class Record:
         return im
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    im = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if im is None:
-        raise OSError(f"cannot read image {path}")
-    return im
-
-
 def keypoint_box(kps: np.ndarray, pad: float = 0.1, head_room: float = 0.0) -> np.ndarray | None:
     """Box around the labelled keypoints, padded by ``pad`` of its size on each side and extended
     upwards by ``head_room`` of its height (for label sets without face points)."""

@@ -206,10 +206,6 @@ def channels_last(model: ModuleT) -> ModuleT:
     return cast(Any, model).to(memory_format=torch.channels_last)  # torch's stubs omit this overload
 
 
-def arch_of(model: Any) -> Arch:
-    return model.net.arch
-
-
 # ---- export wrappers: what the served ONNX graph computes -------------------------------------
 class PoseExport(nn.Module):
     """uint8-free float input (N, 3, S, S) in [-1, 1] -> sigmoid heatmaps (N, 17, S/4, S/4) of one branch."""

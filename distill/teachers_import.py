@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -154,5 +153,3 @@ def import_teachers(out: Path, *, workdir: Path, venv: Path, shipped: Path | Non
     return report
 
 
-def clean(workdir: Path) -> None:
-    shutil.rmtree(workdir, ignore_errors=True)

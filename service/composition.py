@@ -37,10 +37,6 @@ class Runtime:
     videos: VideoQueue | None = None
     jobs: JobStore | None = None
 
-    @property
-    def redis_mode(self) -> bool:
-        return bool(self.settings.redis_url)
-
 
 def build(settings: Settings, role: Role) -> Runtime:
     from .pipeline.runtime import OnnxModel

@@ -64,7 +64,3 @@ class Overloaded(PoseKDError):
 
 class Timeout(PoseKDError):
     code, status = "timeout", 504
-
-
-class NotReady(PoseKDError):
-    code, status = "not_ready", 503

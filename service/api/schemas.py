@@ -63,10 +63,6 @@ class AliasUpdate(BaseModel):
     version: int = Field(ge=1)
 
 
-class ModelsResponse(BaseModel):
-    models: list[dict[str, Any]]
-
-
 # ---- health and the Open Inference Protocol (V2) ---------------------------------------------------
 class Health(BaseModel):
     status: str = Field(examples=["ok"])

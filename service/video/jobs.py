@@ -22,7 +22,6 @@ from typing import Any
 from ..errors import PoseKDError
 from ..names import is_job_id
 
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -177,8 +176,6 @@ class LocalJobStore(JobStore):
         path = self._dir(job_id) / "overlay.mp4"
         return path if path.exists() else None
 
-    def overlay_target(self, job_id: str) -> Path:
-        return self._dir(job_id) / "overlay.mp4"
 
     def delete(self, job_id: str) -> None:
         shutil.rmtree(self._dir(job_id), ignore_errors=True)
