@@ -274,3 +274,30 @@ def test_malformed_input_gets_its_documented_error_and_the_service_keeps_serving
 
 def test_the_corpus_is_large():
     assert len(CASES) >= 80 and len({c[0] for c in CASES}) == len(CASES)
+
+
+def test_a_chunked_upload_is_read_no_further_than_its_limit():
+    """What reaches the multipart parser (and so the disk) stops one chunk past the limit, whatever
+    the client keeps sending: 400 MB offered, at most limit + one 1 MiB chunk read."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from service.api.bodies import BodyTooLarge, limited
+
+    chunk, offered, limit = 1 << 20, 400, 5 << 20
+    sent = {"chunks": 0}
+
+    async def receive():
+        sent["chunks"] += 1
+        return {"type": "http.request", "body": b"\0" * chunk, "more_body": sent["chunks"] < offered}
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/videos", "headers": [], "query_string": b""}
+
+    async def read_all():
+        async for _ in limited(Request(scope, receive=receive), limit).stream():
+            pass
+
+    with pytest.raises(BodyTooLarge):
+        asyncio.run(read_all())
+    assert sent["chunks"] * chunk <= limit + chunk
