@@ -215,6 +215,17 @@ class Arch:
                    (tw.fpn[0].weight.shape[0], tw.fpn[3].weight.shape[0], tw.fpn[6].weight.shape[0]))
 
 
+    def to_dict(self) -> dict:
+        """JSON-able, for checkpoints (the architecture travels with the weights)."""
+        return {"stem": list(self.stem), "blocks": [list(b) for b in self.blocks], "out_conv": self.out_conv,
+                "fpn": list(self.fpn), "head_hidden": self.head_hidden}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Arch:
+        stem, fpn = d["stem"], d["fpn"]
+        return cls((int(stem[0]), int(stem[1])), [(int(h), int(o)) for h, o in d["blocks"]], int(d["out_conv"]),
+                   (int(fpn[0]), int(fpn[1]), int(fpn[2])), int(d.get("head_hidden", 96)))
+
     @classmethod
     def tiny(cls) -> Arch:
         """A few-thousand-parameter plan for smoke tests (no teacher to copy from)."""

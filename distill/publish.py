@@ -122,7 +122,11 @@ def export_run(run: Path, *, last: bool = False, size: int | None = None) -> Exp
                                                                "signal": best.get("best")}}
     print(f"exporting {run} at step {state.get('selected', state)['step']} of {state['step']}")
     cfg = trained = StudentConfig(**state["student"])
-    model = build_student(cfg, warm_start_weights(cfg))
+    if "arch" in state:  # the channel plan travels with the weights: no teacher file needed
+        from .movenet import Arch
+        model = build_student(cfg, None, arch=Arch.from_dict(state["arch"]))
+    else:  # checkpoints written before the plan was saved: re-derive it from the warm-start teacher
+        model = build_student(cfg, warm_start_weights(cfg))
     model.load_state_dict(state["model"])
     if size and size != cfg.size:
         cfg = dataclasses.replace(cfg, size=size)

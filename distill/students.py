@@ -177,10 +177,12 @@ class DetectorStudent(nn.Module):
         return self.net(x)
 
 
-def build_student(cfg: StudentConfig, tw: TeacherWeights | None) -> nn.Module:
-    """A student shaped after ``tw`` (the warm-start teacher's graph) and loaded from it; without a
-    teacher graph (``warm_start="none"``) a tiny randomly initialised one (smoke tests)."""
-    arch = Arch.from_teacher(tw, cfg.keep, cfg.keep_deep) if tw is not None else Arch.tiny()
+def build_student(cfg: StudentConfig, tw: TeacherWeights | None, arch: Arch | None = None) -> nn.Module:
+    """A student shaped after ``tw`` (the warm-start teacher's graph) and loaded from it; with ``arch``
+    (a checkpoint's own channel plan) and no teacher, the same network uninitialised, for weights
+    loaded next; with neither (``warm_start="none"``) a tiny randomly initialised one (smoke tests)."""
+    if arch is None:
+        arch = Arch.from_teacher(tw, cfg.keep, cfg.keep_deep) if tw is not None else Arch.tiny()
     cls = {"pose": PoseStudent, "movenet": MoveNetStudent, "regress": RegressionStudent,
            "detector": DetectorStudent}[cfg.kind]
     model = cls(cfg, arch)

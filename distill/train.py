@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -257,7 +258,8 @@ class TrainingRun:
         if improved and signal is not None:
             self.best = float(signal)
         common = {"step": self.step, "history": self.history, "student": self.cfg.to_dict(), "train": self.tc.__dict__,
-                  "meta": self.meta or {}, "best": self.best}
+                  "meta": self.meta or {}, "best": self.best,
+                  "arch": cast(Any, self.model).net.arch.to_dict()}  # self-describing: export needs no teacher
         torch.save({**common, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                     "scheduler": self.sched.state_dict(),
                     "ema": self.ema.state_dict() if self.ema is not None else None}, self.ckpt)

@@ -255,3 +255,23 @@ def test_manifest_paths_are_relative_to_the_data_root():
     out = data_relative(lineage)
     assert out["data"] == ["lspet:$POSEKD_DATA/labeled/lspet[:3600]"] and out["n"] == 3
     assert str(DATA) not in json.dumps(out) and "$POSEKD_DATA/unlabeled/images" in out["cache"]["command"]
+
+
+def test_a_checkpoint_exports_without_its_warm_start_teacher(tmp_path):
+    """The channel plan travels with the weights: a checkpoint whose warm-start teacher file is gone
+    still exports (and matches torch), because the architecture is read from the checkpoint."""
+    from distill.movenet import Arch
+    from distill.publish import export_run
+    from distill.students import StudentConfig, build_student
+
+    arch = Arch((8, 8), [(24, o) for o in [8, 8, 8, 8, 8, 16, 16, 16, 16, 16, 16, 16, 24, 24, 24, 24]], 40,
+                (16, 8, 8), 16)  # not the tiny default: a plan only the checkpoint knows
+    cfg = StudentConfig("movenet", 64, 1.0, 1, str(tmp_path / "gone" / "teacher.onnx"))
+    model = build_student(cfg, None, arch=arch)
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"step": 3, "history": [], "student": cfg.to_dict(), "train": {}, "meta": {}, "best": 0.0,
+                "arch": arch.to_dict(), "model": model.state_dict()}, run / "checkpoint.pt")
+    exported = export_run(run)
+    assert exported.diff < 1e-3 and exported.path.is_file()
+    assert Arch.from_dict(arch.to_dict()) == arch
