@@ -12,7 +12,6 @@ Detection cache (one row per image): ``images`` uint8 (N, S, S, 3) letterboxed; 
 (N, M, 5) = x1, y1, x2, y2 in 0..1 of the view and score (score 0: padding)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -23,6 +22,8 @@ import cv2
 import numpy as np
 from numpy.lib.format import open_memmap
 
+from service.store.manifest import sha256_file
+
 from .augment import AugmentConfig, photometric, scale_matrix, transform_keypoints, view_matrix, warp
 from .data import Record
 from .teachers import BoxEnsemble, DetectionTeacher, PoseTeacher
@@ -32,7 +33,7 @@ log = logging.getLogger("posekd.distill")
 
 def file_sha(path: str) -> str | None:
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return sha256_file(Path(path))
     except OSError:
         return None
 

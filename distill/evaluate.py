@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.keypoints import OKS_SIGMAS
+from service.geometry import oks_to_reference
 from service.pipeline.pipeline import ImageTask, PosePipeline
 from service.store.registry import ServedModel
 
@@ -65,17 +65,6 @@ def coco_ap(annotations: str | Path, results: list, image_ids: list[int]) -> dic
             "AR": round(float(s[5]), 4)}
 
 
-def oks(a: np.ndarray, b: np.ndarray, area: float, min_score: float = 0.3) -> float | None:
-    """OKS of keypoints ``a`` against reference ``b`` (both (17, 3)), over b's confident points."""
-    vis = b[:, 2] > min_score
-    if not vis.any():
-        return None
-    d2 = ((a[:, :2] - b[:, :2]) ** 2).sum(-1)
-    var = (2 * np.asarray(OKS_SIGMAS)) ** 2
-    e = d2 / (var * max(area, 1.0) * 2)
-    return float(np.exp(-e[vis]).mean())
-
-
 def agreement(model: ServedModel, teacher: ServedModel, records: list[Record]) -> float:
     pipe = _pipeline()
     scores = []
@@ -90,7 +79,7 @@ def agreement(model: ServedModel, teacher: ServedModel, records: list[Record]) -
             key = tuple(np.round(p.bbox, 2))
             if key in ka:
                 w, h = p.bbox[2] - p.bbox[0], p.bbox[3] - p.bbox[1]
-                v = oks(ka[key], np.asarray(p.keypoints), w * h * 0.53)
+                v = oks_to_reference(ka[key], np.asarray(p.keypoints), w * h * 0.53)
                 if v is not None:
                     scores.append(v)
     return round(float(np.mean(scores)), 4) if scores else 0.0

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.geometry import iou, sigmoid
 from service.pipeline import preprocess as pp
 from service.pipeline.decoders import POSE_DECODERS
 from service.pipeline.pipeline import PosePipeline
@@ -18,7 +19,6 @@ from service.store.manifest import Manifest, sha256_bytes
 from service.store.registry import ServedModel
 from service.store.store import ModelStore
 from service.store.teachers import TEACHERS, teacher_manifest
-from service.video.tracker import iou
 
 DEFAULT_TEACHERS = Path(os.environ.get("POSEKD_TEACHERS", Path(__file__).resolve().parents[1] / ".." / "shared"
                                        / "teachers"))
@@ -100,7 +100,7 @@ class PoseTeacher:
             if self.heatmap_name:
                 hm = outs[self.heatmap_name]
                 if m.output.params.get("activation") == "sigmoid":
-                    hm = 1 / (1 + np.exp(-hm))
+                    hm = sigmoid(hm)
                 hms.append(hm.astype(np.float32))
             if self.center_name:
                 centers.append(outs[self.center_name].astype(np.float32))

@@ -9,7 +9,6 @@
    or the same outputs on a fixed input (max |diff| ≤ 1e-4)."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import subprocess
 import sys
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from service.store.manifest import sha256_file
 
 log = logging.getLogger("posekd.teachers")
 
@@ -99,7 +100,7 @@ def make_heads(src: Path, dst: Path) -> dict[str, str]:
 
 
 def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return sha256_file(path)
 
 
 def compare(new: Path, shipped: Path, seed: int = 0) -> dict:

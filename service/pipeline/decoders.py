@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..geometry import sigmoid
 from ..store.manifest import Manifest
 
 PoseDecoder = Callable[[Manifest, dict[str, np.ndarray]], np.ndarray]
@@ -50,7 +51,7 @@ def decode_heatmap(manifest: Manifest, outs: dict[str, np.ndarray]) -> np.ndarra
     input pixels as ``x_in = (x_hm + 0.5) * stride - 0.5``."""
     hm = _outputs(manifest, outs)[0].astype(np.float32, copy=False)
     if manifest.output.params.get("activation", "none") == "sigmoid":
-        hm = (1.0 / (1.0 + np.exp(-hm))).astype(np.float32)
+        hm = sigmoid(hm).astype(np.float32)
     n, k, h, w = hm.shape
     flat = hm.reshape(n, k, -1)
     idx = flat.argmax(-1)

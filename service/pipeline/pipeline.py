@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import metrics
+from ..geometry import nms
 from ..store.registry import ServedModel
 from . import preprocess as pp
 from .decoders import DETECTION_DECODERS, POSE_DECODERS
@@ -44,29 +45,6 @@ class ImageResult:
     people: list[Person] = field(default_factory=list)
     timing_ms: dict[str, float] = field(default_factory=dict)
     size: tuple[int, int] = (0, 0)  # (width, height) of the original image
-
-
-def nms(boxes: np.ndarray, iou: float) -> np.ndarray:
-    """Greedy non-maximum suppression over (M, 5) boxes; returns kept rows, best first."""
-    if len(boxes) == 0:
-        return boxes
-    order = np.argsort(-boxes[:, 4])
-    boxes = boxes[order]
-    area = np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0)
-    keep = []
-    suppressed = np.zeros(len(boxes), bool)
-    for i in range(len(boxes)):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        xx1 = np.maximum(boxes[i, 0], boxes[:, 0])
-        yy1 = np.maximum(boxes[i, 1], boxes[:, 1])
-        xx2 = np.minimum(boxes[i, 2], boxes[:, 2])
-        yy2 = np.minimum(boxes[i, 3], boxes[:, 3])
-        inter = np.maximum(xx2 - xx1, 0) * np.maximum(yy2 - yy1, 0)
-        overlap = inter / np.maximum(area[i] + area - inter, 1e-9)
-        suppressed |= overlap > iou
-    return boxes[keep]
 
 
 class PosePipeline:

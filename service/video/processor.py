@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from .. import metrics
+from ..geometry import iou
 from ..keypoints import COCO17
 from ..pipeline import PosePipeline
 from ..store.registry import ServedModel
 from . import decode
 from .render import Mp4Writer, draw
 from .smoothing import TrackSmoother
-from .tracker import Tracker, iou
+from .tracker import Tracker
 
 
 @dataclass

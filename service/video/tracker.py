@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..keypoints import OKS_SIGMAS
+from ..geometry import iou, oks_matrix
 
-SIGMAS = np.asarray(OKS_SIGMAS)
+__all__ = ["Track", "Tracker", "iou", "oks_matrix"]
 
 
 @dataclass
@@ -31,30 +31,6 @@ class Track:
         kps = self.keypoints.copy()
         kps[:, :2] += shift
         return self.box + np.tile(shift, 2), kps
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU between (N, 4) and (M, 4) boxes → (N, M)."""
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
-
-
-def oks(a: np.ndarray, b: np.ndarray, areas: np.ndarray, min_score: float = 0.2) -> np.ndarray:
-    """Object keypoint similarity between (N, 17, 3) and (M, 17, 3) keypoints, over keypoints confident
-    on both sides, scaled by ``areas`` (N,) → (N, M); -1 where no keypoint is shared."""
-    d2 = ((a[:, None, :, :2] - b[None, :, :, :2]) ** 2).sum(-1)  # (N, M, 17)
-    var = (2 * SIGMAS) ** 2
-    e = d2 / (var[None, None, :] * np.maximum(areas, 1.0)[:, None, None] * 2)
-    visible = (a[:, None, :, 2] > min_score) & (b[None, :, :, 2] > min_score)
-    count = visible.sum(-1)
-    score = (np.exp(-e) * visible).sum(-1) / np.maximum(count, 1)
-    return np.where(count >= 3, score, -1.0)
 
 
 def _centre(kps: np.ndarray, box: np.ndarray, min_score: float = 0.2) -> np.ndarray:
@@ -87,7 +63,7 @@ class Tracker:
         t_kps = np.stack([p[1] for p in pred])
         areas = np.maximum((t_boxes[:, 2] - t_boxes[:, 0]) * (t_boxes[:, 3] - t_boxes[:, 1]), 32.0 ** 2)
         by_box = iou(t_boxes, boxes)
-        by_kps = oks(t_kps, kps, areas)
+        by_kps = oks_matrix(t_kps, kps, areas)
         return np.where(by_kps >= 0, np.maximum(by_kps, by_box), by_box)
 
     def update(self, frame: int, boxes: np.ndarray, kps: np.ndarray, scores: np.ndarray) -> list[int | None]:
