@@ -99,3 +99,47 @@ def test_the_demo_page_draws_the_skeletons_of_an_uploaded_photo(service, browser
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "demo.png"))
     assert (ARTIFACTS / "demo.png").stat().st_size > 10_000
+
+
+VTEST = DATA / "opencv_samples" / "vtest.avi"
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not VTEST.is_file(), reason="needs ../shared/data/opencv_samples/vtest.avi")
+def test_the_demo_page_tracks_the_people_of_a_clip(service, browser, tmp_path):
+    """A 3-second cut of vtest.avi through the page: job progress, then the tracks drawn over the video
+    and the service's overlay MP4 offered for download."""
+    import av
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    clip = tmp_path / "walkers.mp4"
+    with av.open(str(VTEST)) as src, av.open(str(clip), "w") as dst:
+        stream = dst.add_stream("mpeg4", rate=10)
+        first = True
+        for i, frame in enumerate(src.decode(video=0)):
+            if i >= 30:
+                break
+            if first:
+                stream.width, stream.height, stream.pix_fmt = frame.width, frame.height, "yuv420p"
+                first = False
+            for packet in stream.encode(frame.reformat(format="yuv420p")):
+                dst.mux(packet)
+        for packet in stream.encode():
+            dst.mux(packet)
+    browser.get(service + "/")
+    wait = WebDriverWait(browser, 120)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model option"))
+    browser.find_element(By.ID, "files").send_keys(str(clip))
+    card = wait.until(lambda d: next(iter(d.find_elements(By.CSS_SELECTOR, "article.card.video[data-status=done], "
+                                                                           "article.card.video[data-status=error]")),
+                                     None))
+    summary = card.find_element(By.CSS_SELECTOR, ".summary").text
+    assert card.get_attribute("data-status") == "done", summary
+    assert int(card.get_attribute("data-tracks")) >= 2 and "30 frames" in summary, summary
+    wait.until(lambda d: card.find_elements(By.CSS_SELECTOR, ".overlay-link a"))
+    # whichever it shows (the upload with the tracks drawn over it, or the service's overlay), it plays
+    wait.until(lambda d: d.execute_script("const v = document.querySelector('article.card.video video');"
+                                          "return v.readyState > 0 && v.videoWidth > 0;"))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    card.screenshot(str(ARTIFACTS / "demo-video.png"))

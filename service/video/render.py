@@ -23,7 +23,7 @@ def draw(image: np.ndarray, people: list[dict], min_score: float = 0.2, scale: f
     ``image``; coordinates are divided by ``scale`` (an image decoded reduced)."""
     import cv2
     out = image.copy()
-    thick = max(1, round(max(image.shape[:2]) / 500))
+    thick = max(1, round(max(image.shape[:2]) / 800))
     for i, person in enumerate(people):
         color = _color(person.get("track_id", i))
         x1, y1, x2, y2 = (int(round(v / scale)) for v in person["bbox"])

@@ -162,6 +162,15 @@ async function poseVideo(file) {
       link.href = URL.createObjectURL(mp4); link.download = `${status.job_id}.mp4`;
       link.textContent = `download the overlay MP4 (${(mp4.size / 1e6).toFixed(1)} MB, drawn by the service)`;
       card.querySelector(".overlay-link").append(link);
+      if (!playable(video)) {  // the browser cannot play the upload (AVI, MPEG-4 part 2…): show the overlay
+        overlay.hidden = true;
+        video.src = link.href;
+        card.querySelector(".overlay-link").prepend("Your browser cannot play the uploaded file, so this is the " +
+          "service's overlay. ");
+      }
+    } else if (!playable(video)) {
+      card.querySelector(".overlay-link").textContent = "Your browser cannot play this file; tick " +
+        "“render the overlay MP4” to get a version with the people drawn that it can play.";
     }
     card.dataset.tracks = String(result.tracks.length);
     card.dataset.status = "done";
@@ -169,6 +178,10 @@ async function poseVideo(file) {
     summary.textContent = err.message;
     card.dataset.status = "error";
   }
+}
+
+function playable(video) {
+  return !video.error && video.readyState > 0 && video.videoWidth > 0;
 }
 
 function handle(files) {
