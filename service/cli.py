@@ -31,7 +31,8 @@ def cmd_serve(args) -> int:
         s = s.model_copy(update={"access_log": args.access_log})
     app = create_app(s, handle_signals=True)
     # our own access log (with request ids) replaces uvicorn's
-    uvicorn.run(app, host=host, port=port, log_level=s.log_level, access_log=False, log_config=None)
+    uvicorn.run(app, host=host, port=port, log_level=s.log_level, access_log=False, log_config=None,
+                limit_concurrency=s.max_connections, timeout_keep_alive=s.keepalive_timeout_s)
     return 0
 
 

@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     access_log: Literal["off", "text", "json"] = "off"  # one line per request (with its request id)
     # browser origins allowed to call the API (CORS), comma-separated; "*" for any; empty: no CORS headers
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # connections and requests uvicorn serves at once (beyond: 503), so slow or idle clients cannot hold
+    # every slot; idle keep-alive connections are closed after keepalive_timeout_s
+    max_connections: int = 512
+    keepalive_timeout_s: float = 5.0
     gzip_min_bytes: int = 4096  # responses larger than this are gzip-compressed for clients that accept it
     # models run once at start so the first request does not pay for loading: the two defaults, every
     # model's production version in the store, or none
