@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     # connections and requests uvicorn serves at once (beyond: 503), so slow or idle clients cannot hold
     # every slot; idle keep-alive connections are closed after keepalive_timeout_s
     max_connections: int = 512
-    keepalive_timeout_s: float = 5.0
+    keepalive_timeout_s: int = 5
     gzip_min_bytes: int = 4096  # responses larger than this are gzip-compressed for clients that accept it
     # models run once at start so the first request does not pay for loading: the two defaults, every
     # model's production version in the store, or none

@@ -9,6 +9,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from ..errors import InvalidParameter, PayloadTooLarge, PoseKDError
+from .state import service_of
 
 
 class BodyTimeout(PoseKDError):
@@ -45,7 +46,7 @@ async def read_body(request: Request, limit: int, timeout_s: float | None = None
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the request body has {declared} bytes; the limit is {limit}")
     if timeout_s is None:
-        timeout_s = request.app.state.service.settings.body_timeout_s
+        timeout_s = service_of(request).settings.body_timeout_s
     chunks, size = [], 0
     try:
         async with asyncio.timeout(timeout_s):
@@ -69,7 +70,7 @@ async def parse_form(request: Request, *, max_files: int, max_fields: int = 100,
     stopped at ``limit`` bytes (413), ``max_files`` files (413) and ``timeout_s`` seconds (408);
     anything the parser rejects is a 400 ``invalid_request``."""
     if timeout_s is None:
-        timeout_s = request.app.state.service.settings.body_timeout_s
+        timeout_s = service_of(request).settings.body_timeout_s
     source = limited(request, limit) if limit is not None else request
     try:
         async with asyncio.timeout(timeout_s):

@@ -20,6 +20,7 @@ from .schemas import (
     V2Ready,
     V2Server,
 )
+from .state import service_of
 
 router = APIRouter(tags=["health"])
 _V2_ERRORS: Responses = {c: {"model": ErrorResponse} for c in (404, 422)}
@@ -32,7 +33,7 @@ _ORT_DTYPES = {"tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(int32
 
 
 async def _readiness(request: Request) -> tuple[bool, dict]:
-    state = request.app.state.service
+    state = service_of(request)
     broker_ok = await state.broker.ready()
     models_ok = state.models_ready()
     detail = {"broker": broker_ok, "models": models_ok, "default_models": state.default_specs()}
@@ -109,23 +110,23 @@ def _ready(state, name: str, version: int | None) -> JSONResponse:
 @router.get("/v2/models/{name}", tags=["v2"], response_model=V2ModelMetadata, responses=_V2_ERRORS,
             summary="Model metadata (default version)")
 async def v2_model(request: Request, name: str = NamePath):
-    return await run_in_threadpool(_metadata, request.app.state.service, name, None)
+    return await run_in_threadpool(_metadata, service_of(request), name, None)
 
 
 @router.get("/v2/models/{name}/versions/{version}", tags=["v2"], response_model=V2ModelMetadata,
             responses=_V2_ERRORS, summary="Model metadata")
 async def v2_model_version(request: Request, name: str = NamePath, version: int = VersionPath):
-    return await run_in_threadpool(_metadata, request.app.state.service, name, version)
+    return await run_in_threadpool(_metadata, service_of(request), name, version)
 
 
 @router.get("/v2/models/{name}/ready", tags=["v2"], response_model=V2ModelReady, responses=_V2_READY,
             summary="Model readiness (default version)")
 async def v2_model_ready(request: Request, name: str = NamePath):
-    return await run_in_threadpool(_ready, request.app.state.service, name, None)
+    return await run_in_threadpool(_ready, service_of(request), name, None)
 
 
 @router.get("/v2/models/{name}/versions/{version}/ready", tags=["v2"], response_model=V2ModelReady,
             responses=_V2_READY, summary="Model readiness")
 async def v2_model_version_ready(request: Request, name: str = NamePath,
                                  version: int = VersionPath):
-    return await run_in_threadpool(_ready, request.app.state.service, name, version)
+    return await run_in_threadpool(_ready, service_of(request), name, version)

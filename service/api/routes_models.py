@@ -10,6 +10,7 @@ from ..names import AliasPath, NamePath
 from .bodies import read_body
 from .schemas import AliasTable, AliasUpdate, ErrorResponse, ModelInfo, ModelsList, ReloadReport, Responses
 from .security import RequireAdmin, RequireKey
+from .state import service_of
 
 router = APIRouter(prefix="/v1", tags=["models"])
 _ERRORS: Responses = {c: {"model": ErrorResponse} for c in (401, 403, 404, 409, 422)}
@@ -45,7 +46,7 @@ def describe(state, name: str, full: bool) -> dict:
 @router.get("/models", dependencies=[RequireKey], response_model=ModelsList, response_model_exclude_unset=True,
             summary="Models in the store, their versions and aliases")
 async def list_models(request: Request):
-    state = request.app.state.service
+    state = service_of(request)
     names = await run_in_threadpool(state.store.names)
     models = [await run_in_threadpool(describe, state, n, False) for n in names]
     return {"default_pose_model": state.settings.default_pose_model,
@@ -56,7 +57,7 @@ async def list_models(request: Request):
             response_model_exclude_unset=True,
             summary="One model: versions, aliases and manifests")
 async def get_model(request: Request, name: str = NamePath):
-    return await run_in_threadpool(describe, request.app.state.service, name, True)
+    return await run_in_threadpool(describe, service_of(request), name, True)
 
 
 _ALIAS_BODY = {"requestBody": {"required": True, "content": {"application/json": {
@@ -75,7 +76,7 @@ async def put_alias(request: Request, name: str = NamePath, alias: str = AliasPa
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err.get("loc", ())) or "body"
         raise InvalidParameter(f"{where}: {err.get('msg')} (send {{\"version\": N}})") from None
-    state = request.app.state.service
+    state = service_of(request)
     table = await run_in_threadpool(state.registry.set_alias, name, alias, update.version)
     return {"name": name, "aliases": table}
 
@@ -84,5 +85,5 @@ async def put_alias(request: Request, name: str = NamePath, alias: str = AliasPa
              response_model=ReloadReport,
              summary="Re-read the model store (as SIGHUP does)")
 async def reload(request: Request):
-    report = await run_in_threadpool(request.app.state.service.registry.reload)
+    report = await run_in_threadpool(service_of(request).registry.reload)
     return report.as_dict()

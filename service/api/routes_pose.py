@@ -23,6 +23,7 @@ from ..store import ModelSpec
 from .bodies import form_files, is_multipart, read_body
 from .schemas import BatchResponse, CocoResult, ErrorResponse, PoseResponse, Responses
 from .security import RequireKey
+from .state import service_of
 
 router = APIRouter(prefix="/v1", tags=["pose"], dependencies=[RequireKey])
 
@@ -114,7 +115,7 @@ async def _until_disconnect(request: Request) -> None:
 async def _submit(request: Request, job: PoseJob, timeout: float) -> JobResult:
     """The broker's answer, unless the client disconnects first: then the wait is cancelled and the
     broker drops the job (workers skip it), so no work is done for nobody."""
-    broker = request.app.state.service.broker
+    broker = service_of(request).broker
     answer = asyncio.ensure_future(broker.submit(job, timeout))
     gone = asyncio.ensure_future(_until_disconnect(request))
     try:
@@ -131,7 +132,7 @@ async def _submit(request: Request, job: PoseJob, timeout: float) -> JobResult:
 
 async def _run(request: Request, images: list[bytes], model, detector, min_score, max_people, boxes,
                draw_on: list | None = None) -> tuple[dict, dict | None, JobResult]:
-    state = request.app.state.service
+    state = service_of(request)
     s = state.settings
     if max_people is not None and max_people > s.max_people:
         raise InvalidParameter(f"max_people is at most {s.max_people}")
@@ -171,7 +172,7 @@ def _draw(s, task: ImageTask, data: bytes, res) -> np.ndarray:
 
 async def _one_image(request: Request) -> bytes:
     """The single image of a request: multipart field ``image`` or the raw body."""
-    s = request.app.state.service.settings
+    s = service_of(request).settings
     if is_multipart(request):
         body = await read_body(request, s.max_image_bytes + 64 * 1024)
         return (await form_files(request, body, "image", 1))[0]
@@ -245,7 +246,7 @@ async def pose_batch(request: Request, model: str | None = ModelQ, detector: str
                                                                "image, in order (default 0, 1, 2, …)")):
     """Send the images as repeated multipart fields `images`; `boxes`, when given, apply to every image."""
     t0 = time.perf_counter()
-    s = request.app.state.service.settings
+    s = service_of(request).settings
     if not is_multipart(request):
         raise PoseKDError("send the images as multipart/form-data, field 'images' (repeated)",
                           code="unsupported_media_type", status=415)

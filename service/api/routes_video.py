@@ -20,6 +20,7 @@ from ..video.jobs import FINAL, Job
 from .bodies import parse_form
 from .schemas import ErrorResponse, JobCreated, JobDeleted, JobStatus, PoseTrackDocument, Responses, VideoResult
 from .security import RequireKey
+from .state import service_of
 
 router = APIRouter(prefix="/v1", tags=["video"], dependencies=[RequireKey])
 _ERRORS: Responses = {c: {"model": ErrorResponse} for c in (400, 401, 403, 404, 408, 413, 415, 422, 503)}
@@ -67,7 +68,7 @@ async def create_video_job(request: Request,
                            keyframe_interval: int | None = Query(None, ge=1, le=300,
                                                                  description="detect every K frames (1: every frame)"),
                            smoothing: bool | None = Query(None, description="One-Euro smoothing of keypoints")):
-    state = request.app.state.service
+    state = service_of(request)
     s = state.settings
     await state.broker.require_a_worker()  # Redis mode: never queue a job nobody runs
     for spec, task in ((model or s.default_pose_model, "pose"), (detector or s.default_detector, "person_detection")):
@@ -96,7 +97,7 @@ async def create_video_job(request: Request,
 
 
 async def _job(request: Request, job_id: str) -> Job:
-    return await run_in_threadpool(request.app.state.service.jobs.get, job_id)
+    return await run_in_threadpool(service_of(request).jobs.get, job_id)
 
 
 @router.get("/jobs/{job_id}", response_model=JobStatus, responses=_JOB_ERRORS, summary="A job's status and progress")
@@ -124,7 +125,7 @@ async def job_result(request: Request, job_id: str,
     job = await _job(request, job_id)
     if job.status != "succeeded":
         raise _not_finished(job)
-    data = await run_in_threadpool(request.app.state.service.jobs.result, job_id)
+    data = await run_in_threadpool(service_of(request).jobs.result, job_id)
     if format == "posetrack":
         return JSONResponse(posetrack(json.loads(data), video_id=video_id, name=job_id))
     return Response(data, media_type="application/json")
@@ -142,7 +143,7 @@ async def job_video(request: Request, job_id: str):
         raise PoseKDError("the job was submitted without render=true", code="no_overlay", status=404)
     if job.status != "succeeded":
         raise _not_finished(job)
-    overlay = await run_in_threadpool(request.app.state.service.jobs.overlay, job_id)
+    overlay = await run_in_threadpool(service_of(request).jobs.overlay, job_id)
     if overlay is None:
         raise PoseKDError("the overlay has expired", code="no_overlay", status=404)
     if isinstance(overlay, Path):
@@ -155,7 +156,7 @@ async def job_video(request: Request, job_id: str):
     "model": JobDeleted, "description": "cancellation requested; the job stops at its next frame"}},
                summary="Cancel a job, or delete a finished one")
 async def job_delete(request: Request, job_id: str):
-    jobs = request.app.state.service.jobs
+    jobs = service_of(request).jobs
     job = await _job(request, job_id)
     if job.status in FINAL:
         await run_in_threadpool(jobs.delete, job_id)

@@ -6,6 +6,7 @@ import hmac
 from fastapi import Depends, Request
 
 from ..errors import Forbidden, Unauthorized
+from .state import service_of
 
 
 def _presented(request: Request) -> str | None:
@@ -23,7 +24,7 @@ def _matches(key: str, keys: list[str]) -> bool:
 
 
 def _check(request: Request, admin: bool) -> None:
-    settings = request.app.state.service.settings
+    settings = service_of(request).settings
     if not settings.auth_enabled:
         return
     key = _presented(request)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from fastapi import Request
+
 from ..broker import Broker
 from ..broker.videos import VideoQueue
 from ..composition import Runtime, build
@@ -15,6 +17,12 @@ from ..store import ModelRegistry, ModelSpec, ModelStore
 from ..video.jobs import JobStore
 
 log = logging.getLogger("posekd.api")
+
+
+def service_of(request: Request) -> ServiceState:
+    """The running service's state, typed (what routes and dependencies use instead of the untyped
+    ``request.app.state.service``)."""
+    return request.app.state.service
 
 
 @dataclass
