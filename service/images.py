@@ -242,3 +242,15 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, max_side: int 
     if budget is not None:
         budget.release(taken - kept)
     return Decoded(image, w / image.shape[1], (w, h), kept)
+
+
+def budget_for(settings) -> PixelBudget:
+    """The process-wide pixel budget of these settings (``POSEKD_MAX_DECODE_PIXELS``, ``…_DECODE_WAIT_S``)."""
+    return PixelBudget.shared(settings.max_decode_pixels, settings.decode_wait_s)
+
+
+def decode_upload(data: bytes, settings) -> Decoded:
+    """:func:`decode_image` with the service's limits and its process-wide budget; the caller releases
+    ``Decoded.held`` on ``budget_for(settings)`` when done with the image."""
+    return decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
+                        max_side=settings.decode_max_side, budget=budget_for(settings))

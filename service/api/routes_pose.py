@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from ..broker import JobResult, PoseJob
 from ..errors import InvalidParameter, PoseKDError
 from ..formats import coco_results
-from ..images import PixelBudget, check_declared_type, decode_image, inspect_image
+from ..images import budget_for, check_declared_type, decode_upload, inspect_image
 from ..keypoints import COCO17
 from ..pipeline import ImageTask
 from ..store import ModelSpec
@@ -89,9 +89,7 @@ async def _read_images(state, images: list[bytes], held: list[int]) -> list[tupl
     for i, data in enumerate(images):
         try:
             if decode:  # one image after the other: a batch holds at most one full-size image at a time
-                d = await run_in_threadpool(decode_image, data, max_bytes=s.max_image_bytes,
-                                            max_pixels=s.max_image_pixels, max_side=s.decode_max_side,
-                                            budget=PixelBudget.shared(s.max_decode_pixels, s.decode_wait_s))
+                d = await run_in_threadpool(decode_upload, data, s)
                 held.append(d.held)
                 out.append((d.image, d.scale, None, d.size))
             else:  # the worker decodes, under its own process's budget, and knows the size then
@@ -152,7 +150,7 @@ async def _run(request: Request, images: list[bytes], model, detector, min_score
         if draw_on is not None:  # the annotated picture, drawn while the pixels are still admitted
             draw_on.append(await run_in_threadpool(_draw, s, tasks[0], images[0], result.results[0]))
     finally:
-        PixelBudget.shared(s.max_decode_pixels, s.decode_wait_s).release(sum(held))
+        budget_for(s).release(sum(held))
     return pose_info, det_info, result
 
 
@@ -162,10 +160,8 @@ def _draw(s, task: ImageTask, data: bytes, res) -> np.ndarray:
     from ..video.render import draw
     image, scale = task.image, task.scale
     if image is None:
-        budget = PixelBudget.shared(s.max_decode_pixels, s.decode_wait_s)
-        d = decode_image(data, max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels,
-                         max_side=s.decode_max_side, budget=budget)
-        budget.release(d.held)
+        d = decode_upload(data, s)
+        budget_for(s).release(d.held)
         image, scale = d.image, d.scale
     return draw(image, [p.as_dict() for p in res.people], min_score=0.2, scale=scale)
 

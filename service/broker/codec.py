@@ -85,12 +85,9 @@ class Request:
             h, w = self.shape
             self.task.image = np.frombuffer(self.task.data, np.uint8).reshape(h, w, 3)
         else:
-            from ..images import PixelBudget, decode_image
-            budget = PixelBudget.shared(settings.max_decode_pixels, settings.decode_wait_s)
-            decoded = decode_image(self.task.data, max_bytes=settings.max_image_bytes,
-                                   max_pixels=settings.max_image_pixels, max_side=settings.decode_max_side,
-                                   budget=budget)
-            budget.release(decoded.held)  # a worker holds at most two batches of reduced images anyway
+            from ..images import budget_for, decode_upload
+            decoded = decode_upload(self.task.data, settings)
+            budget_for(settings).release(decoded.held)  # a worker holds at most two batches of reduced images
             self.task.image, self.task.scale, self.task.size = decoded.image, decoded.scale, decoded.size
         self.task.data = None
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from ..errors import PoseKDError
+from ..progress import Progress
 from .http import Client
 from .local import Estimator
 
@@ -35,17 +36,6 @@ def _image_id(path: Path, index: int) -> int:
     return int(path.stem) if path.stem.isdigit() else index
 
 
-def _progress(done: int, total: int, name: str) -> None:
-    if not sys.stderr.isatty() and done not in (total,):
-        return
-    width = 30
-    filled = int(width * done / max(total, 1))
-    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {name[:40]:<40}", end="",
-          file=sys.stderr, flush=True)
-    if done == total:
-        print(file=sys.stderr)
-
-
 def cmd_pose(args) -> int:
     import cv2
 
@@ -66,6 +56,7 @@ def cmd_pose(args) -> int:
     if render:
         render.mkdir(parents=True, exist_ok=True)
     out: list = []
+    bar = Progress("images", "img/s")
     for i, path in enumerate(paths):
         result = run(path)
         if args.format == "coco":
@@ -76,7 +67,8 @@ def cmd_pose(args) -> int:
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if image is not None:
                 cv2.imwrite(str(render / f"{path.stem}.jpg"), result.draw(image))
-        _progress(i + 1, len(paths), path.name)
+        bar(i + 1, len(paths), path.name)
+    bar.close()
     text = json.dumps(out, indent=None if args.format == "coco" else 1)
     if args.output:
         Path(args.output).write_text(text + "\n")

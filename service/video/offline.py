@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import json
-import sys
-import time
 from pathlib import Path
 
 from ..composition import build
+from ..progress import Progress
 from ..settings import Settings
 from . import decode
 from .processor import VideoOptions, VideoProcessor
@@ -17,27 +16,6 @@ def load(settings: Settings, model: str | None, detector: str | None):
     pose = rt.registry.get(model or settings.default_pose_model, task="pose")
     det = rt.registry.get(detector or settings.default_detector, task="person_detection")
     return rt.pipeline, pose, det
-
-
-class Progress:
-    """A one-line progress bar on stderr."""
-
-    def __init__(self, stream=sys.stderr):
-        self.stream, self.t0, self.last = stream, time.perf_counter(), 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.perf_counter()
-        if now - self.last < 0.2 and done < total:
-            return
-        self.last = now
-        fps = done / max(now - self.t0, 1e-9)
-        width = 30
-        filled = int(width * done / max(total, 1))
-        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} frames  {fps:.1f} fps")
-        self.stream.flush()
-
-    def close(self) -> None:
-        self.stream.write("\n")
 
 
 def run(settings: Settings, clip: Path, out: Path | None, render: Path | None, *, model=None, detector=None,
