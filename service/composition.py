@@ -54,25 +54,21 @@ def build(settings: Settings, role: Role) -> Runtime:
     registry.on_change(lambda: metrics.publish_models(registry))
     if settings.redis_url:
         from .video.jobs import RedisJobStore
-        rt.jobs = RedisJobStore(settings.redis_url, settings.redis_prefix, settings.job_ttl_s,
-                                settings.redis_connect_timeout_s)
+        rt.jobs = RedisJobStore(settings.redis, settings.job_ttl_s)
     if role == "worker":
         return rt
     if settings.redis_url:
         from .broker.redis import RedisBroker
         from .broker.videos import RedisVideoQueue
-        rt.broker = RedisBroker(settings.redis_url, prefix=settings.redis_prefix, queue_max=settings.queue_max,
-                                payload=settings.redis_payload, connect_timeout_s=settings.redis_connect_timeout_s,
-                                op_timeout_s=settings.redis_op_timeout_s, reply_ttl_s=settings.reply_ttl_s,
-                                worker_stale_s=settings.worker_stale_s, require_workers=settings.require_workers,
-                                max_connections=settings.redis_max_connections)
-        rt.videos = RedisVideoQueue(settings.redis_url, settings.redis_prefix, settings.redis_connect_timeout_s)
+        rt.broker = RedisBroker(settings.redis, settings.delivery, queue_max=settings.queue_max,
+                                payload=settings.redis_payload)
+        rt.videos = RedisVideoQueue(settings.redis)
     else:
         from .video.jobs import LocalJobStore
-        from .video.runner import LocalRunner
-        rt.broker = LocalBroker(pipeline, registry, max_batch=settings.max_batch, max_delay_ms=settings.max_delay_ms,
-                                queue_max=settings.queue_max, workers=settings.workers)
+        from .video.runner import LocalRunner, VideoConfig
+        rt.broker = LocalBroker(pipeline, registry, settings.batching, workers=settings.workers)
         local_jobs = LocalJobStore(settings.video_dir, settings.job_ttl_s)
         rt.jobs = local_jobs
-        rt.videos = LocalRunner(local_jobs, settings, registry, pipeline, settings.video_workers)
+        rt.videos = LocalRunner(local_jobs, VideoConfig.from_settings(settings), registry, pipeline,
+                                settings.video_workers)
     return rt

@@ -13,11 +13,14 @@ import contextlib
 import struct
 import threading
 import time
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from .errors import InvalidImage, Overloaded, PayloadTooLarge, UnsupportedMediaType
+
+if TYPE_CHECKING:
+    from .settings import ImageLimits
 
 
 class PixelBudget:
@@ -244,13 +247,13 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, max_side: int 
     return Decoded(image, w / image.shape[1], (w, h), kept)
 
 
-def budget_for(settings) -> PixelBudget:
-    """The process-wide pixel budget of these settings (``POSEKD_MAX_DECODE_PIXELS``, ``…_DECODE_WAIT_S``)."""
-    return PixelBudget.shared(settings.max_decode_pixels, settings.decode_wait_s)
+def budget_for(limits: ImageLimits) -> PixelBudget:
+    """The process-wide pixel budget of these limits (``POSEKD_MAX_DECODE_PIXELS``, ``…_DECODE_WAIT_S``)."""
+    return PixelBudget.shared(limits.max_decode_pixels, limits.decode_wait_s)
 
 
-def decode_upload(data: bytes, settings) -> Decoded:
+def decode_upload(data: bytes, limits: ImageLimits) -> Decoded:
     """:func:`decode_image` with the service's limits and its process-wide budget; the caller releases
-    ``Decoded.held`` on ``budget_for(settings)`` when done with the image."""
-    return decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
-                        max_side=settings.decode_max_side, budget=budget_for(settings))
+    ``Decoded.held`` on ``budget_for(limits)`` when done with the image."""
+    return decode_image(data, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels,
+                        max_side=limits.decode_max_side, budget=budget_for(limits))

@@ -1,6 +1,7 @@
 """Service settings (environment prefix ``POSEKD_``), read once through :func:`get_settings`."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -151,6 +152,83 @@ class Settings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         return bool(self.api_keys or self.admin_api_keys)
+
+    # --- one config object per component (built from the flat POSEKD_ variables above) ----------
+    @property
+    def redis(self) -> RedisConfig:
+        if not self.redis_url:
+            raise ValueError("POSEKD_REDIS_URL is not set (embedded mode has no Redis)")
+        return RedisConfig(self.redis_url, self.redis_prefix, self.redis_connect_timeout_s, self.redis_op_timeout_s,
+                           self.redis_max_connections)
+
+    @property
+    def batching(self) -> Batching:
+        return Batching(self.max_batch, self.max_delay_ms, self.queue_max)
+
+    @property
+    def delivery(self) -> Delivery:
+        return Delivery(self.worker_heartbeat_s, self.worker_stale_s, self.visibility_timeout_s, self.max_deliveries,
+                        self.reply_ttl_s, self.require_workers, self.video_visibility_s)
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(self.max_image_bytes, self.max_image_pixels, self.decode_max_side, self.max_decode_pixels,
+                           self.decode_wait_s)
+
+    @property
+    def video_limits(self) -> VideoLimits:
+        return VideoLimits(self.max_video_seconds, self.max_video_frames, self.max_video_pixels)
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """Where Redis is and how long to wait for it (Redis mode)."""
+    url: str
+    prefix: str = "posekd"  # every key starts with it (service/broker/keys.py)
+    connect_timeout_s: float = 1.0
+    op_timeout_s: float = 2.0
+    max_connections: int = 256  # per client pool; past it a command waits for a free connection
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Dynamic batching: a batch closes at ``max_batch`` images or ``max_delay_ms`` after its first one;
+    more than ``queue_max`` images waiting means 503."""
+    max_batch: int = 8
+    max_delay_ms: float = 5.0
+    queue_max: int = 256
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The rules of the Redis streams: worker liveness, taking over a dead or hung worker's entries,
+    retries and reply lifetime (see service/broker/liveness.py)."""
+    heartbeat_s: float = 1.0
+    stale_s: float = 5.0  # a heartbeat older than this: the worker is gone and its entries are taken over
+    visibility_timeout_s: float = 300.0  # a live worker holding a request this long is hung (0: never)
+    max_deliveries: int = 3  # a request delivered this often is answered with an error
+    reply_ttl_s: float = 300.0  # reply streams of vanished API replicas expire
+    require_workers: bool = True  # the API answers 503 at once when no worker is alive
+    video_visibility_s: float = 600.0  # a live worker's video job with no progress this long is taken
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What one uploaded image may cost: bytes, pixels, the decoded size kept, and the process-wide
+    budget of decoded pixels in flight (``max_decode_pixels``, waited for up to ``decode_wait_s``)."""
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    decode_max_side: int = 1280
+    max_decode_pixels: int = 80_000_000
+    decode_wait_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class VideoLimits:
+    """What one clip may be, checked from the container before any frame is decoded."""
+    max_seconds: float = 600.0
+    max_frames: int = 20_000
+    max_pixels: int = 3840 * 2160  # per frame
 
 
 @lru_cache(maxsize=1)

@@ -18,7 +18,7 @@ from .broker.consumer import StreamConsumer
 from .settings import Settings
 from .store import ModelRegistry
 from .video.jobs import RedisJobStore
-from .video.runner import VideoConsumer
+from .video.runner import VideoConfig, VideoConsumer
 
 log = logging.getLogger("posekd.worker")
 
@@ -50,14 +50,9 @@ def build(settings: Settings) -> tuple[StreamConsumer, VideoConsumer]:
     metrics.publish_models(registry)
     report_device(settings, registry)
     name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
-    videos = VideoConsumer(rt.jobs, name, settings, registry, pipeline, settings.video_visibility_s,
-                           settings.worker_stale_s)
-    return StreamConsumer(settings.redis_url, name, pipeline, registry, settings,
-                          prefix=settings.redis_prefix, max_batch=settings.max_batch,
-                          max_delay_ms=settings.max_delay_ms, visibility_timeout_s=settings.visibility_timeout_s,
-                          max_deliveries=settings.max_deliveries, reply_ttl_s=settings.reply_ttl_s,
-                          heartbeat_s=settings.worker_heartbeat_s, stale_s=settings.worker_stale_s,
-                          connect_timeout_s=settings.redis_connect_timeout_s), videos
+    videos = VideoConsumer(rt.jobs, name, VideoConfig.from_settings(settings), registry, pipeline, settings.delivery)
+    return StreamConsumer(settings.redis, name, pipeline, registry, batching=settings.batching,
+                          delivery=settings.delivery, images=settings.image_limits), videos
 
 
 def serve(settings: Settings, metrics_port: int | None = None) -> int:

@@ -7,13 +7,13 @@ import threading
 import numpy as np
 import pytest
 
-from service.broker import LocalBroker, PoseJob
+from service.broker import LocalBroker, PoseRequest
 from service.broker.consumer import StreamConsumer
 from service.broker.redis import RedisBroker
 from service.errors import Overloaded, Timeout
 from service.pipeline import ImageTask, PosePipeline
 from service.pipeline.runtime import OnnxModel
-from service.settings import Settings
+from service.settings import Batching, RedisConfig
 from service.store import ModelRegistry
 
 from .helpers import blob_image
@@ -60,19 +60,19 @@ def make_broker(request, store):
     def make(max_batch=8, max_delay_ms=5.0, queue_max=256):
         reg = ModelRegistry(store, lambda m, d: OnnxModel(m, d, device="cpu", intra_threads=1))
         pipe = GatedPipeline()
+        batching = Batching(max_batch, max_delay_ms, queue_max)
         if request.param == "local":
-            return LocalBroker(pipe, reg, max_batch=max_batch, max_delay_ms=max_delay_ms, queue_max=queue_max), pipe
-        url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
-        broker = RedisBroker(url, prefix=prefix, queue_max=queue_max, payload="raw", poll_s=0.2)
-        consumer = StreamConsumer(url, "contract-worker", pipe, reg, Settings(), prefix=prefix, max_batch=max_batch,
-                                  max_delay_ms=max_delay_ms, block_ms=100)
+            return LocalBroker(pipe, reg, batching), pipe
+        redis = RedisConfig(request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix"))
+        broker = RedisBroker(redis, queue_max=queue_max, payload="raw", poll_s=0.2)
+        consumer = StreamConsumer(redis, "contract-worker", pipe, reg, batching=batching, block_ms=100)
         return RedisPair(broker, consumer), pipe
     make.kind = request.param
     return make
 
 
 def job(x, y, model="tiny-pose:1"):
-    return PoseJob(model, "tiny-det:1", [ImageTask(blob_image(at=(x, y)), min_score=0.0)])
+    return PoseRequest(model, "tiny-det:1", [ImageTask(blob_image(at=(x, y)), min_score=0.0)])
 
 
 def test_concurrent_requests_are_batched_and_answered_to_their_caller(make_broker):
@@ -188,7 +188,7 @@ def test_a_multi_image_job_is_answered_in_order(make_broker):
         broker, _ = make_broker(max_batch=2, max_delay_ms=20)
         await broker.start()
         tasks = [ImageTask(blob_image(at=xy), min_score=0.0) for xy in spots]
-        result = await broker.submit(PoseJob("tiny-pose:1", "tiny-det:1", tasks), 10)
+        result = await broker.submit(PoseRequest("tiny-pose:1", "tiny-det:1", tasks), 10)
         await broker.stop()
         return result
 

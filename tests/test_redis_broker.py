@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import redis
 
-from service.broker import PoseJob, codec
+from service.broker import PoseRequest, codec
 from service.broker.consumer import StreamConsumer
 from service.broker.keys import GROUP, RedisKeys
 from service.broker.redis import RedisBroker, _Waiter
 from service.errors import Overloaded, PoseKDError
 from service.pipeline import ImageResult, ImageTask, PosePipeline
 from service.pipeline.runtime import OnnxModel
-from service.settings import Settings
+from service.settings import Delivery, RedisConfig
 from service.store import ModelRegistry
 
 from .helpers import blob_image, encode
@@ -25,23 +25,23 @@ from .procs import free_port
 pytestmark = pytest.mark.redis
 
 
-def consumer(store, url, prefix, **kw) -> StreamConsumer:
+def consumer(store, url, prefix, name="w", **delivery) -> StreamConsumer:
     reg = ModelRegistry(store, lambda m, d: OnnxModel(m, d, device="cpu", intra_threads=1))
-    return StreamConsumer(url, kw.pop("name", "w"), PosePipeline(detector_threshold=0.1), reg, Settings(),
-                          prefix=prefix, block_ms=100, **kw)
+    return StreamConsumer(RedisConfig(url, prefix), name, PosePipeline(detector_threshold=0.1), reg,
+                          delivery=Delivery(**delivery), block_ms=100)
 
 
-def pixel_job(x=60, y=80) -> PoseJob:
-    return PoseJob("tiny-pose:1", "tiny-det:1", [ImageTask(blob_image(at=(x, y)), min_score=0.0)])
+def pixel_job(x=60, y=80) -> PoseRequest:
+    return PoseRequest("tiny-pose:1", "tiny-det:1", [ImageTask(blob_image(at=(x, y)), min_score=0.0)])
 
 
-def encoded_job(data: bytes) -> PoseJob:
-    return PoseJob("tiny-pose:1", "tiny-det:1", [ImageTask(None, min_score=0.0, data=data)])
+def encoded_job(data: bytes) -> PoseRequest:
+    return PoseRequest("tiny-pose:1", "tiny-det:1", [ImageTask(None, min_score=0.0, data=data)])
 
 
 async def broker_with_group(url: str, prefix: str) -> RedisBroker:
     """An API-side broker on a stream whose consumer group exists, with no worker running yet."""
-    broker = RedisBroker(url, prefix=prefix, payload="raw", require_workers=False)
+    broker = RedisBroker(RedisConfig(url, prefix), Delivery(require_workers=False), payload="raw")
     await broker.start()
     redis.Redis.from_url(url).xgroup_create(RedisKeys(prefix).requests, GROUP, id="0", mkstream=True)
     return broker
@@ -127,7 +127,7 @@ def test_a_cancelled_wait_takes_its_entries_out_of_the_stream(redis_url, redis_p
     raw = redis.Redis.from_url(redis_url)
 
     async def main():
-        broker = RedisBroker(redis_url, prefix=redis_prefix, payload="raw", require_workers=False)
+        broker = RedisBroker(RedisConfig(redis_url, redis_prefix), Delivery(require_workers=False), payload="raw")
         await broker.start()
         job = pixel_job()
         waiting = asyncio.ensure_future(broker.submit(job, 20))
@@ -152,7 +152,7 @@ def test_both_payload_formats_give_the_same_answer_and_bad_bytes_a_400(store, re
         out = {}
         stop, task = await serve(consumer(store, redis_url, redis_prefix))
         for fmt in ("raw", "encoded"):
-            broker = RedisBroker(redis_url, prefix=redis_prefix, payload=fmt)
+            broker = RedisBroker(RedisConfig(redis_url, redis_prefix), payload=fmt)
             await broker.start()
             job = pixel_job(80, 70) if fmt == "raw" else encoded_job(png)
             out[fmt] = await broker.submit(job, 20)
@@ -176,7 +176,7 @@ def test_unreachable_redis_answers_503_at_once_and_is_not_ready():
     url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
 
     async def main():
-        broker = RedisBroker(url, connect_timeout_s=0.5)
+        broker = RedisBroker(RedisConfig(url, connect_timeout_s=0.5))
         await broker.start()
         try:
             with pytest.raises(Overloaded) as err:

@@ -226,6 +226,22 @@ def test_a_job_that_cannot_run_fails_with_a_clear_error_instead_of_hanging(setti
         assert status["status"] == "failed" and "video" in status["error"]
 
 
+def test_a_queued_job_runs_the_model_version_it_was_accepted_with(settings, store, tmp_path):
+    add_slow_pose(store)
+    s = settings.model_copy(update={"video_dir": tmp_path / "jobs", "default_pose_model": "slow-pose",
+                                    "video_min_score": 0.1, "track_start_score": 0.2, "store_poll_s": 0})
+    data = blob_clip(tmp_path / "c.mp4", frames=12).read_bytes()
+    with TestClient(create_app(s)) as client:
+        first = upload(client, data, keyframe_interval=1).json()["job_id"]  # holds the one video thread
+        second = upload(client, data, keyframe_interval=6).json()["job_id"]  # slow-pose@production = 1 now
+        add_slow_pose(store)  # slow-pose:2 becomes production while the second job waits
+        assert client.post("/v1/admin/reload").status_code == 200
+        assert client.get("/v1/models/slow-pose").json()["aliases"]["production"] == 2
+        client.delete(f"/v1/jobs/{first}")
+        assert wait_final(client, second)["status"] == "succeeded"
+        assert client.get(f"/v1/jobs/{second}/result").json()["model"] == {"name": "slow-pose", "version": 1}
+
+
 @pytest.mark.data
 def test_a_real_clip_through_the_api_with_the_committed_students(tmp_path):
     from service.settings import Settings

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from ..broker import JobResult, PoseJob
+from ..broker import PoseAnswer, PoseRequest
 from ..errors import InvalidParameter, PoseKDError
 from ..formats import coco_results
 from ..images import budget_for, check_declared_type, decode_upload, inspect_image
@@ -89,11 +89,11 @@ async def _read_images(state, images: list[bytes], held: list[int]) -> list[tupl
     for i, data in enumerate(images):
         try:
             if decode:  # one image after the other: a batch holds at most one full-size image at a time
-                d = await run_in_threadpool(decode_upload, data, s)
+                d = await run_in_threadpool(decode_upload, data, s.image_limits)
                 held.append(d.held)
                 out.append((d.image, d.scale, None, d.size))
             else:  # the worker decodes, under its own process's budget, and knows the size then
-                inspect_image(data, max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels)
+                inspect_image(data, max_bytes=s.image_limits.max_bytes, max_pixels=s.image_limits.max_pixels)
                 out.append((None, 1.0, data, None))
         except PoseKDError as exc:
             if len(images) > 1:
@@ -110,7 +110,7 @@ async def _until_disconnect(request: Request) -> None:
             return
 
 
-async def _submit(request: Request, job: PoseJob, timeout: float) -> JobResult:
+async def _submit(request: Request, job: PoseRequest, timeout: float) -> PoseAnswer:
     """The broker's answer, unless the client disconnects first: then the wait is cancelled and the
     broker drops the job (workers skip it), so no work is done for nobody."""
     broker = service_of(request).broker
@@ -129,7 +129,7 @@ async def _submit(request: Request, job: PoseJob, timeout: float) -> JobResult:
 
 
 async def _run(request: Request, images: list[bytes], model, detector, min_score, max_people, boxes,
-               draw_on: list | None = None) -> tuple[dict, dict | None, JobResult]:
+               draw_on: list | None = None) -> tuple[dict, dict | None, PoseAnswer]:
     state = service_of(request)
     s = state.settings
     if max_people is not None and max_people > s.max_people:
@@ -146,11 +146,11 @@ async def _run(request: Request, images: list[bytes], model, detector, min_score
         decoded = await _read_images(state, images, held)
         tasks = [ImageTask(im, parsed_boxes, min_score, max_people, scale, data, size)
                  for im, scale, data, size in decoded]
-        result = await _submit(request, PoseJob(pose_ref, det_ref, tasks), s.request_timeout_s)
+        result = await _submit(request, PoseRequest(pose_ref, det_ref, tasks), s.request_timeout_s)
         if draw_on is not None:  # the annotated picture, drawn while the pixels are still admitted
             draw_on.append(await run_in_threadpool(_draw, s, tasks[0], images[0], result.results[0]))
     finally:
-        budget_for(s).release(sum(held))
+        budget_for(s.image_limits).release(sum(held))
     return pose_info, det_info, result
 
 
@@ -160,8 +160,8 @@ def _draw(s, task: ImageTask, data: bytes, res) -> np.ndarray:
     from ..video.render import draw
     image, scale = task.image, task.scale
     if image is None:
-        d = decode_upload(data, s)
-        budget_for(s).release(d.held)
+        d = decode_upload(data, s.image_limits)
+        budget_for(s.image_limits).release(d.held)
         image, scale = d.image, d.scale
     return draw(image, [p.as_dict() for p in res.people], min_score=0.2, scale=scale)
 

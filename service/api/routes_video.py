@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
@@ -71,15 +72,18 @@ async def create_video_job(request: Request,
     state = service_of(request)
     s = state.settings
     await state.broker.require_a_worker()  # Redis mode: never queue a job nobody runs
+    refs = []  # exact name:version, resolved once here (404 before the upload is kept): the job runs these
     for spec, task in ((model or s.default_pose_model, "pose"), (detector or s.default_detector, "person_detection")):
-        await run_in_threadpool(state.registry.get, ModelSpec.parse(spec), task)  # 404 before the upload is kept
+        served = await run_in_threadpool(state.registry.get, ModelSpec.parse(spec), task)
+        refs.append(f"{served.name}:{served.version}")
+    limits = s.video_limits
     tmp = Path(tempfile.mkdtemp(prefix="posekd-upload-"))
     try:
         clip = await _save_upload(request, s.max_video_bytes, tmp, s.body_timeout_s)
-        info = await run_in_threadpool(decode.probe, clip, max_seconds=s.max_video_seconds,
-                                       max_frames=s.max_video_frames, max_pixels=s.max_video_pixels)
-        job = Job(render=render, frames_total=info.frames,
-                  options={"model": model, "detector": detector, "keyframe_interval": keyframe_interval,
+        info = await run_in_threadpool(decode.probe, clip, max_seconds=limits.max_seconds,
+                                       max_frames=limits.max_frames, max_pixels=limits.max_pixels)
+        job = Job(render=render, frames_total=info.frames, video=asdict(info),
+                  options={"model": refs[0], "detector": refs[1], "keyframe_interval": keyframe_interval,
                            "smoothing": smoothing})
         await run_in_threadpool(state.jobs.create, job, clip)
     finally:

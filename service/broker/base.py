@@ -13,7 +13,7 @@ from ..pipeline import ImageResult, ImageTask
 
 
 @dataclass
-class PoseJob:
+class PoseRequest:
     """One API request: images that share a pose model and a detector (exact ``name:version``)."""
     pose_ref: str
     detector_ref: str | None
@@ -28,7 +28,7 @@ class PoseJob:
 
 
 @dataclass
-class JobResult:
+class PoseAnswer:
     results: list[ImageResult]
     queue_s: float  # time from enqueue to the start of the batch that ran it
     batch_images: int  # images in that batch, all jobs together
@@ -66,7 +66,7 @@ class Broker(abc.ABC):
         """Stop taking work and finish what was accepted."""
 
     @abc.abstractmethod
-    async def submit(self, job: PoseJob, timeout: float) -> JobResult:
+    async def submit(self, job: PoseRequest, timeout: float) -> PoseAnswer:
         """Queue a job and wait for its result. Raises Overloaded when the queue is full or the
         broker is stopping, Timeout when no result came within ``timeout`` seconds."""
 

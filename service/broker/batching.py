@@ -10,10 +10,11 @@ from .. import metrics
 from ..errors import PoseKDError
 from ..pipeline import PosePipeline
 from ..store import ModelRegistry
-from .base import JobResult, PoseJob
+from .base import PoseAnswer, PoseRequest
 
 
-def gather(first: PoseJob, take: Callable[[float], PoseJob | None], max_batch: int, max_delay: float) -> list[PoseJob]:
+def gather(first: PoseRequest, take: Callable[[float], PoseRequest | None], max_batch: int,
+           max_delay: float) -> list[PoseRequest]:
     """``first`` plus whatever ``take(timeout)`` yields until the batch holds ``max_batch`` images or
     ``max_delay`` seconds passed since ``first`` was taken; ``take`` returns None when nothing came."""
     batch, images = [first], first.size
@@ -27,13 +28,13 @@ def gather(first: PoseJob, take: Callable[[float], PoseJob | None], max_batch: i
     return batch
 
 
-def execute(pipeline: PosePipeline, registry: ModelRegistry, jobs: list[PoseJob],
-            clock: Callable[[], float] = time.perf_counter) -> list[JobResult | Exception]:
+def execute(pipeline: PosePipeline, registry: ModelRegistry, jobs: list[PoseRequest],
+            clock: Callable[[], float] = time.perf_counter) -> list[PoseAnswer | Exception]:
     """Run a batch; one outcome per job, in order. A job whose models fail gets its exception,
     the rest of the batch still runs. ``clock`` is the one ``job.enqueued_at`` was read from
     (``time.time`` when the job crossed machines)."""
     start = clock()
-    outcomes: list[JobResult | Exception | None] = [None] * len(jobs)
+    outcomes: list[PoseAnswer | Exception | None] = [None] * len(jobs)
     groups: dict[tuple[str, str | None], list[int]] = defaultdict(list)
     for i, job in enumerate(jobs):
         groups[(job.pose_ref, job.detector_ref)].append(i)
@@ -57,6 +58,6 @@ def execute(pipeline: PosePipeline, registry: ModelRegistry, jobs: list[PoseJob]
             n = jobs[i].size
             queue_s = start - jobs[i].enqueued_at
             metrics.QUEUE_WAIT.labels(pose.name).observe(queue_s)
-            outcomes[i] = JobResult(results[k:k + n], queue_s, total)
+            outcomes[i] = PoseAnswer(results[k:k + n], queue_s, total)
             k += n
     return [o if o is not None else RuntimeError("the batch gave this job no result") for o in outcomes]

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import PoseKDError
 from ..pipeline import ImageResult, ImageTask, Person
 from . import keys as k
+
+if TYPE_CHECKING:
+    from ..settings import ImageLimits
+    from .base import PoseRequest
 
 FORMATS = ("encoded", "raw")
 
@@ -24,16 +29,18 @@ def _pair(values) -> tuple[int, int]:
     return a, b
 
 
-def request_fields(job_id: str, index: int, count: int, pose_ref: str, detector_ref: str | None, reply: str,
-                   deadline: float, enqueued: float, task: ImageTask, fmt: str) -> dict[str, bytes | str]:
+def request_fields(job: PoseRequest, index: int, reply: str, deadline: float, enqueued: float,
+                   fmt: str) -> dict[str, bytes | str]:
+    """The stream entry of image ``index`` of ``job``; its answer goes to the ``reply`` stream."""
+    task = job.tasks[index]
     if task.data is None:  # only pixels at hand (a caller that decoded itself): send those
         fmt = "raw"
     params = {"min_score": task.min_score, "max_people": task.max_people, "scale": task.scale,
               "size": list(task.size) if task.size else None,
               "boxes": None if task.boxes is None else np.asarray(task.boxes, np.float32).tolist()}
     fields: dict[str, bytes | str] = {
-        k.F_JOB: job_id, k.F_INDEX: str(index), k.F_COUNT: str(count), k.F_POSE: pose_ref,
-        k.F_DETECTOR: detector_ref or "", k.F_REPLY: reply, k.F_DEADLINE: repr(deadline),
+        k.F_JOB: job.id, k.F_INDEX: str(index), k.F_COUNT: str(job.size), k.F_POSE: job.pose_ref,
+        k.F_DETECTOR: job.detector_ref or "", k.F_REPLY: reply, k.F_DEADLINE: repr(deadline),
         k.F_ENQUEUED: repr(enqueued), k.F_PARAMS: json.dumps(params, separators=(",", ":")), k.F_FORMAT: fmt,
     }
     if fmt == "raw":
@@ -75,7 +82,7 @@ class Request:
                    _s(f[k.F_DETECTOR]) or None, _s(f[k.F_REPLY]), float(_s(f[k.F_DEADLINE])),
                    float(_s(f[k.F_ENQUEUED])), fmt, task, shape)
 
-    def decode(self, settings) -> None:
+    def decode(self, limits: ImageLimits) -> None:
         """Turn the payload into pixels; raises InvalidImage and friends for a bad upload."""
         if self.task.data is None:
             raise ValueError("the request carries no image")
@@ -86,8 +93,8 @@ class Request:
             self.task.image = np.frombuffer(self.task.data, np.uint8).reshape(h, w, 3)
         else:
             from ..images import budget_for, decode_upload
-            decoded = decode_upload(self.task.data, settings)
-            budget_for(settings).release(decoded.held)  # a worker holds at most two batches of reduced images
+            decoded = decode_upload(self.task.data, limits)
+            budget_for(limits).release(decoded.held)  # a worker holds at most two batches of reduced images
             self.task.image, self.task.scale, self.task.size = decoded.image, decoded.scale, decoded.size
         self.task.data = None
 
@@ -123,5 +130,5 @@ class Reply:
         if not b["ok"]:
             e = b["error"]
             return PoseKDError(e["message"], code=e["code"], status=int(e["status"]), retry_after=e["retry_after"])
-        people = [Person(p["bbox"], p["score"], np.asarray(p["keypoints"], np.float32)) for p in b["people"]]
+        people = [Person.from_dict(p) for p in b["people"]]
         return ImageResult(people, b["timing"], tuple(b["size"]))

@@ -24,9 +24,10 @@ from typing import Any
 from .. import metrics
 from ..errors import PoseKDError
 from ..pipeline import PosePipeline
+from ..settings import Batching, Delivery, ImageLimits, RedisConfig
 from ..store import ModelRegistry
-from . import codec
-from .base import PoseJob
+from . import codec, groups
+from .base import PoseRequest
 from .batching import execute
 from .keys import GROUP, RedisKeys
 from .liveness import dead, holders
@@ -35,25 +36,23 @@ log = logging.getLogger("posekd.worker")
 
 
 class StreamConsumer:
-    def __init__(self, url: str, name: str, pipeline: PosePipeline, registry: ModelRegistry, settings, *,
-                 prefix: str = "posekd", max_batch: int = 8, max_delay_ms: float = 5.0,
-                 visibility_timeout_s: float = 300.0, max_deliveries: int = 3, reply_ttl_s: float = 300.0,
-                 heartbeat_s: float = 1.0, stale_s: float = 5.0, connect_timeout_s: float = 1.0,
+    def __init__(self, redis: RedisConfig, name: str, pipeline: PosePipeline, registry: ModelRegistry, *,
+                 batching: Batching = Batching(), delivery: Delivery = Delivery(), images: ImageLimits = ImageLimits(),
                  block_ms: int = 1000):
-        self.url = url
+        self.url = redis.url
         self.name = name
         self.pipeline = pipeline
         self.registry = registry
-        self.settings = settings  # image limits for decoding uploads
-        self.keys = RedisKeys(prefix)
-        self.max_batch = max_batch
-        self.max_delay = max_delay_ms / 1000.0
-        self.visibility_ms = int(visibility_timeout_s * 1000)
-        self.max_deliveries = max_deliveries
-        self.reply_ttl = int(reply_ttl_s)
-        self.heartbeat_s = heartbeat_s
-        self.stale_s = stale_s
-        self.connect_timeout_s = connect_timeout_s
+        self.images = images  # limits for decoding uploads
+        self.keys = RedisKeys(redis.prefix)
+        self.max_batch = batching.max_batch
+        self.max_delay = batching.max_delay_ms / 1000.0
+        self.visibility_ms = int(delivery.visibility_timeout_s * 1000)
+        self.max_deliveries = delivery.max_deliveries
+        self.reply_ttl = int(delivery.reply_ttl_s)
+        self.heartbeat_s = delivery.heartbeat_s
+        self.stale_s = delivery.stale_s
+        self.connect_timeout_s = redis.connect_timeout_s
         self.block_ms = block_ms  # longest wait for new entries: how soon a stop is noticed
         self.batches = 0
         self._decoder = ThreadPoolExecutor(max(2, min(8, os.cpu_count() or 2)), thread_name_prefix="posekd-decode")
@@ -96,7 +95,7 @@ class StreamConsumer:
                     running = loop.create_task(self._complete(live, done))
                     backoff = 0.1
                 except RedisError as exc:
-                    if "NOGROUP" in str(exc):  # Redis restarted empty: make the group again
+                    if groups.lost(exc):  # Redis restarted empty: make the group again
                         grouped = False
                         continue
                     metrics.BROKER_ERRORS.labels("worker").inc()
@@ -117,13 +116,8 @@ class StreamConsumer:
             log.info("worker %s stopped after %d batches", self.name, self.batches)
 
     async def _ensure_group(self) -> None:
-        from redis.exceptions import ResponseError
-        try:  # id 0: entries added before the group existed are served too
-            await self._redis.xgroup_create(self.keys.requests, GROUP, id="0", mkstream=True)
+        if await groups.ensure_async(self._redis, self.keys.requests, GROUP):
             log.info("created consumer group %s on %s", GROUP, self.keys.requests)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         from redis.exceptions import RedisError
@@ -293,7 +287,7 @@ class StreamConsumer:
 
     def _decode(self, req: codec.Request) -> Exception | None:
         try:
-            req.decode(self.settings)
+            req.decode(self.images)
         except Exception as exc:  # a bad upload fails alone
             return exc
         return None
@@ -301,7 +295,7 @@ class StreamConsumer:
     def _run(self, requests: list[codec.Request]) -> list:
         """Run one decoded batch (in a thread: ONNX Runtime releases the GIL); a reply per request."""
         out = []
-        jobs = [PoseJob(r.pose_ref, r.detector_ref, [r.task], id=r.entry_id, enqueued_at=r.enqueued)
+        jobs = [PoseRequest(r.pose_ref, r.detector_ref, [r.task], id=r.entry_id, enqueued_at=r.enqueued)
                 for r in requests]
         try:
             outcomes = execute(self.pipeline, self.registry, jobs, clock=time.time)

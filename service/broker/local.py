@@ -10,8 +10,9 @@ import threading
 from .. import metrics
 from ..errors import Overloaded, Timeout
 from ..pipeline import PosePipeline
+from ..settings import Batching
 from ..store import ModelRegistry
-from .base import Broker, JobResult, PoseJob
+from .base import Broker, PoseAnswer, PoseRequest
 from .batching import execute, gather
 
 log = logging.getLogger("posekd.broker")
@@ -21,14 +22,14 @@ _STOP = object()
 class LocalBroker(Broker):
     name = "local"
 
-    def __init__(self, pipeline: PosePipeline, registry: ModelRegistry, *, max_batch: int = 8,
-                 max_delay_ms: float = 5.0, queue_max: int = 256, workers: int = 1):
+    def __init__(self, pipeline: PosePipeline, registry: ModelRegistry, batching: Batching = Batching(), *,
+                 workers: int = 1):
         self.pipeline = pipeline
         self.registry = registry
-        self.max_batch = max_batch
-        self.max_delay = max_delay_ms / 1000.0
-        self.queue_max = queue_max
-        self.n_workers = workers
+        self.max_batch = batching.max_batch
+        self.max_delay = batching.max_delay_ms / 1000.0
+        self.queue_max = batching.queue_max
+        self.n_threads = workers
         self._queue: queue.Queue = queue.Queue()
         self._waiting: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
         self._depth = 0  # images queued, not yet taken by a worker
@@ -38,11 +39,11 @@ class LocalBroker(Broker):
 
     async def start(self) -> None:
         self._accepting = True
-        for i in range(self.n_workers):
-            t = threading.Thread(target=self._work, name=f"posekd-worker-{i}", daemon=True)
+        for i in range(self.n_threads):
+            t = threading.Thread(target=self._work, name=f"posekd-infer-{i}", daemon=True)
             t.start()
             self._threads.append(t)
-        metrics.WORKERS.set(self.n_workers)  # the in-process inference threads: ready as they start
+        metrics.WORKERS.set(self.n_threads)  # the in-process inference threads: ready as they start
 
     async def stop(self) -> None:
         """Refuse new jobs, let the workers finish every accepted one, then end the threads."""
@@ -67,7 +68,7 @@ class LocalBroker(Broker):
     async def ready(self) -> bool:
         return self._accepting and any(t.is_alive() for t in self._threads)
 
-    async def submit(self, job: PoseJob, timeout: float) -> JobResult:
+    async def submit(self, job: PoseRequest, timeout: float) -> PoseAnswer:
         if not self._accepting:
             raise Overloaded("the service is shutting down", retry_after=5)
         with self._lock:
@@ -89,7 +90,7 @@ class LocalBroker(Broker):
             self._waiting.pop(job.id, None)
 
     # ---- worker threads ---------------------------------------------------------------------
-    def _take(self, timeout: float) -> PoseJob | None:
+    def _take(self, timeout: float) -> PoseRequest | None:
         try:
             item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
         except queue.Empty:
@@ -99,7 +100,7 @@ class LocalBroker(Broker):
             return None
         return self._taken(item)
 
-    def _taken(self, job: PoseJob) -> PoseJob:
+    def _taken(self, job: PoseRequest) -> PoseRequest:
         with self._lock:
             self._depth -= job.size
             metrics.QUEUE_DEPTH.labels(self.name).set(self._depth)
@@ -122,7 +123,7 @@ class LocalBroker(Broker):
             for job, outcome in zip(live, outcomes):
                 self._deliver(job, outcome)
 
-    def _deliver(self, job: PoseJob, outcome) -> None:
+    def _deliver(self, job: PoseRequest, outcome) -> None:
         waiting = self._waiting.get(job.id)
         if waiting is None:
             return

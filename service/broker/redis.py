@@ -20,8 +20,9 @@ from typing import Any
 from .. import metrics
 from ..errors import Overloaded, PoseKDError, Timeout
 from ..pipeline import ImageResult
+from ..settings import Delivery, RedisConfig
 from . import codec
-from .base import Broker, JobResult, PoseJob
+from .base import Broker, PoseAnswer, PoseRequest
 from .keys import RedisKeys
 
 log = logging.getLogger("posekd.broker.redis")
@@ -81,29 +82,28 @@ class _Waiter:
         self.queue_s = max(self.queue_s, reply.body["queue_s"])
         self.batch = max(self.batch, reply.body["batch"])
         if all(r is not None for r in self.results):
-            self.future.set_result(JobResult([r for r in self.results if r is not None], self.queue_s, self.batch))
+            self.future.set_result(PoseAnswer([r for r in self.results if r is not None], self.queue_s, self.batch))
 
 
 class RedisBroker(Broker):
     name = "redis"
 
-    def __init__(self, url: str, *, prefix: str = "posekd", queue_max: int = 256, payload: str = "encoded",
-                 connect_timeout_s: float = 1.0, op_timeout_s: float = 2.0, reply_ttl_s: float = 300.0,
-                 worker_stale_s: float = 5.0, require_workers: bool = True, poll_s: float = 1.0,
-                 max_connections: int = 256):
+    def __init__(self, redis: RedisConfig, delivery: Delivery = Delivery(), *, queue_max: int = 256,
+                 payload: str = "encoded", poll_s: float = 1.0):
         if payload not in codec.FORMATS:
             raise ValueError(f"payload must be one of {codec.FORMATS}")
-        self.url = url
-        self.keys = RedisKeys(prefix)
+        self.config, self.delivery = redis, delivery
+        self.url = redis.url
+        self.keys = RedisKeys(redis.prefix)
         self.queue_max = queue_max
         self.payload = payload
-        self.connect_timeout_s = connect_timeout_s
-        self.op_timeout_s = op_timeout_s
-        self.reply_ttl_s = reply_ttl_s
-        self.worker_stale_s = worker_stale_s
-        self.require_workers = require_workers
+        self.connect_timeout_s = redis.connect_timeout_s
+        self.op_timeout_s = redis.op_timeout_s
+        self.reply_ttl_s = delivery.reply_ttl_s
+        self.worker_stale_s = delivery.stale_s
+        self.require_workers = delivery.require_workers
         self.poll_s = poll_s
-        self.max_connections = max_connections
+        self.max_connections = redis.max_connections
         self.replica = uuid.uuid4().hex[:16]
         self.reply_key = self.keys.replies(self.replica)
         self._waiting: dict[str, _Waiter] = {}
@@ -177,7 +177,7 @@ class RedisBroker(Broker):
         return True
 
     # ---- API side ----------------------------------------------------------------------------
-    async def submit(self, job: PoseJob, timeout: float) -> JobResult:
+    async def submit(self, job: PoseRequest, timeout: float) -> PoseAnswer:
         from redis.exceptions import RedisError
 
         if not self._accepting:
@@ -187,9 +187,8 @@ class RedisBroker(Broker):
         waiter = _Waiter(job.size, loop.create_future())
         now = time.time()
         args: list = [self.queue_max, job.size]
-        for i, task in enumerate(job.tasks):
-            fields = codec.request_fields(job.id, i, job.size, job.pose_ref, job.detector_ref, self.reply_key,
-                                          now + timeout, now, task, self.payload)
+        for i in range(job.size):
+            fields = codec.request_fields(job, i, self.reply_key, now + timeout, now, self.payload)
             args.append(2 * len(fields))
             for key, value in fields.items():
                 args += [key, value]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import abc
 
+from ..settings import RedisConfig
 from .keys import RedisKeys
 
 
@@ -25,10 +26,11 @@ class RedisVideoQueue(VideoQueue):
 
     GROUP = "video-workers"
 
-    def __init__(self, url: str, prefix: str = "posekd", connect_timeout_s: float = 1.0):
+    def __init__(self, config: RedisConfig):
         import redis
-        self.redis = redis.Redis.from_url(url, socket_connect_timeout=connect_timeout_s, socket_timeout=30)
-        self.stream = RedisKeys(prefix).videos
+        self.redis = redis.Redis.from_url(config.url, socket_connect_timeout=config.connect_timeout_s,
+                                          socket_timeout=30)
+        self.stream = RedisKeys(config.prefix).videos
 
     def submit(self, job_id: str) -> None:
         self.redis.xadd(self.stream, {"job": job_id})

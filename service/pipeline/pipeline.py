@@ -35,9 +35,15 @@ class Person:
     keypoints: np.ndarray  # (17, 3) x, y, score in image pixels
 
     def as_dict(self) -> dict:
+        """The public JSON form (also the wire form between worker and API; rounding twice changes nothing)."""
         return {"bbox": [round(float(v), 2) for v in self.bbox], "score": round(float(self.score), 4),
                 "keypoints": [[round(float(x), 2), round(float(y), 2), round(float(s), 4)]
                               for x, y, s in self.keypoints]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Person:
+        """Back from :meth:`as_dict` (a worker's reply read by the API)."""
+        return cls(d["bbox"], d["score"], np.asarray(d["keypoints"], np.float32))
 
 
 @dataclass

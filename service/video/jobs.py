@@ -21,6 +21,7 @@ from typing import Any
 
 from ..errors import PoseKDError
 from ..names import is_job_id
+from ..settings import RedisConfig
 
 FINAL = ("succeeded", "failed", "cancelled")
 
@@ -40,7 +41,8 @@ class Job:
     created: float = field(default_factory=time.time)
     finished: float | None = None
     render: bool = False
-    options: dict = field(default_factory=dict)  # model, detector, keyframe_interval, smoothing
+    options: dict = field(default_factory=dict)  # model, detector (exact name:version), keyframe_interval, smoothing
+    video: dict | None = None  # the clip as the API probed it (VideoInfo fields): workers need not probe again
     cancel_requested: bool = False
 
     def public(self) -> dict:
@@ -186,11 +188,12 @@ class RedisJobStore(JobStore):
     """Keys (prefix ``POSEKD_REDIS_PREFIX``): ``job:{id}`` hash, ``job:{id}:clip``, ``job:{id}:result``,
     ``job:{id}:overlay`` — state and results only; queueing is :class:`~service.broker.videos.RedisVideoQueue`'s."""
 
-    def __init__(self, url: str, prefix: str = "posekd", ttl_s: float = 3600.0, connect_timeout_s: float = 1.0):
+    def __init__(self, config: RedisConfig, ttl_s: float = 3600.0):
         import redis
         # Any: redis-py types answers as bytes | str (decode_responses is a run-time choice); ours are bytes
-        self.redis: Any = redis.Redis.from_url(url, socket_connect_timeout=connect_timeout_s, socket_timeout=30)
-        self.prefix = prefix
+        self.redis: Any = redis.Redis.from_url(config.url, socket_connect_timeout=config.connect_timeout_s,
+                                               socket_timeout=30)
+        self.prefix = config.prefix
         self.ttl_s = ttl_s
 
     def _key(self, job_id: str, part: str = "") -> str:

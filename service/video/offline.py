@@ -7,8 +7,8 @@ from pathlib import Path
 from ..composition import build
 from ..progress import Progress
 from ..settings import Settings
-from . import decode
-from .processor import VideoOptions, VideoProcessor
+from .processor import VideoProcessor
+from .runner import VideoConfig
 
 
 def load(settings: Settings, model: str | None, detector: str | None):
@@ -20,10 +20,10 @@ def load(settings: Settings, model: str | None, detector: str | None):
 
 def run(settings: Settings, clip: Path, out: Path | None, render: Path | None, *, model=None, detector=None,
         keyframe_interval=None, smoothing=None, quiet=False) -> dict:
-    info = decode.probe(clip, max_seconds=settings.max_video_seconds, max_frames=settings.max_video_frames,
-                        max_pixels=settings.max_video_pixels)
+    config = VideoConfig.from_settings(settings)
+    info = config.probe(clip)
     pipeline, pose, det = load(settings, model, detector)
-    opts = VideoOptions.from_settings(settings, keyframe_interval=keyframe_interval, smoothing=smoothing)
+    opts = config.options.with_overrides(keyframe_interval=keyframe_interval, smoothing=smoothing)
     bar = None if quiet else Progress()
     try:
         result = VideoProcessor(pipeline, pose, det, opts).run(clip, info, bar, render)

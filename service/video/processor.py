@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,15 +44,15 @@ class VideoOptions:
 
     @classmethod
     def from_settings(cls, s, **overrides) -> VideoOptions:
-        opts = cls(keyframe_interval=s.video_keyframe_interval, window=s.video_window, smoothing=s.video_smoothing,
+        return cls(keyframe_interval=s.video_keyframe_interval, window=s.video_window, smoothing=s.video_smoothing,
                    min_cutoff=s.one_euro_min_cutoff, beta=s.one_euro_beta, d_cutoff=s.one_euro_d_cutoff,
                    min_score=s.video_min_score, match_threshold=s.track_match_threshold,
                    max_lost=s.track_max_lost, start_score=s.track_start_score, max_people=s.max_people,
-                   max_frames=s.max_video_frames)
-        for key, value in overrides.items():
-            if value is not None:
-                setattr(opts, key, value)
-        return opts
+                   max_frames=s.max_video_frames).with_overrides(**overrides)
+
+    def with_overrides(self, **overrides) -> VideoOptions:
+        """A copy with the given options replaced; None keeps the default."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
 class Cancelled(Exception):

@@ -10,13 +10,16 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import metrics
+from ..broker import groups
 from ..broker.keys import RedisKeys
 from ..broker.liveness import dead, holders
 from ..broker.videos import RedisVideoQueue, VideoQueue
 from ..errors import PoseKDError
+from ..settings import Delivery, Settings, VideoLimits
 from . import decode
 from .jobs import FINAL, JobStore, LocalJobStore, RedisJobStore
 from .processor import Cancelled, VideoOptions, VideoProcessor
@@ -28,7 +31,26 @@ class Stopping(Exception):
     """The process is shutting down: leave the job for another worker (Redis) or fail it clearly."""
 
 
-def process(store: JobStore, job_id: str, settings, registry, pipeline, *, stopping=None, heartbeat=None) -> str:
+@dataclass(frozen=True)
+class VideoConfig:
+    """What running any job needs besides the job itself: the clip limits, the option defaults a job
+    may override, and the models of a job that names none (jobs the API created carry exact versions)."""
+    limits: VideoLimits
+    options: VideoOptions
+    pose_model: str
+    detector: str
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> VideoConfig:
+        return cls(s.video_limits, VideoOptions.from_settings(s), s.default_pose_model, s.default_detector)
+
+    def probe(self, clip: Path) -> decode.VideoInfo:
+        return decode.probe(clip, max_seconds=self.limits.max_seconds, max_frames=self.limits.max_frames,
+                            max_pixels=self.limits.max_pixels)
+
+
+def process(store: JobStore, job_id: str, config: VideoConfig, registry, pipeline, *, stopping=None,
+            heartbeat=None) -> str:
     """Run one job to a final status (returned). ``stopping()`` true makes it give the job up;
     ``heartbeat()`` is called with each progress update."""
     job = store.get(job_id)
@@ -43,13 +65,12 @@ def process(store: JobStore, job_id: str, settings, registry, pipeline, *, stopp
         status, error = "failed", None
         try:
             clip = store.clip(job_id, work)
-            info = decode.probe(clip, max_seconds=settings.max_video_seconds, max_frames=settings.max_video_frames,
-                                max_pixels=settings.max_video_pixels)
+            info = decode.VideoInfo(**job.video) if job.video else config.probe(clip)  # the API probed it
             o = job.options
-            pose = registry.get(o.get("model") or settings.default_pose_model, task="pose")
-            det = registry.get(o.get("detector") or settings.default_detector, task="person_detection")
-            opts = VideoOptions.from_settings(settings, keyframe_interval=o.get("keyframe_interval"),
-                                              smoothing=o.get("smoothing"))
+            pose = registry.get(o.get("model") or config.pose_model, task="pose")
+            det = registry.get(o.get("detector") or config.detector, task="person_detection")
+            opts = config.options.with_overrides(keyframe_interval=o.get("keyframe_interval"),
+                                                 smoothing=o.get("smoothing"))
             overlay = work / "overlay.mp4" if job.render else None
             last = [0.0]
 
@@ -89,8 +110,8 @@ def process(store: JobStore, job_id: str, settings, registry, pipeline, *, stopp
 class LocalRunner(VideoQueue):
     """Embedded mode: the video queue is ``workers`` threads in the API process."""
 
-    def __init__(self, store: LocalJobStore, settings, registry, pipeline, workers: int = 1):
-        self.store, self.settings, self.registry, self.pipeline = store, settings, registry, pipeline
+    def __init__(self, store: LocalJobStore, config: VideoConfig, registry, pipeline, workers: int = 1):
+        self.store, self.config, self.registry, self.pipeline = store, config, registry, pipeline
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="posekd-video")
         self._stopping = False
 
@@ -99,7 +120,7 @@ class LocalRunner(VideoQueue):
 
     def _run(self, job_id: str) -> None:
         try:
-            process(self.store, job_id, self.settings, self.registry, self.pipeline, stopping=lambda: self._stopping)
+            process(self.store, job_id, self.config, self.registry, self.pipeline, stopping=lambda: self._stopping)
         except Stopping:
             self.store.finish(job_id, "failed", "the service shut down while the job ran; submit it again")
         except Exception:
@@ -116,23 +137,18 @@ class LocalRunner(VideoQueue):
 class VideoConsumer:
     """Redis mode, in `posekd worker`: one job at a time from the ``videos`` stream."""
 
-    def __init__(self, store: RedisJobStore, name: str, settings, registry, pipeline, visibility_s: float = 600.0,
-                 stale_s: float = 5.0):
-        self.store, self.name, self.settings = store, name, settings
+    def __init__(self, store: RedisJobStore, name: str, config: VideoConfig, registry, pipeline,
+                 delivery: Delivery = Delivery()):
+        self.store, self.name, self.config = store, name, config
         self.registry, self.pipeline = registry, pipeline
-        self.visibility_ms = int(visibility_s * 1000)
-        self.stale_ms = int(stale_s * 1000)
+        self.visibility_ms = int(delivery.video_visibility_s * 1000)
+        self.stale_ms = int(delivery.stale_s * 1000)
         self.workers_key = RedisKeys(store.prefix).workers  # heartbeats: the image consumer writes them
         self.stream = RedisKeys(store.prefix).videos
         self.stop_event = threading.Event()
 
     def _ensure_group(self) -> None:
-        import redis
-        try:
-            self.store.redis.xgroup_create(self.stream, RedisVideoQueue.GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        groups.ensure(self.store.redis, self.stream, RedisVideoQueue.GROUP)
 
     def _take_over(self):
         """One job entry held by a dead worker (or, past ``visibility_s``, by a hung one), now ours."""
@@ -175,7 +191,7 @@ class VideoConsumer:
 
         try:
             if job_id:
-                process(self.store, job_id, self.settings, self.registry, self.pipeline,
+                process(self.store, job_id, self.config, self.registry, self.pipeline,
                         stopping=self.stop_event.is_set, heartbeat=keep_alive)
         except Stopping:
             self.store.update(job_id, status="queued")  # another worker takes the entry over
@@ -200,7 +216,7 @@ class VideoConsumer:
                 if not self._handle(*entry):
                     return
             except redis.RedisError as exc:
-                if "NOGROUP" in str(exc):
+                if groups.lost(exc):
                     grouped = False
                     continue
                 log.warning("video consumer: Redis error (%s); retrying", exc)
