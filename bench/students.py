@@ -47,6 +47,56 @@ def multipose_alone(model, records) -> tuple[list, float]:
     return results, elapsed / max(1, len(records)) * 1000
 
 
+def detector_ms(detector, records, runs: int = 2) -> float:
+    """Mean ms per image of the person detector alone through the served pipeline (letterbox, network,
+    box decoding, NMS), best of ``runs`` passes over ``records``."""
+    import time
+
+    from service.pipeline import PosePipeline
+
+    pipe = PosePipeline()
+    images = [r.load() for r in records]
+    pipe.detect(detector, images[:2])  # warm-up
+    best = float("inf")
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        for image in images:
+            pipe.detect(detector, [image])
+        best = min(best, (time.perf_counter() - t0) / len(images) * 1000)
+    return best
+
+
+def tables(rows: list[tuple[str, dict]], e2e: list[tuple[str, dict, float]], det_ms: dict[str, float]) -> list[str]:
+    """The three markdown tables: pose models on GT boxes, whole pipelines, detectors alone."""
+    by_ref = dict(rows)
+    thunder, lightning = by_ref.get("movenet-thunder"), by_ref.get("movenet-lightning")
+    lines = ["| model | role | AP (GT boxes) | AR | held-out PCK@0.2 | params | GFLOPs | ms/crop b=1 | ms/crop b=8 "
+             "| × Lightning ms | × Thunder ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for ref, r in rows:
+        role = "teacher" if ref == "movenet-thunder" else ("Google's fast baseline" if ref == "movenet-lightning"
+                                                            else "student")
+        vs_l = f"{r['ms_b1'] / lightning['ms_b1']:.2f}" if lightning else ""
+        vs_t = f"{r['ms_b1'] / thunder['ms_b1']:.2f}" if thunder else ""
+        pck = f"{r['pck@0.2']:.3f}" if r.get("pck@0.2") is not None else "—"
+        lines.append(f"| {r['model']} | {role} | {r['gt_boxes']['AP']:.3f} | {r['gt_boxes']['AR']:.3f} | {pck} | "
+                     f"{r['params'] / 1e6:.2f}M | {r['gflops']:.2f} | {r['ms_b1']:.2f} | {r['ms_b8']:.2f} | "
+                     f"{vs_l} | {vs_t} |")
+    base = next((ms for label, _, ms in e2e if label == f"{MULTIPOSE} → movenet-thunder"), None)
+    mp_ms = e2e[0][2]
+    lines += ["", "| end to end: detector → pose | AP | AR | ms/image | × (MultiPose → Thunder) ms | × MultiPose ms |",
+              "|---|---|---|---|---|---|"]
+    for label, ap_, ms in e2e:
+        lines.append(f"| {label} | {ap_['AP']:.3f} | {ap_['AR']:.3f} | {ms:.1f} | "
+                     f"{ms / base:.2f} | {ms / mp_ms:.2f} |" if base else
+                     f"| {label} | {ap_['AP']:.3f} | {ap_['AR']:.3f} | {ms:.1f} | | |")
+    lines += ["", "| person detector alone (per image) | ms/image | × MultiPose ms |", "|---|---|---|"]
+    for ref, ms in det_ms.items():
+        what = f"{ref}, one pass with its own keypoints" if ref == MULTIPOSE else ref
+        lines.append(f"| {what} | {ms:.1f} | {ms / mp_ms:.2f} |")
+    return lines
+
+
 def draw_chart(rows: list[tuple[str, dict]], e2e: list[tuple[str, dict, float]], path: Path) -> None:
     """Accuracy vs latency: pose models per crop (left), whole pipelines per image (right)."""
     import matplotlib
@@ -158,28 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     mp_alone, mp_ms = multipose_alone(detectors[MULTIPOSE], records)
     e2e.insert(0, (f"{MULTIPOSE} alone, its own keypoints", coco_ap(EVAL_SET, mp_alone, ids), mp_ms))
 
-    by_ref = dict(rows)
-    thunder, lightning = by_ref.get("movenet-thunder"), by_ref.get("movenet-lightning")
-    lines = ["| model | role | AP (GT boxes) | AR | held-out PCK@0.2 | params | GFLOPs | ms/crop b=1 | ms/crop b=8 "
-             "| × Lightning ms | × Thunder ms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for ref, r in rows:
-        role = "teacher" if ref == "movenet-thunder" else ("Google's fast baseline" if ref == "movenet-lightning"
-                                                            else "student")
-        vs_l = f"{r['ms_b1'] / lightning['ms_b1']:.2f}" if lightning else ""
-        vs_t = f"{r['ms_b1'] / thunder['ms_b1']:.2f}" if thunder else ""
-        pck = f"{r['pck@0.2']:.3f}" if r.get("pck@0.2") is not None else "—"
-        lines.append(f"| {r['model']} | {role} | {r['gt_boxes']['AP']:.3f} | {r['gt_boxes']['AR']:.3f} | {pck} | "
-                     f"{r['params'] / 1e6:.2f}M | {r['gflops']:.2f} | {r['ms_b1']:.2f} | {r['ms_b8']:.2f} | "
-                     f"{vs_l} | {vs_t} |")
-    base = next((ms for label, _, ms in e2e if label == f"{MULTIPOSE} → movenet-thunder"), None)
-    mp_ms = e2e[0][2]
-    lines += ["", "| end to end: detector → pose | AP | AR | ms/image | × (MultiPose → Thunder) ms | × MultiPose ms |",
-              "|---|---|---|---|---|---|"]
-    for label, ap_, ms in e2e:
-        lines.append(f"| {label} | {ap_['AP']:.3f} | {ap_['AR']:.3f} | {ms:.1f} | "
-                     f"{ms / base:.2f} | {ms / mp_ms:.2f} |" if base else
-                     f"| {label} | {ap_['AP']:.3f} | {ap_['AR']:.3f} | {ms:.1f} | | |")
+    det_ms = {ref: mp_ms if ref == MULTIPOSE else detector_ms(det, records) for ref, det in detectors.items()}
+    lines = tables(rows, e2e, det_ms)
     pck_note = f"held-out PCK: `{pck_spec.replace(str(DATA), '$POSEKD_DATA')}`" if pck_records else "no held-out PCK"
     lines += ["", f"Dev set: `{EVAL_SET.relative_to(EVAL_SET.parents[3])}` ({len(records)} images, "
               f"{sum(len(r.people) for r in records)} people), pycocotools OKS AP, person score = mean keypoint "
