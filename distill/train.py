@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from .augment import FLIP_INDEX
 from .cache import PoseCache
 from .heldout import HeldoutPCK, pose_agreement, predict_xy, save_curve  # noqa: F401  (re-exported)
+from .memory import reuse_freed_memory
 from .steps import heatmap_losses, hint_loss, movenet_step, pose_step, regress_step  # noqa: F401
 from .students import StudentConfig, build_student, calibrate, channels_last, prepare
 from .teachers import TEACHER_FILES, teachers_dir
@@ -172,6 +173,7 @@ class TrainingRun:
         self.out.mkdir(parents=True, exist_ok=True)
         if tc.threads:
             torch.set_num_threads(tc.threads)
+        reuse_freed_memory()  # half the step time was page faults on freshly mapped activations
         torch.manual_seed(tc.seed)
         self.tw = warm_start_weights(cfg)
         self.model = build_student(cfg, self.tw)

@@ -3,6 +3,7 @@ a smoke distillation through the CLI (tiny teacher, tiny student, a few steps)."
 from __future__ import annotations
 
 import json
+import sys
 
 import cv2
 import numpy as np
@@ -324,3 +325,29 @@ def test_heads_cut_from_thunder_match_the_shipped_heads_file(tmp_path):
 
 
 # ---- evaluation harness and gates -----------------------------------------------------------------
+
+
+_WHERE = """
+import ctypes, sys
+import numpy as np
+from distill.memory import reuse_freed_memory
+if sys.argv[1] == "on":
+    assert reuse_freed_memory()
+class Info(ctypes.Structure):  # glibc's struct mallinfo2
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+a = np.ones(64 << 20, np.uint8)  # an activation-sized block: above glibc's largest mmap threshold
+info = libc.mallinfo2()
+print(info.hblkhd >> 20, info.arena >> 20)  # MB in mmapped blocks, MB in the heap
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_the_trainer_keeps_large_blocks_on_the_heap_where_freeing_them_costs_nothing():
+    import subprocess
+    where = {mode: [int(v) for v in subprocess.run([sys.executable, "-c", _WHERE, mode], capture_output=True,
+                                                   text=True, check=True).stdout.split()] for mode in ("off", "on")}
+    assert where["off"][0] >= 64  # by default: its own mapping, unmapped on free, faulted in again next step
+    assert where["on"][0] == 0 and where["on"][1] >= 64, where  # on the heap, reused by the next step
