@@ -88,9 +88,8 @@ def _metadata(state, name: str, version: int | None) -> dict:
     spec = m.input
     shape = [-1, 3, spec.height, spec.width] if spec.layout == "NCHW" else [-1, spec.height, spec.width, 3]
     if served is not None and served.runner is not None:
-        outputs = [{"name": o.name, "datatype": _ORT_DTYPES.get(o.type, o.type),
-                    "shape": [d if isinstance(d, int) else -1 for d in o.shape]}
-                   for o in served.runner.session.get_outputs() if o.name in served.runner.output_names]
+        outputs = [{"name": n, "datatype": _ORT_DTYPES.get(t, t), "shape": shape}
+                   for n, t, shape in served.runner.outputs()]
     else:
         outputs = [{"name": n, "datatype": "FP32", "shape": [-1]} for n in m.output.names]
     return {"name": name, "versions": [str(v) for v in versions], "platform": "onnxruntime_onnx",

@@ -49,6 +49,11 @@ class OnnxModel:
         fixed = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else 0
         self.max_batch = manifest.input.max_batch or fixed  # 0: any
 
+    def outputs(self) -> list[tuple[str, str, list[int]]]:
+        """(name, ONNX type such as ``tensor(float)``, shape with -1 for dynamic axes) of each served output."""
+        return [(o.name, o.type, [d if isinstance(d, int) else -1 for d in o.shape])
+                for o in self.session.get_outputs() if o.name in self.output_names]
+
     @classmethod
     def from_settings(cls, manifest: Manifest, data: bytes, settings: Settings) -> OnnxModel:
         return cls(manifest, data, device=settings.device, cuda_device_id=settings.cuda_device_id,
