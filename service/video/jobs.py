@@ -3,8 +3,9 @@
 - :class:`LocalJobStore` (embedded mode): a directory per job (``job.json``, the clip, ``result.json``,
   ``overlay.mp4``) under ``POSEKD_VIDEO_DIR``; jobs a restart interrupted are marked failed.
 - :class:`RedisJobStore` (Redis mode): a hash per job plus keys for the clip, the result and the
-  overlay, all expiring; jobs are queued on a stream that workers read as a consumer group, so state
-  and results survive an API restart and a job whose worker died is taken over.
+  overlay, all expiring, so state and results survive an API restart. Queueing is not the store's:
+  :class:`~service.broker.videos.RedisVideoQueue` puts the job id on a stream that workers read as a
+  consumer group (a job whose worker died is taken over).
 
 Both are synchronous (workers call them from their processing thread; the API from its thread pool)."""
 from __future__ import annotations
