@@ -91,31 +91,34 @@ def torso_size(g: np.ndarray) -> float:
                      np.linalg.norm(g[5, :2] - g[12, :2]) if g[5, 2] > 0 and g[12, 2] > 0 else 0))
 
 
+def scorable(people) -> list[tuple]:
+    """(person, labels, torso size) of each person PCK can score: labelled, with a torso diagonal."""
+    out = []
+    for p in people:
+        if p.keypoints is not None and (torso := torso_size(p.keypoints)) > 0:
+            out.append((p, p.keypoints, torso))
+    return out
+
+
 def pck(model: ServedModel, records: list[Record], threshold: float = 0.2) -> float:
     """PCK@threshold of the torso size over labelled joints (LSPET-style labels)."""
     pipe = _pipeline()
     hit = total = 0
     for r in records:
-        people = [p for p in r.people if p.keypoints is not None]
+        people = scorable(r.people)
         if not people:
             continue
-        boxes = np.stack([p.box for p in people])
+        boxes = np.stack([p.box for p, _, _ in people])
         res = pipe.run(model, None, [ImageTask(image=r.load(), boxes=boxes, min_score=0.0, max_people=50)])[0]
         if not res.people:
             continue
         # each answer belongs to the given box it echoes (nearest; float32 boxes come back as float64)
         answered = np.array([p.bbox for p in res.people], np.float64)
-        for p in people:
+        for p, g, torso in people:
             near = np.abs(answered - np.asarray(p.box[:4], np.float64)).max(-1)
             if near.min() > 0.5:
                 continue
             k = np.asarray(res.people[int(near.argmin())].keypoints)
-            g = p.keypoints
-            if g is None:
-                continue
-            torso = torso_size(g)
-            if torso <= 0:
-                continue
             vis = g[:, 2] > 0
             d = np.linalg.norm(k[:, :2] - g[:, :2], axis=-1)
             hit += int((d[vis] <= threshold * torso).sum())

@@ -41,18 +41,12 @@ class HeldoutPCK:
     def __init__(self, records: list, size: int, margin: float = 1.25, threshold: float = 0.2):
         from service.pipeline import preprocess as pp
 
-        from .evaluate import torso_size
+        from .evaluate import scorable
 
         crops, gts, torsos = [], [], []
         for r in records:
             image = None
-            for p in r.people:
-                g = p.keypoints
-                if g is None:
-                    continue
-                torso = torso_size(g)
-                if torso <= 0:
-                    continue
+            for p, g, torso in scorable(r.people):
                 image = r.load() if image is None else image
                 m = pp.crop_matrix(np.asarray(p.box), margin, size, size)
                 crops.append(pp.warp_crop(image, m, size, size)[..., ::-1])  # BGR -> RGB

@@ -92,18 +92,11 @@ class RedisBroker(Broker):
                  payload: str = "encoded", poll_s: float = 1.0):
         if payload not in codec.FORMATS:
             raise ValueError(f"payload must be one of {codec.FORMATS}")
-        self.config, self.delivery = redis, delivery
-        self.url = redis.url
+        self.conn, self.delivery = redis, delivery
         self.keys = RedisKeys(redis.prefix)
         self.queue_max = queue_max
         self.payload = payload
-        self.connect_timeout_s = redis.connect_timeout_s
-        self.op_timeout_s = redis.op_timeout_s
-        self.reply_ttl_s = delivery.reply_ttl_s
-        self.worker_stale_s = delivery.stale_s
-        self.require_workers = delivery.require_workers
         self.poll_s = poll_s
-        self.max_connections = redis.max_connections
         self.replica = uuid.uuid4().hex[:16]
         self.reply_key = self.keys.replies(self.replica)
         self._waiting: dict[str, _Waiter] = {}
@@ -127,9 +120,10 @@ class RedisBroker(Broker):
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        self._redis = connect(self.url, self.connect_timeout_s, self.op_timeout_s, self.max_connections)
+        c = self.conn
+        self._redis = connect(c.url, c.connect_timeout_s, c.op_timeout_s, c.max_connections)
         # the reader blocks for up to a second per call; its socket timeout must outlast that
-        self._reader_redis = connect(self.url, self.connect_timeout_s, self.op_timeout_s + 1.0)
+        self._reader_redis = connect(c.url, c.connect_timeout_s, c.op_timeout_s + 1.0)
         self._add = self._redis.register_script(_ADD)
         self._accepting = True
         self._spawn(self._read_replies())
@@ -146,7 +140,7 @@ class RedisBroker(Broker):
         self._closing = True  # redis-py may turn a cancelled read into a connection error: loops check this
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.wait(list(self._tasks), timeout=self.op_timeout_s + 2)
+        await asyncio.wait(list(self._tasks), timeout=self.conn.op_timeout_s + 2)
         with contextlib.suppress(Exception):
             await self._redis.delete(self.reply_key)
         for client in (self._redis, self._reader_redis):
@@ -171,7 +165,7 @@ class RedisBroker(Broker):
 
     async def _reachable(self) -> bool:
         try:
-            await asyncio.wait_for(self._redis.ping(), self.op_timeout_s)
+            await asyncio.wait_for(self._redis.ping(), self.conn.op_timeout_s)
         except Exception:
             return False
         return True
@@ -221,14 +215,15 @@ class RedisBroker(Broker):
     async def require_a_worker(self) -> None:
         """503 ``no_workers`` when workers are required and none has a fresh heartbeat: work queued now
         would wait for nobody."""
-        if self.require_workers and self._workers == 0 and not await self.workers_now():
+        if self.delivery.require_workers and self._workers == 0 and not await self.workers_now():
             raise Overloaded("no worker is serving the queue", retry_after=5, code="no_workers")
 
     async def workers_now(self) -> int:
         """Live workers asked of Redis now (the poll's count may predate a worker's first heartbeat)."""
         from redis.exceptions import RedisError
         try:
-            self._workers = int(await self._redis.zcount(self.keys.workers, time.time() - self.worker_stale_s, "+inf"))
+            alive_since = time.time() - self.delivery.stale_s
+            self._workers = int(await self._redis.zcount(self.keys.workers, alive_since, "+inf"))
         except RedisError as exc:
             self._lost(exc)
             raise Overloaded(f"the queue is unavailable (Redis: {exc})", retry_after=2,
@@ -299,7 +294,7 @@ class RedisBroker(Broker):
                 now = time.time()
                 async with self._redis.pipeline(transaction=False) as pipe:
                     pipe.xlen(self.keys.requests)
-                    pipe.zremrangebyscore(self.keys.workers, "-inf", now - self.worker_stale_s)
+                    pipe.zremrangebyscore(self.keys.workers, "-inf", now - self.delivery.stale_s)
                     pipe.zcard(self.keys.workers)
                     pipe.xtrim(self.reply_key, minid=self._last_read, approximate=False)
                     depth, _, workers, _ = await pipe.execute()

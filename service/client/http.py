@@ -72,6 +72,18 @@ def _retry_after(r: httpx.Response, cap: float) -> float | None:
         return min(1.0, cap)
 
 
+def _settled(status: dict, job_id: str, end: float | None, timeout: float | None,
+             progress: Callable[[dict], None] | None) -> bool:
+    """One poll of ``wait``: report progress; True once the job is final; TimeoutError past ``end``."""
+    if progress is not None:
+        progress(status)
+    if status["status"] in FINAL:
+        return True
+    if end is not None and time.monotonic() > end:
+        raise TimeoutError(f"job {job_id} still {status['status']} after {timeout} s")
+    return False
+
+
 class _Base:
     def __init__(self, url: str, api_key: str | None, timeout: float, retries: int, max_retry_wait: float):
         self.url = url.rstrip("/")
@@ -156,14 +168,7 @@ class Client(_Base):
              progress: Callable[[dict], None] | None = None) -> VideoResult:
         """Poll a job until it is final; its result when it succeeded, APIError otherwise."""
         end = None if timeout is None else time.monotonic() + timeout
-        while True:
-            status = self.job(job_id)
-            if progress is not None:
-                progress(status)
-            if status["status"] in FINAL:
-                break
-            if end is not None and time.monotonic() > end:
-                raise TimeoutError(f"job {job_id} still {status['status']} after {timeout} s")
+        while not _settled(self.job(job_id), job_id, end, timeout, progress):
             time.sleep(poll)
         return VideoResult.from_json(self._send("GET", f"/v1/jobs/{job_id}/result").json())
 
@@ -244,14 +249,7 @@ class AsyncClient(_Base):
     async def wait(self, job_id: str, *, poll: float = 0.5, timeout: float | None = None,
                    progress: Callable[[dict], None] | None = None) -> VideoResult:
         end = None if timeout is None else time.monotonic() + timeout
-        while True:
-            status = await self.job(job_id)
-            if progress is not None:
-                progress(status)
-            if status["status"] in FINAL:
-                break
-            if end is not None and time.monotonic() > end:
-                raise TimeoutError(f"job {job_id} still {status['status']} after {timeout} s")
+        while not _settled(await self.job(job_id), job_id, end, timeout, progress):
             await asyncio.sleep(poll)
         return VideoResult.from_json((await self._send("GET", f"/v1/jobs/{job_id}/result")).json())
 
