@@ -144,11 +144,12 @@ def slow_pose_onnx(path: Path, size: int = 1024, steps: int = 36) -> Path:
     return _save(graph, path)
 
 
-def add_slow_pose(store: ModelStore) -> None:
-    """Register slow-pose:1 (production) beside the tiny models."""
+def add_slow_pose(store: ModelStore, steps: int = 36) -> None:
+    """Register slow-pose:1 (production) beside the tiny models; ``steps`` sets how slow (36: ~0.4 s a batch
+    on the 2-core build machine)."""
     build = store.root.parent / "onnx"
     build.mkdir(exist_ok=True)
-    import_model(store, slow_pose_onnx(build / "slow.onnx"), {**POSE_FIELDS, "name": "slow-pose"})
+    import_model(store, slow_pose_onnx(build / "slow.onnx", steps=steps), {**POSE_FIELDS, "name": "slow-pose"})
 
 
 def blob_clip(path: Path, frames: int = 30, fps: int = 10, w: int = 300, h: int = 200, path_xy=None,
