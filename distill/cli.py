@@ -156,11 +156,18 @@ def cmd_export(args) -> int:
     fields = manifest_fields(name, ex.cfg, description=args.description or description(ex.cfg), lineage=lineage)
     gates = Gates(min_ap=args.min_ap, max_ap_drop=args.max_ap_drop, max_latency_ratio=args.max_latency_ratio,
                   metric="end_to_end" if ex.cfg.kind == "detector" else "gt_boxes",
-                  floor_latency_ratio=args.floor_latency_ratio)
+                  floor_latency_ratio=args.floor_latency_ratio, floor_accuracy=args.floor_accuracy)
     metrics, floor = evaluate_export(ex, fields, store, args, gates)
     print(json.dumps(metrics, indent=2))
     fields.update(metrics=metrics, params=metrics.get("params"), gflops=metrics.get("gflops"))
     return register_and_promote(store, ex.path, fields, gates, floor, promote=not args.no_promote)
+
+
+def cmd_quantize(args) -> int:
+    """An int8 version of a registered model (see :mod:`distill.quantize`)."""
+    from .quantize import cmd_quantize as run
+
+    return run(args)
 
 
 # ---- eval ---------------------------------------------------------------------------------------
@@ -276,25 +283,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--size", type=int, help="export at this input size instead of the trained one (same weights)")
     x.add_argument("--last", action="store_true", help="export the last checkpoint instead of best.pt (the best "
                                                        "held-out agreement)")
-    x.add_argument("--store", help="model store root (default POSEKD_MODEL_STORE)")
-    x.add_argument("--description", help="free text for the manifest")
-    x.add_argument("--eval-set", help="COCO keypoint JSON (default: coco_mini_train); '' to skip")
-    x.add_argument("--teacher", default="movenet-thunder", help="pose: agreement is measured against it")
-    x.add_argument("--detector", help="pose: also evaluate end to end with this detector")
-    x.add_argument("--pose", default="pose-s", help="detector: the pose model used end to end")
-    x.add_argument("--min-ap", type=float, default=0.0, help="gate: minimum AP")
-    x.add_argument("--max-ap-drop", type=float, default=0.01, help="gate: largest AP drop against production")
-    x.add_argument("--max-latency-ratio", type=float, default=1.10, help="gate: batch-1 latency vs production")
-    x.add_argument("--floor", help="a public model the student must beat, re-measured in this run: at least its AP "
-                                   "and at most --floor-latency-ratio × its batch-1 latency (e.g. movenet-lightning)")
-    x.add_argument("--floor-latency-ratio", type=float, default=1.10,
-                   help="with --floor: at most this times the floor model's batch-1 latency")
-    x.add_argument("--pck", default=f"lspet:{DATA}/labeled/lspet[3600:]" if (DATA / "labeled" / "lspet" /
-                                                                          "joints.mat").is_file() else "",
-                   help="pose: held-out LSPET-style data for PCK@0.2 (default: the LSPET images the training "
-                        "caches leave out); '' to skip")
-    x.add_argument("--no-promote", action="store_true", help="register the version without trying the gates")
+    _gate_arguments(x)
     x.set_defaults(func=cmd_export)
+
+    qz = dsub.add_parser("quantize", help="an int8 version of a registered model: calibrate, quantize, evaluate, "
+                                          "register, gate")
+    qz.add_argument("model", help="store reference of the float model (e.g. pose-s@production)")
+    qz.add_argument("--name", help="model name in the store (default: NAME-int8)")
+    qz.add_argument("--size", type=int, help="re-shape the input to this size first (fully convolutional graphs)")
+    qz.add_argument("--calib", action="append", required=True,
+                    help="calibration data (repeatable), from the training split: lspet:DIR[:3600] for pose "
+                         "(labelled boxes), folder:DIR or video:DIR@N for detectors")
+    qz.add_argument("--views", type=int, default=256, help="calibration views")
+    qz.add_argument("--seed", type=int, default=0, help="random seed of the calibration draw")
+    qz.add_argument("--calibration", choices=("percentile", "minmax", "entropy"), default="percentile",
+                    help="how activation ranges are set from the calibration views")
+    qz.add_argument("--percentile", type=float, default=99.99, help="with --calibration percentile: clip here")
+    qz.add_argument("--to-store", help="register the int8 version in this store instead of the source's (its "
+                                       "lineage still names the source version and sha256)")
+    _gate_arguments(qz)
+    qz.set_defaults(func=cmd_quantize)
 
     tp = sub.add_parser("teachers", help="the ONNX teachers")
     tsub = tp.add_subparsers(dest="teachers_command", required=True)
@@ -333,3 +341,28 @@ def fill_defaults(args) -> None:
         args.teacher = args.teacher or ("movenet-thunder" if pose else "movenet-multipose")
         args.views = args.views or (24000 if pose else 2)
         args.size = args.size or (192 if pose else 256)
+
+
+def _gate_arguments(x) -> None:
+    """Evaluation, floor and gate options shared by ``export`` and ``quantize``."""
+    x.add_argument("--store", help="model store root (default POSEKD_MODEL_STORE)")
+    x.add_argument("--description", help="free text for the manifest")
+    x.add_argument("--eval-set", help="COCO keypoint JSON (default: coco_mini_train); '' to skip")
+    x.add_argument("--teacher", default="movenet-thunder", help="pose: agreement is measured against it")
+    x.add_argument("--detector", help="pose: also evaluate end to end with this detector")
+    x.add_argument("--pose", default="pose-s", help="detector: the pose model used end to end")
+    x.add_argument("--min-ap", type=float, default=0.0, help="gate: minimum AP")
+    x.add_argument("--max-ap-drop", type=float, default=0.01, help="gate: largest AP drop against production")
+    x.add_argument("--max-latency-ratio", type=float, default=1.10, help="gate: batch-1 latency vs production")
+    x.add_argument("--floor", help="a public model the student must beat, re-measured in this run: at least its "
+                                   "accuracy and at most --floor-latency-ratio × its batch-1 latency "
+                                   "(e.g. movenet-lightning)")
+    x.add_argument("--floor-latency-ratio", type=float, default=1.10,
+                   help="with --floor: at most this times the floor model's batch-1 latency")
+    x.add_argument("--floor-accuracy", choices=("ap", "pck", "both"), default="ap",
+                   help="with --floor: compare the dev-set AP (ap), the held-out PCK@0.2 (pck) or both")
+    x.add_argument("--pck", default=f"lspet:{DATA}/labeled/lspet[3600:]" if (DATA / "labeled" / "lspet" /
+                                                                          "joints.mat").is_file() else "",
+                   help="pose: held-out LSPET-style data for PCK@0.2 (default: the LSPET images the training "
+                        "caches leave out); '' to skip")
+    x.add_argument("--no-promote", action="store_true", help="register the version without trying the gates")

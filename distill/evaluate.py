@@ -156,11 +156,22 @@ def gflops(onnx_bytes: bytes, input_name: str, shape: tuple[int, ...], dtype: st
     return round(2 * sum(_macs(n, shapes, weights) for n in nodes) / 1e9, 3)
 
 
+def weight_count(m, numpy_helper) -> int:
+    """Learned values in a graph: float initializers, and the integer weights and biases of a quantized
+    graph (what DequantizeLinear reads as data; its scales and zero points are not counted)."""
+    qdq = [n for n in m.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    dequantized = {n.input[0] for n in qdq if n.op_type == "DequantizeLinear"}
+    qparams = {i for n in qdq for i in n.input[1:]}
+    return int(sum(numpy_helper.to_array(t).size for t in m.graph.initializer if t.name not in qparams
+                   and (t.data_type in (1, 10) or t.name in dequantized)))  # float32, float16
+
+
 def _weight_shapes(m, numpy_helper) -> dict[str, list[int]]:
-    """Shapes of the initializers, and of what Identity or Constant nodes route them through."""
+    """Shapes of the initializers, and of what Identity, Constant or DequantizeLinear (quantized graphs)
+    nodes route them through."""
     weights = {t.name: list(t.dims) for t in m.graph.initializer}
     for n in m.graph.node:
-        if n.op_type == "Identity" and n.input[0] in weights:
+        if n.op_type in ("Identity", "DequantizeLinear") and n.input[0] in weights:
             weights[n.output[0]] = weights[n.input[0]]
         elif n.op_type == "Constant":
             for a in n.attribute:
@@ -210,8 +221,7 @@ def evaluate(model: ServedModel, onnx_bytes: bytes, *, annotations: str | Path |
     try:
         import onnx
         from onnx import numpy_helper
-        g = onnx.load_from_string(onnx_bytes)
-        params = int(sum(numpy_helper.to_array(t).size for t in g.graph.initializer if t.data_type == 1))
+        params = weight_count(onnx.load_from_string(onnx_bytes), numpy_helper)
     except ImportError:
         pass
     out["params"] = params

@@ -184,12 +184,15 @@ class Gates:
     With a ``floor`` (the metrics of a public model measured in the same run, e.g. MoveNet Lightning
     for a pose student) the new version must also be at least as accurate as the floor and at most
     ``floor_latency_ratio`` times its latency: a student that loses to the model it could be replaced
-    by is never promoted, whatever production is today."""
+    by is never promoted, whatever production is today. ``floor_accuracy`` says how accuracy is compared
+    with the floor: ``ap`` (the dev-set AP, default), ``pck`` (held-out PCK@0.2, which needs both
+    measured) or ``both``."""
     min_ap: float = 0.0
     max_ap_drop: float = 0.01
     max_latency_ratio: float = 1.10
     metric: str = "gt_boxes"  # which AP: gt_boxes (pose) or end_to_end (detectors)
     floor_latency_ratio: float = 1.10
+    floor_accuracy: str = "ap"
 
     def check(self, new: dict, current: dict | None, floor: dict | None = None) -> tuple[bool, list[str]]:
         why = []
@@ -200,11 +203,7 @@ class Gates:
             why.append(f"AP {ap:.3f} < minimum {self.min_ap:.3f}")
         if floor:
             name = floor.get("model", "the floor")
-            floor_ap = (floor.get(self.metric) or {}).get("AP")
-            if floor_ap is None:
-                why.append(f"no {self.metric} AP measured for {name}")
-            elif ap < floor_ap:
-                why.append(f"AP {ap:.3f} is below {name}'s {floor_ap:.3f}")
+            why.extend(self._floor_accuracy(new, floor, name))
             f_ms, ms = floor.get("ms_b1"), new.get("ms_b1")
             if f_ms and ms and ms > f_ms * self.floor_latency_ratio:
                 why.append(f"batch-1 latency {ms:.2f} ms > {self.floor_latency_ratio}× {name}'s {f_ms:.2f} ms")
@@ -216,3 +215,19 @@ class Gates:
             if cur_ms and ms and ms > cur_ms * self.max_latency_ratio:
                 why.append(f"batch-1 latency {ms:.2f} ms > {self.max_latency_ratio}× production's {cur_ms:.2f} ms")
         return not why, why
+
+    def _floor_accuracy(self, new: dict, floor: dict, name: str) -> list[str]:
+        why = []
+        if self.floor_accuracy in ("ap", "both"):
+            ap, floor_ap = (new.get(self.metric) or {}).get("AP"), (floor.get(self.metric) or {}).get("AP")
+            if floor_ap is None:
+                why.append(f"no {self.metric} AP measured for {name}")
+            elif ap is not None and ap < floor_ap:
+                why.append(f"AP {ap:.3f} is below {name}'s {floor_ap:.3f}")
+        if self.floor_accuracy in ("pck", "both"):
+            pck, floor_pck = new.get("pck@0.2"), floor.get("pck@0.2")
+            if pck is None or floor_pck is None:
+                why.append(f"held-out PCK@0.2 not measured for both this version and {name}")
+            elif pck < floor_pck:
+                why.append(f"held-out PCK@0.2 {pck:.3f} is below {name}'s {floor_pck:.3f}")
+        return why

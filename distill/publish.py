@@ -186,10 +186,17 @@ def description(cfg) -> str:
 
 def evaluate_export(ex: Exported, fields: dict, store, args, gates) -> tuple[dict, dict | None]:
     """(metrics of the export, metrics of the public floor measured again in this run or None)."""
+    metrics, floor = evaluate_candidate(ex.cfg.kind, ex.data, fields, store, args, gates)
+    metrics["export_max_abs_diff"] = ex.diff
+    return metrics, floor
+
+
+def evaluate_candidate(kind: str, data: bytes, fields: dict, store, args, gates) -> tuple[dict, dict | None]:
+    """Metrics of a candidate ONNX (an export or a quantized version; ``kind``: detector or a pose
+    kind) and of the public floor measured again in this run (or None)."""
     from .evaluate import evaluate
 
-    kind = ex.cfg.kind
-    served = _served(fields, ex.data)
+    served = _served(fields, data)
     annotations = args.eval_set if args.eval_set is not None else (str(EVAL_SET) if EVAL_SET.is_file() else None)
     teacher = _load_ref(args.teacher, store) if kind != "detector" else _load_ref(args.pose, store)
     detector = _load_ref(args.detector, store) if kind != "detector" and args.detector else None
@@ -197,9 +204,8 @@ def evaluate_export(ex: Exported, fields: dict, store, args, gates) -> tuple[dic
     if kind != "detector" and args.pck:
         from .data import read_source
         pck_records = read_source(args.pck)
-    metrics = evaluate(served, ex.data, annotations=annotations, teacher=teacher, detector=detector,
+    metrics = evaluate(served, data, annotations=annotations, teacher=teacher, detector=detector,
                        pck_records=pck_records)
-    metrics["export_max_abs_diff"] = ex.diff
     floor = None
     if args.floor and annotations:  # the public model to beat, measured again now, like for like
         floor_model, floor_data = _load_ref_bytes(args.floor, store)
