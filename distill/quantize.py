@@ -11,7 +11,9 @@ export (:mod:`distill.publish`); its lineage names the source version, its sha25
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -68,6 +70,16 @@ def calibration_batches(manifest, records, views: int, seed: int = 0, batch: int
     return [pp.to_tensor(images[k:k + batch], spec) for k in range(0, len(images), batch)]
 
 
+@contextlib.contextmanager
+def _inside(folder: str):
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(here)
+
+
 def quantize(data: bytes, batches: list[np.ndarray], input_name: str, method: str = "percentile",
              percentile: float = 99.99) -> bytes:
     """Static int8 quantization (QDQ, per-channel weights) with activation ranges calibrated on
@@ -91,7 +103,8 @@ def quantize(data: bytes, batches: list[np.ndarray], input_name: str, method: st
             x = next(self.items, None)
             return None if x is None else {input_name: x}
 
-    with tempfile.TemporaryDirectory(prefix="posekd-quant-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="posekd-quant-") as tmp, _inside(tmp):
+        # (inside: shape inference of large graphs leaves external-data files in the working directory)
         src, pre, out = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
         src.write_bytes(data)
         try:
