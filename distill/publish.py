@@ -25,9 +25,10 @@ RECIPES = {
             "decoded keypoints (spatial-softmax CE + score BCE) and human labels; consistent teaching on "
             "cached augmented views; branch 0 exported",
     "movenet": "MoveNet heads kept (keypoint heatmaps, person centre, regression, offsets; MoveNet's centre-aware "
-               "decoder), warm-started from Lightning; distilled from Thunder: its keypoint and centre maps pixel by "
-               "pixel, its decoded keypoints (LSPET human labels where present) as offset/regression targets, its "
-               "scores at the keypoint cells; EMA weights selected by held-out teacher agreement",
+               "decoder), warm-started from a public MoveNet (Lightning, or Thunder itself at a smaller input); "
+               "distilled from Thunder at its own 256 px: its keypoint and centre maps pixel by pixel, its decoded "
+               "keypoints (LSPET human labels where present) as offset/regression targets, its scores at the "
+               "keypoint cells; EMA weights selected by held-out teacher agreement",
     "regress": "DistilPose-style regression: integral coordinates + uncertainty rendered as simulated heatmaps "
                "matched to the teacher's heatmaps, coordinate L1 to teacher and human labels, score BCE",
     "detector": "CenterNet-style single-class detector: centre focal loss, log box size and centre offset L1, "
@@ -176,10 +177,14 @@ def lineage_of(ex: Exported, args) -> tuple[dict, dict]:
     return data_relative(lineage), cache_meta
 
 
+def _warm_name(ref: str) -> str:
+    return {"movenet-lightning": "Lightning", "movenet-thunder": "Thunder architecture"}.get(ref, ref)
+
+
 def description(cfg) -> str:
     return {"pose": f"PoseKD pose student (heatmaps, {cfg.size}px, OKDHP branch 0, DUC decoder)",
-            "movenet": f"PoseKD pose student (MoveNet heads, {cfg.size}px, Lightning warm start distilled from "
-                       f"Thunder, {cfg.keep:.0%} of the high-resolution expansion channels)",
+            "movenet": f"PoseKD pose student (MoveNet heads, {cfg.size}px, {_warm_name(cfg.warm_start)} warm start "
+                       f"distilled from Thunder, {cfg.keep:.0%} of the high-resolution expansion channels)",
             "regress": f"PoseKD regression student (DistilPose-style, coordinates out, {cfg.size}px)",
             "detector": f"PoseKD person detector student (centre + box size, {cfg.size}px letterbox)"}[cfg.kind]
 
