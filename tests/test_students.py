@@ -89,3 +89,28 @@ def test_default_models_find_the_players_and_their_joints(tmp_path, image, playe
             assert _keypoints_inside(best) >= 15
             kps = np.array(best["keypoints"])
             assert kps[0, 1] < min(kps[15, 1], kps[16, 1])  # nose above both ankles
+
+
+@pytest.mark.data
+def test_committed_pose_variants_find_the_players_too(tmp_path):
+    """Every other committed pose model (the int8 variants), asked for by name, finds both players in
+    basketball1.png with their joints on them, like the default."""
+    store = ModelStore(tmp_path / "store")
+    for name in ModelStore(COMMITTED).names():
+        shutil.copytree(COMMITTED / name, store.root / name)
+    variants = [n for n in store.names() if n != DEFAULTS[0] and store.manifest(n, store.aliases(n)["production"])
+                .task == "pose"]
+    assert variants
+    settings = Settings(model_store=store.root, store_poll_s=0, api_keys=[], admin_api_keys=[])
+    data = (DATA / "opencv_samples" / "basketball1.png").read_bytes()
+    with TestClient(create_app(settings)) as client:
+        for name in variants:
+            r = client.post("/v1/pose", params={"model": name},
+                            files={"image": ("b.png", data, "application/octet-stream")})
+            assert r.status_code == 200 and r.json()["model"]["name"] == name, r.text
+            for lo, hi in [(30, 175), (430, 640)]:
+                found = [p for p in r.json()["people"] if lo <= (p["bbox"][0] + p["bbox"][2]) / 2 <= hi]
+                assert found, f"{name}: no person between x={lo} and x={hi}"
+                best = max(found, key=lambda p: p["score"])
+                kps = np.array(best["keypoints"])
+                assert _keypoints_inside(best) >= 15 and kps[0, 1] < min(kps[15, 1], kps[16, 1]), name
