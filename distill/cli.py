@@ -154,9 +154,7 @@ def cmd_export(args) -> int:
     lineage, _ = lineage_of(ex, args)
     name = args.name or ex.run.name
     fields = manifest_fields(name, ex.cfg, description=args.description or description(ex.cfg), lineage=lineage)
-    gates = Gates(min_ap=args.min_ap, max_ap_drop=args.max_ap_drop, max_latency_ratio=args.max_latency_ratio,
-                  metric="end_to_end" if ex.cfg.kind == "detector" else "gt_boxes",
-                  floor_latency_ratio=args.floor_latency_ratio, floor_accuracy=args.floor_accuracy)
+    gates = Gates.from_args(args, ex.cfg.kind)
     metrics, floor = evaluate_export(ex, fields, store, args, gates)
     print(json.dumps(metrics, indent=2))
     fields.update(metrics=metrics, params=metrics.get("params"), gflops=metrics.get("gflops"))

@@ -120,8 +120,9 @@ def quantize(data: bytes, batches: list[np.ndarray], input_name: str, method: st
                         nodes_to_exclude=keep,
                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
                                        "CalibPercentile": percentile,
-                                       # fold the collected activations into the ranges every 4 batches
-                                       # (a whole calibration set of a large graph does not fit in memory)
+                                       # min-max: fold the activations into ranges every 4 batches. The
+                                       # histogram methods (percentile, entropy) keep every batch's
+                                       # activations until the end: --views bounds their memory
                                        "CalibMaxIntermediateOutputs": 4})
         return out.read_bytes()
 
@@ -210,9 +211,7 @@ def cmd_quantize(args) -> int:
     out = Path(tempfile.mkdtemp(prefix="posekd-int8-")) / "model.onnx"
     out.write_bytes(q)
     kind = "detector" if source.task == "person_detection" else "pose"
-    gates = Gates(min_ap=args.min_ap, max_ap_drop=args.max_ap_drop, max_latency_ratio=args.max_latency_ratio,
-                  metric="end_to_end" if kind == "detector" else "gt_boxes",
-                  floor_latency_ratio=args.floor_latency_ratio, floor_accuracy=args.floor_accuracy)
+    gates = Gates.from_args(args, kind)
     target = ModelStore(args.to_store) if args.to_store else store  # e.g. from a run's store to the served one
     metrics, floor = evaluate_candidate(kind, q, fields, target, args, gates)
     print(json.dumps({**metrics, "fidelity": fields["lineage"]["fidelity"]}, indent=2))
