@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     cuda_device_id: int = 0
     ort_intra_threads: int = 0  # 0: ONNX Runtime's choice (one per physical core)
     ort_inter_threads: int = 1
+    ort_spinning: bool = False  # let idle pool threads busy-wait (off: the detector and pose sessions share cores)
     pose_max_batch: int = 32  # crops per pose-model call
 
     # --- broker / dynamic batching -----------------------------------------------------------

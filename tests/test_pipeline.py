@@ -127,3 +127,20 @@ def test_pipeline_requires_detector_without_boxes(store):
     reg = registry(store)
     with pytest.raises(ValueError):
         PosePipeline().run(reg.get("tiny-pose"), None, [ImageTask(blob_image())])
+
+
+@pytest.mark.parametrize("spinning,value", [(False, "0"), (True, "1")])
+def test_thread_spinning_follows_the_setting(store, spinning, value, monkeypatch):
+    """Pool threads busy-wait only when asked: off by default, so the detector's and the pose model's
+    sessions do not take cores from each other between their turns."""
+    from service.settings import Settings
+
+    monkeypatch.setenv("POSEKD_ORT_SPINNING", "true" if spinning else "false")
+    settings = Settings(device="cpu", ort_intra_threads=1)
+    assert settings.ort_spinning is spinning
+    manifest_, data = store.read_verified("tiny-pose", store.versions("tiny-pose")[0])
+    model = OnnxModel.from_settings(manifest_, data, settings)
+    opts = model.session.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == value
+    assert OnnxModel(manifest_, data, device="cpu", intra_threads=1).session.get_session_options() \
+        .get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -32,12 +32,18 @@ class OnnxModel:
     """One model's session plus what the pipeline needs to feed it."""
 
     def __init__(self, manifest: Manifest, data: bytes, *, device: str = "auto", cuda_device_id: int = 0,
-                 intra_threads: int = 0, inter_threads: int = 1):
+                 intra_threads: int = 0, inter_threads: int = 1, spinning: bool = False):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_threads
         opts.inter_op_num_threads = inter_threads
+        # ONNX Runtime's pool threads busy-wait after each parallel section by default. The pipeline runs
+        # two sessions in turn (detector, then pose) with a pool each, so one session's spinning threads
+        # take the cores from the other: 58 -> 39 ms per image end to end with spinning off (bench/RESULTS.md).
+        spin = "1" if spinning else "0"
+        opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(data, opts, providers=choose_providers(device, cuda_device_id))
@@ -57,7 +63,8 @@ class OnnxModel:
     @classmethod
     def from_settings(cls, manifest: Manifest, data: bytes, settings: Settings) -> OnnxModel:
         return cls(manifest, data, device=settings.device, cuda_device_id=settings.cuda_device_id,
-                   intra_threads=settings.ort_intra_threads, inter_threads=settings.ort_inter_threads)
+                   intra_threads=settings.ort_intra_threads, inter_threads=settings.ort_inter_threads,
+                   spinning=settings.ort_spinning)
 
     def run(self, batch: np.ndarray, chunk: int = 0) -> dict[str, np.ndarray]:
         """Run a batch of any size: split into calls of at most ``max_batch`` (and ``chunk``) items."""
