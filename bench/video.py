@@ -17,7 +17,7 @@ def agreement(a: dict, b: dict, threshold: float = 0.5) -> dict:
     """People of run ``b`` (the reference) found by run ``a``: OKS-matched per frame (Hungarian)."""
     from scipy.optimize import linear_sum_assignment
 
-    from service.video.tracker import oks
+    from service.geometry import oks_matrix as oks
 
     found, total, scores = 0, 0, []
     for fa, fb in zip(a["frames"], b["frames"]):

@@ -1,0 +1,31 @@
+"""The benchmarks' own helpers (the benchmarks themselves run long and are not part of the suite)."""
+import importlib
+
+import numpy as np
+import pytest
+
+
+@pytest.mark.parametrize("name", ["images", "students", "queue", "video", "soak", "runtime"])
+def test_every_benchmark_module_imports_and_has_a_main(name):
+    module = importlib.import_module(f"bench.{name}")
+    assert callable(module.main)
+
+
+def _frame(people):
+    return {"people": [{"keypoints": k.tolist(), "bbox": [float(k[:, 0].min()), float(k[:, 1].min()),
+                                                           float(k[:, 0].max()), float(k[:, 1].max())]}
+                       for k in people]}
+
+
+def test_video_agreement_matches_people_by_oks():
+    from bench.video import agreement
+
+    rng = np.random.default_rng(0)
+    a = np.concatenate([rng.uniform(100, 200, (17, 2)), np.ones((17, 1))], 1).astype(np.float32)
+    b = a.copy()
+    b[:, :2] += 300  # someone else entirely
+    reference = {"frames": [_frame([a, b]), _frame([a])]}
+    same = agreement(reference, reference)
+    assert same["recall"] == 1.0 and same["oks"] == pytest.approx(1.0)
+    half = agreement({"frames": [_frame([a]), _frame([])]}, reference)  # finds 1 of the 3 people
+    assert half["recall"] == pytest.approx(1 / 3)
