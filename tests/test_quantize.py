@@ -135,3 +135,22 @@ def test_gates_can_hold_the_floor_by_held_out_pck():
     assert not ok and why == ["held-out PCK@0.2 0.550 is below movenet-lightning:1's 0.592"]
     ok, why = Gates(floor_accuracy="pck").check({"gt_boxes": {"AP": 0.3}, "ms_b1": 3.0}, None, floor)
     assert not ok and "not measured" in why[0]
+
+
+def test_training_can_continue_from_an_int8_version(tmp_path):
+    """``distill train --init`` on a committed int8 version: every weight comes back, dequantized, close
+    to the float weights it was quantized from."""
+    from distill.quantize import quantize
+    from distill.train import load_exported
+
+    _, data = _student(tmp_path)
+    rng = np.random.default_rng(0)
+    q = quantize(data, [rng.uniform(-1, 1, (8, 3, 64, 64)).astype(np.float32) for _ in range(4)], "image")
+    cfg = StudentConfig("movenet", 64, 1.0, 1, "none")
+    from_float, from_int8 = build_student(cfg, None, arch=ARCH), build_student(cfg, None, arch=ARCH)
+    names = load_exported(from_float, data)
+    assert load_exported(from_int8, q) == names and len(names) >= 0.95 * len(from_float.state_dict())
+    a, b = from_float.state_dict(), from_int8.state_dict()
+    convs = [k for k in names if k.endswith("weight") and a[k].dim() == 4]
+    errors = [float((a[k] - b[k]).norm() / a[k].norm()) for k in convs]
+    assert convs and max(errors) < 0.05 and np.mean(errors) > 0  # int8 steps, not the float weights again
