@@ -36,6 +36,7 @@ bench: $(VENV)/.dev
 	$(BIN)/posekd bench students
 	$(BIN)/posekd bench queue
 	$(BIN)/posekd bench video
+	$(BIN)/posekd bench runtime
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check service distill tests bench posekd

@@ -1,7 +1,8 @@
 """Students against the public models, side by side in one run.
 
 Per pose model (ground-truth person boxes): OKS AP on coco_mini_train (the dev set: reported, never
-used to choose), PCK@0.2 on held-out LSPET images (never in a training cache), parameters, GFLOPs,
+used to choose), PCK@0.2 on held-out LSPET images (never in a training cache) and agreement with
+Thunder on the same people (the two signals training selects by), parameters, GFLOPs,
 ONNX Runtime ms per crop at batch 1 and 8 and the ratio to MoveNet Lightning and Thunder measured in
 the same run. End to end (detector → pose, no ground-truth boxes): AP and ms per image, beside
 MultiPose alone and MultiPose → Thunder. Appends the tables to bench/RESULTS.md and draws the
@@ -70,16 +71,18 @@ def tables(rows: list[tuple[str, dict]], e2e: list[tuple[str, dict, float]], det
     """The three markdown tables: pose models on GT boxes, whole pipelines, detectors alone."""
     by_ref = dict(rows)
     thunder, lightning = by_ref.get("movenet-thunder"), by_ref.get("movenet-lightning")
-    lines = ["| model | role | AP (GT boxes) | AR | held-out PCK@0.2 | params | GFLOPs | ms/crop b=1 | ms/crop b=8 "
-             "| × Lightning ms | × Thunder ms |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | role | AP (GT boxes) | AR | held-out PCK@0.2 | held-out agreement with Thunder | params "
+             "| GFLOPs | ms/crop b=1 | ms/crop b=8 | × Lightning ms | × Thunder ms |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for ref, r in rows:
         role = "teacher" if ref == "movenet-thunder" else ("Google's fast baseline" if ref == "movenet-lightning"
                                                             else "student")
         vs_l = f"{r['ms_b1'] / lightning['ms_b1']:.2f}" if lightning else ""
         vs_t = f"{r['ms_b1'] / thunder['ms_b1']:.2f}" if thunder else ""
         pck = f"{r['pck@0.2']:.3f}" if r.get("pck@0.2") is not None else "—"
+        agree = f"{r['heldout_agreement']:.3f}" if r.get("heldout_agreement") is not None else "—"
         lines.append(f"| {r['model']} | {role} | {r['gt_boxes']['AP']:.3f} | {r['gt_boxes']['AR']:.3f} | {pck} | "
+                     f"{agree} | "
                      f"{r['params'] / 1e6:.2f}M | {r['gflops']:.2f} | {r['ms_b1']:.2f} | {r['ms_b8']:.2f} | "
                      f"{vs_l} | {vs_t} |")
     base = next((ms for label, _, ms in e2e if label == f"{MULTIPOSE} → movenet-thunder"), None)
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from distill.cli import DATA, EVAL_SET
     from distill.data import read_coco, read_source
-    from distill.evaluate import coco_ap, evaluate, predict
+    from distill.evaluate import agreement, coco_ap, evaluate, predict
     from distill.teachers import load_model_bytes
     from service.store import ModelStore
 
@@ -181,8 +184,12 @@ def main(argv: list[str] | None = None) -> int:
             models[ref] = load_model_bytes(ref, store=store, threads=args.threads)
         except Exception as exc:  # a student not trained yet: say so, keep going
             print(f"skipping {ref}: {exc}", file=sys.stderr)
+    thunder = models.get("movenet-thunder", (None,))[0]
     for ref, (model, data) in models.items():
         r = evaluate(model, data, annotations=EVAL_SET, speed=True, speed_runs=args.runs, pck_records=pck_records)
+        if pck_records and thunder is not None and ref != "movenet-thunder":
+            # the other held-out signal training selects by: mean OKS to Thunder's keypoints, same people
+            r["heldout_agreement"] = agreement(model, thunder, pck_records)
         rows.append((ref, r))
         print(ref, r["gt_boxes"], r.get("pck@0.2"), r["ms_b1"], r["ms_b8"], flush=True)
 
@@ -213,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     pck_note = f"held-out PCK: `{pck_spec.replace(str(DATA), '$POSEKD_DATA')}`" if pck_records else "no held-out PCK"
     lines += ["", f"Dev set: `{EVAL_SET.relative_to(EVAL_SET.parents[3])}` ({len(records)} images, "
               f"{sum(len(r.people) for r in records)} people), pycocotools OKS AP, person score = mean keypoint "
-              f"score; {pck_note} (PCK@0.2 of the torso, GT boxes); ONNX Runtime CPU, {args.threads} threads. "
+              f"score; {pck_note} (PCK@0.2 of the torso, GT boxes; held-out agreement: mean OKS to Thunder's "
+              f"keypoints for the same people); ONNX Runtime CPU, {args.threads} threads. "
               f"End-to-end ms include the detector; MultiPose alone is one network pass."]
     draw_chart(rows, e2e, args.chart)
     lines += ["", f"![accuracy vs latency]({args.chart.name})"]
