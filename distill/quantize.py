@@ -176,8 +176,7 @@ def cmd_quantize(args) -> int:
     ref = ModelSpec.parse(args.model)
     version = store.resolve(ref)
     spec = ModelSpec(ref.name, version)
-    source = store.manifest(spec.name, version)
-    data = (store.version_dir(spec.name, version) / source.file).read_bytes()
+    source, data = store.read_verified(spec.name, version)
     fields = json.loads(source.model_dump_json())
     for k in ("version", "sha256", "created_at", "metrics", "file"):
         fields.pop(k, None)
