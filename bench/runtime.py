@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from distill.cli import EVAL_SET
     from distill.data import read_coco
-    from service.pipeline import PosePipeline
+    from distill.evaluate import served_pipeline
     from service.settings import Settings
     from service.store import ModelStore
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                            f"{MULTIPOSE},movenet-thunder"]
     store = ModelStore(args.store)
     images = [r.load() for r in read_coco(EVAL_SET)]
-    pipe = PosePipeline(detector_threshold=0.1, max_boxes=20)  # as the evaluation runs it
+    pipe = served_pipeline()  # as the evaluation runs it: the service's defaults
     rows = []
     for pair in pairs:
         det_ref, _, pose_ref = pair.partition(",")

@@ -24,14 +24,19 @@ from service.store.registry import ServedModel
 from .data import Record, read_coco
 
 
-def _pipeline() -> PosePipeline:
-    return PosePipeline(detector_threshold=0.1, max_boxes=20)
+def served_pipeline() -> PosePipeline:
+    """The pipeline as the service runs it by default (its detector threshold and people ceiling); the
+    person score threshold is left to the callers, which keep every person (AP ranks them by score)."""
+    from service.settings import Settings
+
+    defaults = Settings()
+    return PosePipeline(detector_threshold=defaults.detector_threshold, max_boxes=defaults.max_people)
 
 
 def predict(model: ServedModel, records: list[Record], detector: ServedModel | None = None) -> tuple[list, float]:
     """COCO-format results for every record; boxes from the labels or, with ``detector``, found.
     Returns (results, mean ms per image)."""
-    pipe = _pipeline()
+    pipe = served_pipeline()
     results, elapsed = [], 0.0
     for r in records:
         image = r.load()
@@ -66,7 +71,7 @@ def coco_ap(annotations: str | Path, results: list, image_ids: list[int]) -> dic
 
 
 def agreement(model: ServedModel, teacher: ServedModel, records: list[Record]) -> float:
-    pipe = _pipeline()
+    pipe = served_pipeline()
     scores = []
     for r in records:
         image = r.load()
@@ -102,7 +107,7 @@ def scorable(people) -> list[tuple]:
 
 def pck(model: ServedModel, records: list[Record], threshold: float = 0.2) -> float:
     """PCK@threshold of the torso size over labelled joints (LSPET-style labels)."""
-    pipe = _pipeline()
+    pipe = served_pipeline()
     hit = total = 0
     for r in records:
         people = scorable(r.people)

@@ -29,3 +29,14 @@ def test_video_agreement_matches_people_by_oks():
     assert same["recall"] == 1.0 and same["oks"] == pytest.approx(1.0)
     half = agreement({"frames": [_frame([a]), _frame([])]}, reference)  # finds 1 of the 3 people
     assert half["recall"] == pytest.approx(1 / 3)
+
+
+def test_the_evaluation_runs_the_pipeline_with_the_services_detector_settings(monkeypatch):
+    from distill.evaluate import served_pipeline
+    from service.settings import Settings
+
+    default = served_pipeline()
+    assert default.detector_threshold == Settings().detector_threshold
+    assert default.max_boxes == Settings().max_people
+    monkeypatch.setenv("POSEKD_DETECTOR_THRESHOLD", "0.4")  # an operator's setting is what gets measured
+    assert served_pipeline().detector_threshold == 0.4
