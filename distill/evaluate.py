@@ -29,8 +29,7 @@ def served_pipeline() -> PosePipeline:
     person score threshold is left to the callers, which keep every person (AP ranks them by score)."""
     from service.settings import Settings
 
-    defaults = Settings()
-    return PosePipeline(detector_threshold=defaults.detector_threshold, max_boxes=defaults.max_people)
+    return PosePipeline.from_settings(Settings())
 
 
 def predict(model: ServedModel, records: list[Record], detector: ServedModel | None = None) -> tuple[list, float]:
