@@ -261,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models_parser(sub)
 
     bench = sub.add_parser("bench", help="benchmarks (bench/); results go to bench/RESULTS.md")
-    bench.add_argument("what", choices=["images", "students", "queue", "video", "soak", "runtime"],
+    bench.add_argument("what", choices=["images", "students", "queue", "video", "soak", "runtime",
+                                        "preprocess"],
                        help="which benchmark; `posekd bench WHAT --help` for its options")
     bench.set_defaults(func=None)
 
