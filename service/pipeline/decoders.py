@@ -5,6 +5,7 @@ the model input. Detection decoders give, per image, boxes ``(M, 5)`` as (x1, y1
 in pixels of the detector input."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -64,22 +65,33 @@ def decode_heatmap(manifest: Manifest, outs: dict[str, np.ndarray]) -> np.ndarra
     return np.stack([x, y, score], -1).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=8)
+def _centre_weight(h: int, w: int) -> np.ndarray:
+    """MoveNet's preference for the person nearest the crop's middle, per heatmap cell."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    weight = 1.0 / (np.sqrt((yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2) + 1.8)
+    weight.flags.writeable = False
+    return weight
+
+
 def decode_movenet_heads(manifest: Manifest, outs: dict[str, np.ndarray]) -> np.ndarray:
     """MoveNet's single-person decoder over its raw heads (kpt_heatmap, center_heatmap, kpt_regress,
     kpt_offset): the centre nearest the crop's middle picks the person, each keypoint is regressed
     from it, and the keypoint heatmap is weighted by closeness to that regressed point."""
     kpt, center, regress, offset = _outputs(manifest, outs)
     n, k, h, w = kpt.shape
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    frame_w = 1.0 / (np.sqrt((yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2) + 1.8)
-    cidx = (center[:, 0] * frame_w).reshape(n, -1).argmax(-1)
+    cidx = (center[:, 0] * _centre_weight(h, w)).reshape(n, -1).argmax(-1)
     cy, cx = np.divmod(cidx, w)
     b = np.arange(n)
     reg = regress[b, :, cy, cx].reshape(n, k, 2)  # (dy, dx) per keypoint, heatmap cells
     ry = cy[:, None] + reg[..., 0]
     rx = cx[:, None] + reg[..., 1]
-    dist = np.sqrt((yy[None, None] - ry[..., None, None]) ** 2 + (xx[None, None] - rx[..., None, None]) ** 2)
-    kidx = (kpt / (dist + 1.8)).reshape(n, k, -1).argmax(-1)
+    # squared distances per row and per column, added by broadcasting: one (n, k, h, w) pass, not four
+    dy2 = (np.arange(h, dtype=np.float32)[None, None, :, None] - ry[..., None, None]) ** 2
+    dx2 = (np.arange(w, dtype=np.float32)[None, None, None, :] - rx[..., None, None]) ** 2
+    dist = np.sqrt(dy2 + dx2)
+    dist += 1.8
+    kidx = (kpt / dist).reshape(n, k, -1).argmax(-1)
     ky, kx = np.divmod(kidx, w)
     bi, ki = np.meshgrid(b, np.arange(k), indexing="ij")
     score = kpt[bi, ki, ky, kx]
