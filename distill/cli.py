@@ -161,6 +161,14 @@ def cmd_export(args) -> int:
     return register_and_promote(store, ex.path, fields, gates, floor, promote=not args.no_promote)
 
 
+def cmd_reshape(args) -> int:
+    """A detector with a free input size (see :mod:`distill.reshape`)."""
+    from .reshape import cmd_reshape as run
+
+    args.check = args.check or [f"folder:{DATA}/unlabeled/images"]
+    return run(args)
+
+
 def cmd_quantize(args) -> int:
     """An int8 version of a registered model (see :mod:`distill.quantize`)."""
     from .quantize import cmd_quantize as run
@@ -301,6 +309,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "lineage still names the source version and sha256)")
     _gate_arguments(qz)
     qz.set_defaults(func=cmd_quantize)
+
+    rs = dsub.add_parser("reshape", help="a detector's weights in a graph that takes any multiple of N px: check "
+                                         "parity, compare boxes, evaluate, register, gate")
+    rs.add_argument("model", help="store reference of the detector (e.g. detector-s@production)")
+    rs.add_argument("--multiple", type=int, default=32, help="the input's height and width: any multiple of this")
+    rs.add_argument("--name", help="model name in the store (default: the source's)")
+    rs.add_argument("--check", action="append", default=None,
+                    help="pictures to compare the boxes on (repeatable; default folder:DATA/unlabeled/images)")
+    rs.add_argument("--check-images", type=int, default=200, help="at most this many of them")
+    _gate_arguments(rs)
+    rs.set_defaults(func=cmd_reshape)
 
     tp = sub.add_parser("teachers", help="the ONNX teachers")
     tsub = tp.add_subparsers(dest="teachers_command", required=True)

@@ -49,7 +49,7 @@ def calibration_batches(manifest, records, views: int, seed: int = 0, batch: int
     (detectors), drawn at random from ``records``, normalised by the manifest's input spec."""
     from service.pipeline import preprocess as pp
 
-    spec = manifest.input
+    spec = manifest.input.model_copy(update={"size_multiple": 0})  # full-size views, so that they stack
     rng = np.random.default_rng(seed)
     if manifest.task == "pose":
         pool = [(r, p.box) for r in records for p in r.people]

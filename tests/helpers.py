@@ -37,9 +37,11 @@ def tiny_pose_onnx(path: Path, batch: int | str = "N") -> Path:
     return _save(helper.make_graph(nodes, "tiny_pose", [x], [y]), path)
 
 
-def tiny_detector_onnx(path: Path, box=(0.1, 0.1, 0.6, 0.9, 0.9)) -> Path:
-    """Always one person box (normalised x1, y1, x2, y2, score), for any batch."""
-    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 64, 64])
+def tiny_detector_onnx(path: Path, box=(0.1, 0.1, 0.6, 0.9, 0.9), free_size: bool = False) -> Path:
+    """Always one person box (normalised x1, y1, x2, y2, score), for any batch (and, with ``free_size``,
+    any input height and width)."""
+    hw: list[int | str] = ["H", "W"] if free_size else [64, 64]
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, *hw])
     y = helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", 1, 5])
     const = helper.make_tensor("box", TensorProto.FLOAT, [1, 1, 5], list(box))
     zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])

@@ -144,3 +144,45 @@ def test_thread_spinning_follows_the_setting(store, spinning, value, monkeypatch
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == value
     assert OnnxModel(manifest_, data, device="cpu", intra_threads=1).session.get_session_options() \
         .get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_letterbox_pads_only_to_the_next_multiple_when_the_graph_takes_any():
+    spec = manifest(input={**POSE_FIELDS["input"], "height": 256, "width": 256, "size_multiple": 32}).input
+    square = spec.model_copy(update={"size_multiple": 0})
+    landscape, portrait = np.zeros((480, 640, 3), np.uint8), np.zeros((640, 427, 3), np.uint8)
+    assert pp.resize_for_detector(landscape, square)[0].shape == (256, 256, 3)
+    view, (sx, sy) = pp.resize_for_detector(landscape, spec)
+    assert view.shape == (192, 256, 3) and sx == sy == 0.4
+    assert pp.resize_for_detector(portrait, spec)[0].shape == (256, 192, 3)  # 171 px wide, padded to 192
+    with pytest.raises(ValueError, match="multiples"):
+        manifest(input={**POSE_FIELDS["input"], "height": 250, "width": 256, "size_multiple": 32})
+    with pytest.raises(ValueError, match="letterbox"):
+        manifest(input={**POSE_FIELDS["input"], "resize": "stretch", "size_multiple": 32})
+
+
+def test_free_size_detector_runs_each_view_at_its_own_size(store, tmp_path):
+    """Views of several sizes in one call: each size runs as its own batch and is decoded with its own
+    height and width, so a box normalised to the view comes back in the right image pixels."""
+    from .helpers import DET_FIELDS, tiny_detector_onnx
+
+    fields = {**DET_FIELDS, "name": "tiny-det-free",
+              "input": {**DET_FIELDS["input"], "resize": "letterbox", "size_multiple": 16}}
+    import_model(store, tiny_detector_onnx(tmp_path / "free.onnx", free_size=True), fields)
+    det = registry(store).get("tiny-det-free")
+    images = [np.zeros((300, 400, 3), np.uint8), np.zeros((400, 300, 3), np.uint8),
+              np.zeros((300, 400, 3), np.uint8), np.zeros((300, 300, 3), np.uint8)]
+    boxes = PosePipeline(detector_threshold=0.1).detect(det, images)
+    # views 64×48, 48×64, 64×48, 64×64 (scale 0.16, 0.16, 0.16, 0.2133): the box 0.1..0.6 × 0.1..0.9 of each view
+    expected = [[40, 30, 240, 270], [30, 40, 180, 360], [40, 30, 240, 270], [30, 30, 180, 270]]
+    for got, want in zip(boxes, expected):
+        assert got.shape == (1, 5) and np.allclose(got[0, :4], want, atol=0.5)
+
+
+def test_a_fixed_size_graph_is_refused_when_the_manifest_says_any_size(tmp_path):
+    from .helpers import DET_FIELDS, tiny_detector_onnx
+
+    fields = {**DET_FIELDS, "version": 1, "sha256": "0" * 64,
+              "input": {**DET_FIELDS["input"], "resize": "letterbox", "size_multiple": 16}}
+    data = tiny_detector_onnx(tmp_path / "fixed.onnx").read_bytes()
+    with pytest.raises(ValueError, match="fixed"):
+        OnnxModel(Manifest.model_validate(fields), data, device="cpu", intra_threads=1)

@@ -72,10 +72,8 @@ class PosePipeline:
         if not images:
             return []
         t0 = time.perf_counter()
-        spec = detector.manifest.input
-        views, scales = zip(*(pp.resize_for_detector(im, spec) for im in images))
-        outs = detector.runner.run(pp.to_tensor(list(views), spec))
-        decoded = DETECTION_DECODERS[detector.manifest.output.decoder](detector.manifest, outs)
+        views, scales = zip(*(pp.resize_for_detector(im, detector.manifest.input) for im in images))
+        decoded = self._detector_outputs(detector, list(views))
         result = []
         for boxes, (sx, sy), im in zip(decoded, scales, images):
             boxes = boxes[boxes[:, 4] >= self.detector_threshold]
@@ -87,6 +85,27 @@ class PosePipeline:
             result.append(nms(boxes, self.box_nms_iou)[: self.max_boxes])
         metrics.observe_stage(detector.name, detector.version, "detect", time.perf_counter() - t0, len(images))
         return result
+
+    @staticmethod
+    def _detector_outputs(detector: ServedModel, views: list[np.ndarray]) -> list[np.ndarray]:
+        """Raw boxes (in view pixels) for each view. Views of one size go through the detector as one
+        batch; a graph that takes any multiple of ``size_multiple`` gets views of several sizes, run
+        size by size and decoded with that size as the input's."""
+        manifest = detector.manifest
+        decode = DETECTION_DECODERS[manifest.output.decoder]
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, v in enumerate(views):
+            by_size.setdefault(v.shape[:2], []).append(i)
+        decoded: list[np.ndarray] = [np.zeros((0, 5), np.float32)] * len(views)
+        for (h, w), members in by_size.items():
+            outs = detector.runner.run(pp.to_tensor([views[i] for i in members], manifest.input))
+            sized = manifest
+            if (h, w) != (manifest.input.height, manifest.input.width):
+                sized = manifest.model_copy(update={"input": manifest.input.model_copy(update={"height": h,
+                                                                                                 "width": w})})
+            for i, boxes in zip(members, decode(sized, outs)):
+                decoded[i] = boxes
+        return decoded
 
     def pose(self, model: ServedModel, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
         """Keypoints (M, 17, 3) in image pixels for the boxes of each image, all crops in one batch."""

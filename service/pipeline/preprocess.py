@@ -39,14 +39,19 @@ def to_tensor(images: list[np.ndarray] | np.ndarray, spec: InputSpec) -> np.ndar
 
 
 def resize_for_detector(image: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, tuple[float, float]]:
-    """The detector's view of an image and the (sx, sy) factors from image to detector pixels."""
+    """The detector's view of an image and the (sx, sy) factors from image to detector pixels. The view is
+    ``spec.height``×``spec.width``, or smaller where the graph takes any multiple of ``spec.size_multiple``."""
     h, w = image.shape[:2]
     if spec.resize == "stretch":
         sx, sy = spec.width / w, spec.height / h
         return cv2.resize(image, (spec.width, spec.height), interpolation=cv2.INTER_LINEAR), (sx, sy)
     s = min(spec.width / w, spec.height / h)
     nw, nh = max(1, round(w * s)), max(1, round(h * s))
-    canvas = np.zeros((spec.height, spec.width, 3), np.uint8)
+    out_w, out_h = spec.width, spec.height
+    if spec.size_multiple:  # a graph that takes any multiple: pad only up to the next one
+        k = spec.size_multiple
+        out_w, out_h = min(out_w, -(-nw // k) * k), min(out_h, -(-nh // k) * k)
+    canvas = np.zeros((out_h, out_w, 3), np.uint8)
     interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
     canvas[:nh, :nw] = cv2.resize(image, (nw, nh), interpolation=interp)
     return canvas, (s, s)

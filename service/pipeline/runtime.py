@@ -51,7 +51,12 @@ class OnnxModel:
         self.provider = self.session.get_providers()[0]
         self.output_names = graph_outputs(manifest, self.session)
         inputs = {i.name: i for i in self.session.get_inputs()}
-        batch_dim = inputs[manifest.input.name].shape[0]
+        shape = inputs[manifest.input.name].shape
+        spatial = shape[2:4] if manifest.input.layout == "NCHW" else shape[1:3]
+        if manifest.input.size_multiple and any(isinstance(d, int) for d in spatial):
+            raise ValueError(f"the manifest says the graph takes any multiple of {manifest.input.size_multiple} "
+                             f"px, but its input is fixed at {spatial}")
+        batch_dim = shape[0]
         fixed = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else 0
         self.max_batch = manifest.input.max_batch or fixed  # 0: any
 

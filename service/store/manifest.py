@@ -31,6 +31,10 @@ class InputSpec(BaseModel):
     resize: Literal["letterbox", "stretch"] = "letterbox"
     # the ONNX graph takes this many images per call at most (1 for graphs with a fixed batch); 0: any
     max_batch: int = Field(default=0, ge=0)
+    # letterboxed detectors whose graph takes any height and width that are multiples of this (0: exactly
+    # height x width): the view keeps the image's aspect within height x width and is padded only to the
+    # next multiple, so a 640x480 photo runs at 256x192 instead of 256x256
+    size_multiple: int = Field(default=0, ge=0, le=1024)
 
     @field_validator("std")
     @classmethod
@@ -38,6 +42,14 @@ class InputSpec(BaseModel):
         if any(s == 0 for s in v):
             raise ValueError("std must not contain zeros")
         return v
+
+    @model_validator(mode="after")
+    def _whole_multiples(self):
+        k = self.size_multiple
+        if k and (self.resize != "letterbox" or self.height % k or self.width % k):
+            raise ValueError(f"size_multiple {k} needs resize 'letterbox' and a height and width that are "
+                             "multiples of it")
+        return self
 
 
 class OutputSpec(BaseModel):
