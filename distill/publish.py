@@ -1,8 +1,8 @@
 """From a training run to a served version, in steps: :func:`export_run` (checkpoint → ONNX, checked
 against torch), :func:`lineage_of` (what made it: teacher, data, commands), :func:`evaluate_export`
-(metrics, and the public floor re-measured in the same run), :func:`register_and_promote` (a new
-version in the store; ``production`` moves only through the gates). ``posekd distill export`` runs them
-in order."""
+(metrics, and the public floor and the current production re-measured in the same run),
+:func:`register_and_promote` (a new version in the store; ``production`` moves only through the gates).
+``posekd distill export`` runs them in order."""
 from __future__ import annotations
 
 import dataclasses
@@ -197,8 +197,11 @@ def evaluate_export(ex: Exported, fields: dict, store, args, gates) -> tuple[dic
 
 
 def evaluate_candidate(kind: str, data: bytes, fields: dict, store, args, gates) -> tuple[dict, dict | None]:
-    """Metrics of a candidate ONNX (an export or a quantized version; ``kind``: detector or a pose
-    kind) and of the public floor measured again in this run (or None)."""
+    """Metrics of a candidate ONNX (an export, a quantized or a re-shaped version; ``kind``: detector or a
+    pose kind) and of the public floor measured again in this run (or None). The version the candidate
+    would replace (the ``production`` of its name) is measured again too, the same way, and summarised
+    under ``metrics["production"]``: the gates compare like with like, never with numbers recorded under
+    other settings."""
     from .evaluate import evaluate
 
     served = _served(fields, data)
@@ -221,12 +224,20 @@ def evaluate_candidate(kind: str, data: bytes, fields: dict, store, args, gates)
                              pck_records=pck_records)
         metrics["floor"] = {k: floor.get(k) for k in ("model", gates.metric, "ms_b1", "ms_b8", "pck@0.2")
                             if floor.get(k) is not None}
+    current = _current_production(store, fields["name"])
+    if current is not None and annotations:  # the version to replace, measured again now, like for like
+        cur_model, cur_data = _load_ref_bytes(f"{current.name}:{current.version}", store)
+        cur = evaluate(cur_model, cur_data, annotations=annotations, teacher=teacher, detector=detector,
+                       pck_records=pck_records)
+        metrics["production"] = {k: cur.get(k) for k in ("model", gates.metric, "ms_b1", "ms_b8", "pck@0.2")
+                                 if cur.get(k) is not None}
     return data_relative(metrics), floor
 
 
 def register_and_promote(store, path: Path, fields: dict, gates, floor: dict | None, promote: bool) -> int:
     """Register the version; move ``production`` to it only when it passes the gates against the
-    current production (its latency re-measured now) and the floor. Exit code: 0, or 3 when refused."""
+    current production (measured again beside the candidate by :func:`evaluate_candidate`, or, without an
+    evaluation set, its recorded accuracy and its latency now) and the floor. Exit code: 0, or 3 when refused."""
     from .evaluate import latency
 
     name = fields["name"]
@@ -236,8 +247,12 @@ def register_and_promote(store, path: Path, fields: dict, gates, floor: dict | N
     current = _current_production(store, name)
     current_metrics = None
     if current is not None and current.version != manifest.version:
-        cur = _load_ref(f"{name}:{current.version}", store)
-        current_metrics = {**current.metrics, "ms_b1": latency(cur, 1), "ms_b8": latency(cur, 8, 10)}
+        again = metrics.get("production") or {}
+        if again.get("model") == f"{name}:{current.version}":  # measured in this run beside the candidate
+            current_metrics = again
+        else:  # not measured again (no evaluation set): its recorded accuracy, its latency now
+            cur = _load_ref(f"{name}:{current.version}", store)
+            current_metrics = {**current.metrics, "ms_b1": latency(cur, 1), "ms_b8": latency(cur, 8, 10)}
     ok, why = gates.check(metrics, current_metrics, floor)
     if not promote:
         print("not promoted (--no-promote)")
