@@ -242,7 +242,13 @@ def register_and_promote(store, path: Path, fields: dict, gates, floor: dict | N
 
     name = fields["name"]
     metrics = fields["metrics"]
-    manifest = store.add_version(path, fields)
+    existing = store.versions(name) if name in store.names() else []
+    version = (existing[-1] if existing else 0) + 1
+    for summary in (metrics, *(metrics.get(k) or {} for k in ("gt_boxes", "end_to_end"))):
+        for key in ("model", "detector", "pose"):  # the candidate was measured before it had a version
+            if summary.get(key) == f"{name}:1" and version != 1:
+                summary[key] = f"{name}:{version}"
+    manifest = store.add_version(path, fields, version=version)
     print(f"registered {manifest.name}:{manifest.version} in {store.root}")
     current = _current_production(store, name)
     current_metrics = None

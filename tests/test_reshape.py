@@ -62,6 +62,7 @@ def test_reshaped_detector_is_registered_and_runs_at_the_views_own_size(tmp_path
     assert source["model"] == "tiny-det:1" and source["parity_max_abs_diff"] <= 1e-4
     assert source["boxes_vs_source"]["images"] == 3
     assert "distill reshape" in lineage["command"]
+    assert m.metrics["model"] == m.metrics["end_to_end"]["detector"] == "tiny-det:2"  # its own version
     again = m.metrics["production"]
     assert again["model"] == "tiny-det:1" and again["end_to_end"]["AP"] == m.metrics["end_to_end"]["AP"] < 0.99
 
