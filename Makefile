@@ -37,6 +37,7 @@ bench: $(VENV)/.dev
 	$(BIN)/posekd bench queue
 	$(BIN)/posekd bench video
 	$(BIN)/posekd bench runtime
+	$(BIN)/posekd bench preprocess
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check service distill tests bench posekd

@@ -57,6 +57,14 @@ def decode_full_grids(manifest, outs: dict[str, np.ndarray]) -> np.ndarray:
     return np.stack([x, y, kpt[bi, ki, ky, kx]], -1).astype(np.float32)
 
 
+def view_sizes(views: list[list[np.ndarray]]) -> str:
+    """``256×192: 20, 192×256: 5, …`` (width×height: images), most common first."""
+    from collections import Counter
+
+    counts = Counter(f"{v[0].shape[1]}×{v[0].shape[0]}" for v in views)
+    return ", ".join(f"{size}: {k}" for size, k in counts.most_common())
+
+
 def _time(fn, inputs, spec) -> float:
     t0 = time.perf_counter()
     for batch in inputs:
@@ -131,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     n_crops = sum(len(c) for c in crops)
     lines = ["| code | detector input ms/image | pose input ms/image | pose decoding ms/image | all three | "
              "share of the pipeline's time |", "|---|---|---|---|---|---|", *rows, "",
-             f"{n} dev images (`coco_mini_train`): one {dspec.width}×{dspec.height} view each for "
-             f"{s.default_detector}, {n_crops} crops of {pspec.width}×{pspec.height} in all for "
+             f"{n} dev images (`coco_mini_train`): one letterboxed view each for {s.default_detector} "
+             f"({view_sizes(views)}), {n_crops} crops of {pspec.width}×{pspec.height} in all for "
              f"{s.default_pose_model} (the boxes above the service's detector threshold), each image's crops "
              f"as one batch; best of {args.rounds} alternating passes. The whole pipeline (with the new "
              f"code) took {whole / n:.1f} ms per image in the same run. Before and after give the same "
