@@ -242,7 +242,7 @@ def register_and_promote(store, path: Path, fields: dict, gates, floor: dict | N
 
     name = fields["name"]
     metrics = fields["metrics"]
-    existing = store.versions(name) if name in store.names() else []
+    existing = store.versions(name)
     version = (existing[-1] if existing else 0) + 1
     for summary in (metrics, *(metrics.get(k) or {} for k in ("gt_boxes", "end_to_end"))):
         for key in ("model", "detector", "pose"):  # the candidate was measured before it had a version

@@ -29,12 +29,11 @@ def free_spatial_dims(data: bytes) -> bytes:
         dims[axis].Clear()
         dims[axis].dim_param = label
     del m.graph.value_info[:]  # shapes inferred for the old size; ONNX Runtime infers them again
-    for out in m.graph.output:  # an output's spatial size follows the input's
-        for d in out.type.tensor_type.shape.dim[1:]:
-            if d.dim_value:
-                label = f"{out.name}_dim"
+    for out in m.graph.output:  # an output's spatial size may follow the input's: one free name per axis
+        for axis, d in enumerate(out.type.tensor_type.shape.dim):
+            if axis and d.dim_value:
                 d.Clear()
-                d.dim_param = label
+                d.dim_param = f"{out.name}_dim{axis}"
     return m.SerializeToString()
 
 
@@ -79,12 +78,11 @@ def cmd_reshape(args) -> int:
     if source.task != "person_detection" or source.input.resize != "letterbox":
         print(f"{ref.name}:{version} is not a letterboxed person detector: nothing to gain")
         return 2
-    fields = json.loads(source.model_dump_json())
-    for k in ("version", "sha256", "created_at", "metrics", "file"):
-        fields.pop(k, None)
+    src_model = _served(json.loads(source.model_dump_json()), data)
+    fields = json.loads(source.model_dump_json(exclude={"version", "sha256", "created_at", "metrics", "file"}))
     fields["input"]["size_multiple"] = args.multiple
     free = free_spatial_dims(data)
-    src_model, new_model = _served(json.loads(source.model_dump_json()), data), _served(fields, free)
+    new_model = _served(fields, free)
     x = np.random.default_rng(0).normal(size=(2, 3, source.input.height, source.input.width)).astype(np.float32)
     if source.input.layout == "NHWC":
         x = x.transpose(0, 2, 3, 1).copy()
