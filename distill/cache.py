@@ -26,7 +26,7 @@ from service.store.manifest import sha256_file
 
 from .augment import AugmentConfig, photometric, scale_matrix, transform_keypoints, view_matrix, warp
 from .data import Record
-from .teachers import BoxEnsemble, DetectionTeacher, PoseTeacher
+from .teachers import BoxEnsemble, ConfirmedBoxes, DetectionTeacher, PoseTeacher
 
 log = logging.getLogger("posekd.distill")
 
@@ -199,7 +199,8 @@ class PoseCache:
         return len(self.teacher_kp)
 
 
-def build_detection_cache(records: list[Record], teacher: DetectionTeacher | BoxEnsemble, out: Path | str, *,
+def build_detection_cache(records: list[Record], teacher: DetectionTeacher | BoxEnsemble | ConfirmedBoxes,
+                          out: Path | str, *,
                           size: int = 256,
                           max_boxes: int = 20, views_per_image: int = 2, seed: int = 0,
                           meta: dict | None = None, progress: bool = True) -> dict:

@@ -62,7 +62,7 @@ def cmd_cache(args) -> int:
     from service.store import ModelStore
 
     from .cache import build_detection_cache, build_pose_cache, find_people
-    from .teachers import BoxEnsemble, DetectionTeacher, PoseTeacher, load_model
+    from .teachers import BoxEnsemble, ConfirmedBoxes, DetectionTeacher, PoseTeacher, load_model
 
     store = ModelStore(args.store or get_settings().model_store)
 
@@ -85,10 +85,17 @@ def cmd_cache(args) -> int:
                     for ref in args.teacher.split("+")]
         if len(teachers) > 2:
             raise SystemExit("--teacher: one detection teacher, or two joined by '+'")
-        boxes_from = teachers[0] if len(teachers) == 1 else BoxEnsemble(teachers[0], teachers[1])
+        found: DetectionTeacher | BoxEnsemble = \
+            teachers[0] if len(teachers) == 1 else BoxEnsemble(teachers[0], teachers[1])
+        boxes_from: DetectionTeacher | BoxEnsemble | ConfirmedBoxes = found
+        if args.confirm:
+            boxes_from = ConfirmedBoxes(found, load_model(args.confirm, store=store),
+                                        min_keypoints=args.confirm_keypoints)
         info = build_detection_cache(records, boxes_from, args.out, size=args.size, views_per_image=args.views,
                                      seed=args.seed, meta={"data": data, "exclude": exclude,
                                                            "command": command_line(args)})
+        if isinstance(boxes_from, ConfirmedBoxes):
+            log.info("%s confirmed %d of %d teacher boxes", args.confirm, boxes_from.kept, boxes_from.seen)
     print(json.dumps(info, indent=2))
     return 0
 
@@ -113,27 +120,27 @@ def cmd_train(args) -> int:
                      kl_weight=args.kl_weight, hint_weight=args.hint_weight, seed=args.seed, ema=args.ema,
                      max_minutes=args.minutes,
                      warmup=min(150, max(1, args.steps // 10)))
+    init = None
+    if args.init:
+        from service.settings import get_settings
+        from service.store import ModelStore
+
+        from .teachers import load_model_bytes
+        init = load_model_bytes(args.init, store=ModelStore(args.store or get_settings().model_store))[1]
+    meta = {"command": command_line(args), "cache": str(args.cache), **({"init": args.init} if args.init else {})}
     if cfg.kind == "detector":
         from .detector import DetectionCache, fit_detector
         model, summary = fit_detector(cfg, tc, DetectionCache(args.cache), args.out, resume=not args.restart,
-                                      meta={"command": command_line(args), "cache": str(args.cache)})
+                                      meta=meta, init=init)
     else:
-        init = None
-        if args.init:
-            from service.settings import get_settings
-            from service.store import ModelStore
-
-            from .teachers import load_model_bytes
-            init = load_model_bytes(args.init, store=ModelStore(args.store or get_settings().model_store))[1]
         heldout = None
         if args.heldout_pck:
             from .data import read_source
             from .train import HeldoutPCK
             heldout = HeldoutPCK(read_source(args.heldout_pck), cfg.size)
             log.info("held-out PCK on %d labelled people from %s", len(heldout), args.heldout_pck)
-        model, summary = fit(cfg, tc, PoseCache(args.cache), args.out, resume=not args.restart,
-                             meta={"command": command_line(args), "cache": str(args.cache),
-                                   **({"init": args.init} if args.init else {})}, init=init, heldout_pck=heldout)
+        model, summary = fit(cfg, tc, PoseCache(args.cache), args.out, resume=not args.restart, meta=meta, init=init,
+                             heldout_pck=heldout)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -243,6 +250,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--teacher", help="pose: movenet-thunder; detection: movenet-multipose, or two teachers whose "
                                      "boxes are combined, e.g. movenet-multipose+centernet")
     c.add_argument("--detector", default="movenet-multipose", help="finds people in unlabelled images (pose)")
+    c.add_argument("--confirm", help="detection: keep only the boxes this pose teacher confirms (e.g. "
+                                     "movenet-thunder: enough confident keypoints inside the box)")
+    c.add_argument("--confirm-keypoints", type=int, default=4, help="with --confirm: keypoints a person needs")
     c.add_argument("--views", type=int, help="pose: views in total; detection: views per image")
     c.add_argument("--size", type=int, help="student input size (pose 192, detection 256)")
     c.add_argument("--limit", type=int, help="images per source at most (smoke runs)")

@@ -169,12 +169,19 @@ def read_videos(root: str | Path, *, every: int = 10, max_frames: int | None = N
 
 def read_source(spec: str) -> list[Record]:
     """``kind:path`` -> records. kinds: coco (annotation JSON), lspet (folder with joints.mat), folder,
-    video (file or folder; ``video:PATH@every``). A trailing ``[start:stop]`` keeps that slice of the
-    records in their sorted order (``lspet:DIR[:3600]`` to train, ``lspet:DIR[3600:]`` held out)."""
-    m = re.fullmatch(r"(.*)\[(-?\d*):(-?\d*)\]", spec)
+    video (file or folder; ``video:PATH@every``). A trailing ``[start:stop]`` or ``[start:stop:step]``
+    keeps that slice of the records in their sorted order (``lspet:DIR[:3600]`` to train,
+    ``lspet:DIR[3600:]`` held out); ``[!start:stop:step]`` keeps every record *not* in it
+    (``folder:DIR[!5::10]`` trains on nine in ten, ``folder:DIR[5::10]`` holds out the tenth)."""
+    m = re.fullmatch(r"(.*)\[(!?)(-?\d*):(-?\d*)(?::(\d*))?\]", spec)
     if m:
         records = read_source(m.group(1))
-        return records[int(m.group(2)) if m.group(2) else None:int(m.group(3)) if m.group(3) else None]
+        start, stop, step = (int(g) if g else None for g in (m.group(3), m.group(4), m.group(5)))
+        chosen = range(len(records))[start:stop:step]
+        if m.group(2):
+            taken = set(chosen)
+            return [r for i, r in enumerate(records) if i not in taken]
+        return [records[i] for i in chosen]
     kind, _, path = spec.partition(":")
     if kind == "coco":
         return read_coco(path)

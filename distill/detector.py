@@ -14,8 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from service.geometry import iou as box_iou
+
 from .students import StudentConfig, calibrate, channels_last, decode_centers, prepare
-from .train import TrainConfig, TrainingRun
+from .train import TrainConfig, TrainingRun, load_exported
 
 log = logging.getLogger("posekd.distill")
 
@@ -79,11 +81,31 @@ def detector_step(model, x: torch.Tensor, t: dict, cfg: TrainConfig) -> dict[str
             "offset": (F.l1_loss(out["box_offset"], t["offset"], reduction="none") * m).sum() / msum}
 
 
+def match_boxes(pred: np.ndarray, ref: np.ndarray, iou: float = 0.5) -> int:
+    """How many of the reference boxes (R, 4+) a prediction (P, 4+) covers at IoU ≥ ``iou``, each
+    prediction used once (greedy, best overlap first)."""
+    if not len(pred) or not len(ref):
+        return 0
+    ov = box_iou(ref[:, :4], pred[:, :4])
+    hit = 0
+    used = np.zeros(len(pred), bool)
+    for r in np.argsort(-ov.max(1)):
+        cand = np.where(~used & (ov[r] >= iou))[0]
+        if len(cand):
+            used[cand[ov[r, cand].argmax()]] = True
+            hit += 1
+    return hit
+
+
 @torch.no_grad()
-def box_recall(model, cache: DetectionCache, idx: np.ndarray, iou: float = 0.5, min_score: float = 0.3) -> float:
-    """Share of the teacher's confident boxes matched (IoU ≥ iou) by a student box with score ≥ 0.2."""
+def box_agreement(model, cache: DetectionCache, idx: np.ndarray, iou: float = 0.5, min_score: float = 0.3,
+                  pred_score: float = 0.3) -> dict[str, float]:
+    """Agreement with the teacher's boxes on held-out views: recall = share of the teacher's confident
+    boxes (score ≥ ``min_score``) that a student box (score ≥ ``pred_score``) matches at IoU ≥ ``iou``,
+    precision = share of those student boxes that match one, and their F1 (the selection signal: recall
+    alone would favour a student that fires everywhere)."""
     model.eval()
-    hit = total = 0
+    hit = total = found = 0
     for i in range(0, len(idx), 32):
         sel = idx[i:i + 32]
         x = prepare(torch.from_numpy(np.ascontiguousarray(cache.images[sel])))
@@ -91,30 +113,28 @@ def box_recall(model, cache: DetectionCache, idx: np.ndarray, iou: float = 0.5, 
         pred = decode_centers(out["center"], out["box_scale"], out["box_offset"], 20).numpy()
         for p, g in zip(pred, cache.boxes[sel]):
             g = g[g[:, 4] >= min_score]
-            p = p[p[:, 4] >= 0.2]
+            p = p[p[:, 4] >= pred_score]
             total += len(g)
-            for gb in g:
-                if len(p) == 0:
-                    continue
-                ix1 = np.maximum(p[:, 0], gb[0])
-                iy1 = np.maximum(p[:, 1], gb[1])
-                ix2 = np.minimum(p[:, 2], gb[2])
-                iy2 = np.minimum(p[:, 3], gb[3])
-                inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
-                union = (p[:, 2] - p[:, 0]) * (p[:, 3] - p[:, 1]) + (gb[2] - gb[0]) * (gb[3] - gb[1]) - inter
-                hit += int((inter / np.maximum(union, 1e-9)).max() >= iou)
+            found += len(p)
+            hit += match_boxes(p, g, iou)
     model.train()
-    return hit / max(total, 1)
+    recall, precision = hit / max(total, 1), hit / max(found, 1)
+    return {"recall": recall, "precision": precision,
+            "f1": 2 * recall * precision / max(recall + precision, 1e-9)}
 
 
 def fit_detector(cfg: StudentConfig, tc: TrainConfig, cache: DetectionCache, out: Path | str, *, resume: bool = True,
-                 progress: bool = True, meta: dict | None = None):
+                 progress: bool = True, meta: dict | None = None, init: bytes | None = None):
+    """Distil the detector on ``cache``; ``init``: the ONNX bytes of a registered detector to continue
+    from (its weights replace the pruned warm start at step 0)."""
     run = TrainingRun(cfg, tc, out, lambda n: True,  # every head is MultiPose's own
                       resume=resume, meta=meta, progress=progress, desc=f"distilling detector {Path(out).name}",
-                      curve_title=f"{Path(out).name}: detector (agreement = teacher-box recall@0.5)")
+                      curve_title=f"{Path(out).name}: detector (agreement = F1 with the teacher boxes at IoU 0.5)")
     model, tw = run.model, run.tw
     n = len(cache)
-    if run.step == 0 and tw is not None:
+    if run.step == 0 and init is not None:
+        log.info("initialised %d tensors from the given exported detector", len(load_exported(model, init)))
+    elif run.step == 0 and tw is not None:
         calib = np.arange(0, n, max(1, n // tc.calibration))[: tc.calibration]
         errors = calibrate(model, tw, torch.from_numpy(np.ascontiguousarray(cache.images[calib])))
         if errors:
@@ -124,9 +144,11 @@ def fit_detector(cfg: StudentConfig, tc: TrainConfig, cache: DetectionCache, out
     holdout = min(tc.holdout, max(0, n // 5))
     train_idx, val_idx = np.arange(0, n - holdout), np.arange(n - holdout, n)
     if run.step == 0 and len(val_idx):
-        rec = box_recall(model, cache, val_idx)
-        run.history.append({"step": 0, "agreement": rec, "seconds": 0.0})
-        log.info("teacher-box recall before training: %.3f", rec)
+        agree = box_agreement(model, cache, val_idx)
+        run.history.append({"step": 0, "agreement": agree["f1"], "recall": agree["recall"],
+                            "precision": agree["precision"], "seconds": 0.0})
+        log.info("teacher-box agreement before training: F1 %.3f (recall %.3f, precision %.3f)",
+                 agree["f1"], agree["recall"], agree["precision"])
     rng = np.random.default_rng(tc.seed + run.step)
     grid = cfg.size // 4
     model.train()
@@ -141,8 +163,9 @@ def fit_detector(cfg: StudentConfig, tc: TrainConfig, cache: DetectionCache, out
             boxes[..., 0] = x1
         t = {k: torch.from_numpy(v) for k, v in center_targets(boxes, grid).items()}
         if run.update(detector_step(model, prepare(images), t, tc)):
-            recall = box_recall(run.selected, cache, val_idx) if len(val_idx) else None
-            run.save({"agreement": recall} if recall is not None else {})
-            if recall is not None:
-                run.report("teacher-box recall", recall)
+            held = box_agreement(run.selected, cache, val_idx) if len(val_idx) else None
+            run.save({"agreement": held["f1"], "recall": held["recall"], "precision": held["precision"]}
+                     if held is not None else {})
+            if held is not None:
+                run.report("teacher-box F1", held["f1"])
     return run.finish()

@@ -54,7 +54,7 @@ PRESETS: dict[str, StudentConfig] = {
     "pose-s": StudentConfig("pose", 192, 0.25, 3),
     "pose-t": StudentConfig("pose", 160, 0.25, 3),
     "pose-r": StudentConfig("regress", 192, 0.25, 1),
-    "detector-s": StudentConfig("detector", 256, 0.5, 1, "movenet-multipose"),
+    "detector-s": StudentConfig("detector", 256, 1.0, 1, "movenet-multipose"),
 }
 
 
