@@ -2,7 +2,8 @@
 
 * OKS AP/AR with pycocotools on a COCO keypoint set, top-down with the ground-truth person boxes (the
   people with labelled keypoints, as in the teachers README) and end to end with a detector;
-  person score = mean keypoint score.
+  person score = the pipeline's (box score, confident keypoints and their spread; see
+  ``service.pipeline.people``).
 * PCK (PCK@0.2 of the torso: distance between a shoulder and the opposite hip) for LSPET-style labels.
 * Agreement with a teacher: mean OKS between the model's and the teacher's keypoints on the same boxes.
 * Parameters (ONNX initializers), GFLOPs (2 × multiply-adds of Conv/Gemm/MatMul at batch 1) and ONNX
@@ -32,10 +33,11 @@ def served_pipeline() -> PosePipeline:
     return PosePipeline.from_settings(Settings())
 
 
-def predict(model: ServedModel, records: list[Record], detector: ServedModel | None = None) -> tuple[list, float]:
-    """COCO-format results for every record; boxes from the labels or, with ``detector``, found.
-    Returns (results, mean ms per image)."""
-    pipe = served_pipeline()
+def predict(model: ServedModel, records: list[Record], detector: ServedModel | None = None,
+            pipeline: PosePipeline | None = None) -> tuple[list, float]:
+    """COCO-format results for every record, scored by the pipeline's person score; boxes from the
+    labels or, with ``detector``, found. Returns (results, mean ms per image)."""
+    pipe = pipeline or served_pipeline()
     results, elapsed = [], 0.0
     for r in records:
         image = r.load()
@@ -46,7 +48,7 @@ def predict(model: ServedModel, records: list[Record], detector: ServedModel | N
         for person in res.people:
             kp = np.asarray(person.keypoints, np.float32)
             results.append({"image_id": r.image_id, "category_id": 1,
-                            "keypoints": [float(v) for v in kp.reshape(-1)], "score": float(kp[:, 2].mean())})
+                            "keypoints": [float(v) for v in kp.reshape(-1)], "score": float(person.score)})
     return results, elapsed / max(1, len(records)) * 1000
 
 
@@ -55,7 +57,7 @@ def coco_ap(annotations: str | Path, results: list, image_ids: list[int]) -> dic
     from pycocotools.cocoeval import COCOeval
 
     if not results:
-        return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "AR": 0.0}
+        return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "APm": 0.0, "AR": 0.0}
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(annotations))
         dt = gt.loadRes(results)
@@ -66,7 +68,7 @@ def coco_ap(annotations: str | Path, results: list, image_ids: list[int]) -> dic
         ev.summarize()
     s = ev.stats
     return {"AP": round(float(s[0]), 4), "AP50": round(float(s[1]), 4), "AP75": round(float(s[2]), 4),
-            "AR": round(float(s[5]), 4)}
+            "APm": round(float(s[3]), 4), "AR": round(float(s[5]), 4)}
 
 
 def agreement(model: ServedModel, teacher: ServedModel, records: list[Record]) -> float:

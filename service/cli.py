@@ -261,14 +261,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models_parser(sub)
 
     bench = sub.add_parser("bench", help="benchmarks (bench/); results go to bench/RESULTS.md")
-    bench.add_argument("what", choices=["images", "students", "queue", "video", "soak", "runtime",
-                                        "preprocess"],
+    bench.add_argument("what", choices=["images", "students", "people", "queue", "video", "soak",
+                                        "runtime", "preprocess"],
                        help="which benchmark; `posekd bench WHAT --help` for its options")
     bench.set_defaults(func=None)
 
     for register in _plugins():
         register(sub)
     return p
+
+
+# what `pip install 'posekd[train]'` adds (pyproject.toml's train extra), by import name
+TRAIN_EXTRA_MODULES = {"torch", "onnx", "pycocotools", "tqdm", "matplotlib"}
 
 
 def _plugins():
@@ -318,6 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     except PoseKDError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2 if exc.status == 2 else 1
+    except ModuleNotFoundError as exc:  # a runtime-only install running a training command
+        if (exc.name or "").split(".")[0] not in TRAIN_EXTRA_MODULES:
+            raise
+        print(f"error: `posekd {args.command}` needs the training extra (missing module {exc.name!r}): "
+              f"pip install 'posekd[train]'", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -12,11 +12,21 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def default_model_store() -> Path:
+    """Where the models are when ``POSEKD_MODEL_STORE`` is not set: the checkout's ``model_store/``
+    (a clone, an editable install), else the default models the wheel carries (``service/_models``).
+    Never relative to the current folder: the same store from wherever ``posekd`` runs."""
+    checkout = _REPO_ROOT / "model_store"
+    if checkout.is_dir():
+        return checkout
+    return Path(__file__).resolve().parent / "_models"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="POSEKD_", env_file=None, extra="ignore")
 
     # --- model store -------------------------------------------------------------------------
-    model_store: Path = Path("model_store")
+    model_store: Path = Field(default_factory=default_model_store)
     default_pose_model: str = "pose-s"       # our distilled students, committed in model_store/
     default_detector: str = "detector-s"
     default_alias: str = "production"
@@ -75,6 +85,13 @@ class Settings(BaseSettings):
     max_people: int = 20  # default and ceiling of the max_people query parameter
     min_score: float = 0.2  # default person score threshold
     detector_threshold: float = 0.15  # boxes the detector must reach before the pose stage sees them
+    # the detector's input long side, for detectors whose graph takes any multiple of 32 px (0: the
+    # manifest's size); larger finds smaller people and costs time (bench/RESULTS.md: the size sweep)
+    detector_size: int = 0
+    pose_nms_oks: float = 0.9  # a detected person whose keypoints match a better one's above this OKS is dropped
+    # person score: "combined" = box score, confident keypoints and their spread; "keypoints" = the
+    # mean keypoint score (before 0.2 of the package)
+    person_score: Literal["combined", "keypoints"] = "combined"
 
     # --- video jobs --------------------------------------------------------------------------
     max_video_bytes: int = 200 * 1024 * 1024
@@ -95,6 +112,11 @@ class Settings(BaseSettings):
     track_match_threshold: float = 0.2  # OKS/IoU similarity needed to continue a track
     track_max_lost: int = 30  # frames a lost track is remembered (occlusion, re-entry)
     track_start_score: float = 0.4  # score a person needs to start a new track
+    # people between this and video_min_score only continue tracks the sure people left (ByteTrack's
+    # second pass); below it they are dropped. Off by default (= video_min_score): on vtest it pulled a
+    # track onto the person in front during a crossing (bench/RESULTS.md, tracking)
+    track_low_score: float = 0.25
+    track_appearance_weight: float = 0.3  # share of the torso colour signature in the match (0: geometry only)
 
     # --- security ----------------------------------------------------------------------------
     # Comma-separated. With any key set, /v1 routes need a key and admin routes an admin key

@@ -114,3 +114,60 @@ def test_committed_pose_variants_find_the_players_too(tmp_path):
                 best = max(found, key=lambda p: p["score"])
                 kps = np.array(best["keypoints"])
                 assert _keypoints_inside(best) >= 15 and kps[0, 1] < min(kps[15, 1], kps[16, 1]), name
+
+
+def _photos() -> list[Path]:
+    """The photos in ../shared/data a user would try (LSPET's 4,000 crops, the detector's training
+    ``multi`` and Human3.6M's body-part maps left out)."""
+    skip = {"lspet", "multi", "h36m"}
+    return sorted(p for p in DATA.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"}
+                  and not skip & set(p.parts))
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_no_photo_gives_a_stacked_pair(tmp_path):
+    """Every person once: over the photos in ../shared/data, no two answers of one photo are the same
+    person drawn twice (≥ 6 shared keypoints above 0.3, mean distance under 5 % of the box size), as
+    the defaults answer them (default person threshold)."""
+    from service.pipeline.people import stacked_pairs
+
+    store = committed_store(tmp_path)
+    settings = Settings(model_store=store.root, store_poll_s=0, api_keys=[], admin_api_keys=[])
+    photos = _photos()
+    assert len(photos) > 100
+    stacked = {}
+    with TestClient(create_app(settings)) as client:
+        for path in photos:
+            r = client.post("/v1/pose", files={"image": (path.name, path.read_bytes(), "application/octet-stream")})
+            assert r.status_code == 200, (path, r.text)
+            people = r.json()["people"]
+            if len(people) < 2:
+                continue
+            pairs = stacked_pairs(np.array([p["keypoints"] for p in people]), np.array([p["bbox"] for p in people]))
+            if pairs:
+                stacked[str(path.relative_to(DATA))] = pairs
+    assert not stacked, stacked
+
+
+@pytest.mark.data
+def test_the_tennis_player_is_one_person_and_the_woman_is_drawn_once(tmp_path):
+    """The two photos a new user tried: the tennis player came back three times, the woman in COCO 315
+    four times, every skeleton on them."""
+    store = committed_store(tmp_path)
+    settings = Settings(model_store=store.root, store_poll_s=0, api_keys=[], admin_api_keys=[])
+    images = DATA / "unlabeled" / "images"
+    with TestClient(create_app(settings)) as client:
+        def people(path: Path) -> list[dict]:
+            r = client.post("/v1/pose", files={"image": (path.name, path.read_bytes(), "application/octet-stream")})
+            assert r.status_code == 200, r.text
+            return r.json()["people"]
+
+        tennis = people(images / "pytorch_openpose" / "images" / "demo.jpg")
+        assert len(tennis) == 1, [(p["bbox"], p["score"]) for p in tennis]
+        woman = people(images / "coco128_lightly" / "images" / "train2017" / "000000000315.jpg")
+        centres = np.array([np.array(p["keypoints"])[:, :2].mean(0) for p in woman])
+        sizes = np.array([np.sqrt((p["bbox"][2] - p["bbox"][0]) * (p["bbox"][3] - p["bbox"][1])) for p in woman])
+        for i in range(len(woman)):
+            for j in range(i + 1, len(woman)):  # no two skeletons centred on the same spot
+                assert np.linalg.norm(centres[i] - centres[j]) > 0.1 * max(sizes[i], sizes[j]), (woman[i], woman[j])

@@ -14,6 +14,7 @@ from ..geometry import nms
 from ..store.registry import ServedModel
 from . import preprocess as pp
 from .decoders import DETECTION_DECODERS, POSE_DECODERS
+from .people import PersonScoring, oks_nms, person_scores
 
 
 @dataclass
@@ -54,17 +55,35 @@ class ImageResult:
 
 
 class PosePipeline:
-    def __init__(self, detector_threshold: float = 0.15, box_nms_iou: float = 0.6,
-                 max_boxes: int = 20, pose_chunk: int = 32):
+    """``detector_size``: the detector's input long side for graphs that take any multiple of N px (0: the
+    manifest's size); ``pose_nms``: OKS above which a detected person duplicates a better-scored one
+    (0: off); ``scoring``: how a person's score is made (:class:`PersonScoring`)."""
+
+    def __init__(self, detector_threshold: float = 0.15, box_nms_iou: float = 0.6,  # noqa: PLR0913
+                 max_boxes: int = 20, pose_chunk: int = 32, detector_size: int = 0, pose_nms: float = 0.0,
+                 scoring: PersonScoring | None = None):
         self.detector_threshold = detector_threshold
         self.box_nms_iou = box_nms_iou
         self.max_boxes = max_boxes
         self.pose_chunk = pose_chunk
+        self.detector_size = detector_size
+        self.pose_nms = pose_nms
+        self.scoring = scoring or PersonScoring(legacy=True)
 
     @classmethod
     def from_settings(cls, settings) -> PosePipeline:
+        scoring = PersonScoring(legacy=settings.person_score == "keypoints")
         return cls(detector_threshold=settings.detector_threshold, max_boxes=settings.max_people,
-                   pose_chunk=settings.pose_max_batch)
+                   pose_chunk=settings.pose_max_batch, detector_size=settings.detector_size,
+                   pose_nms=settings.pose_nms_oks, scoring=scoring)
+
+    def detector_input(self, detector: ServedModel):
+        """The detector's input spec, at ``detector_size`` where its graph takes any multiple of N px."""
+        spec = detector.manifest.input
+        if self.detector_size and spec.size_multiple:
+            side = -(-self.detector_size // spec.size_multiple) * spec.size_multiple
+            return spec.model_copy(update={"height": side, "width": side})
+        return spec
 
     # ---- stages -----------------------------------------------------------------------------
     def detect(self, detector: ServedModel, images: list[np.ndarray]) -> list[np.ndarray]:
@@ -72,7 +91,8 @@ class PosePipeline:
         if not images:
             return []
         t0 = time.perf_counter()
-        views, scales = zip(*(pp.resize_for_detector(im, detector.manifest.input) for im in images))
+        spec = self.detector_input(detector)
+        views, scales = zip(*(pp.resize_for_detector(im, spec) for im in images))
         decoded = self._detector_outputs(detector, list(views))
         result = []
         for boxes, (sx, sy), im in zip(decoded, scales, images):
@@ -132,6 +152,19 @@ class PosePipeline:
         metrics.observe_stage(model.name, model.version, "pose", time.perf_counter() - t0, len(crops))
         return per_image
 
+    def people(self, boxes: np.ndarray, kps: np.ndarray, *, detected: bool) -> list[Person]:
+        """One image's people, best first: scored, and (``detected``: boxes from the detector, not the
+        client) with duplicates suppressed by OKS. A crop no model can make sense of may give NaN: that
+        person is dropped, never sent as JSON."""
+        ok = np.isfinite(boxes).all(1) & np.isfinite(kps).reshape(len(kps), -1).all(1) if len(boxes) else \
+            np.zeros(0, bool)
+        boxes, kps = boxes[ok], kps[ok]
+        scores = person_scores(boxes[:, 4], kps, boxes[:, :4], self.scoring)
+        order = np.argsort(-scores, kind="stable")
+        if detected and self.pose_nms > 0:
+            order = oks_nms(kps, boxes[:, :4], scores, self.pose_nms)
+        return [Person(bbox=boxes[i, :4].tolist(), score=float(scores[i]), keypoints=kps[i]) for i in order]
+
     # ---- whole pipeline ---------------------------------------------------------------------
     def run(self, model: ServedModel, detector: ServedModel | None, tasks: list[ImageTask]) -> list[ImageResult]:
         t0 = time.perf_counter()
@@ -156,15 +189,12 @@ class PosePipeline:
         results = []
         for task, image, given, kps in zip(tasks, pixels, boxes, keypoints):
             bxs = given if given is not None else np.zeros((0, 5), np.float32)
+            people = self.people(bxs, kps, detected=task.boxes is None)
             if task.scale != 1.0:
-                bxs = bxs * np.array([task.scale] * 4 + [1.0], np.float32)
-                kps = kps * np.array([task.scale, task.scale, 1.0], np.float32)
-            people = [Person(bbox=b[:4].tolist(), score=float(k[:, 2].mean()), keypoints=k)
-                      for b, k in zip(bxs, kps) if np.isfinite(b[:4]).all() and np.isfinite(k).all()]
-            # (a crop no model can make sense of may give NaN: that person is dropped, never sent as JSON)
-            people = [p for p in people if p.score >= task.min_score]
-            people.sort(key=lambda p: -p.score)
-            people = people[: task.max_people]
+                for p in people:
+                    p.bbox = [v * task.scale for v in p.bbox]
+                    p.keypoints = p.keypoints * np.array([task.scale, task.scale, 1.0], np.float32)
+            people = [p for p in people if p.score >= task.min_score][: task.max_people]
             metrics.PEOPLE.observe(len(people))
             size = task.size or (round(image.shape[1] * task.scale), round(image.shape[0] * task.scale))
             results.append(ImageResult(people, {"detect": (t1 - t0) * 1000, "pose": (t2 - t1) * 1000,

@@ -1,0 +1,279 @@
+"""``posekd bench people``: how well the pipeline finds people, end to end, for a set of settings side
+by side in one run (detector and its input size, OKS duplicate suppression, person score).
+
+Three measures per setting:
+
+* **held-out agreement with the teacher pipeline** (the signal settings are chosen by): photos of
+  ``unlabeled/multi`` that no training cache holds (every tenth, ``[5::10]``), labelled by the best
+  teacher pipeline we have (CenterNet ∪ MultiPose boxes kept where Thunder confirms a person, Thunder's
+  keypoints, OKS-NMS): COCO OKS AP, AR, APm against those pseudo-labels, and the people-count error
+  (mean |people returned at the service's default person threshold − people in the reference|);
+* **stacked pairs** over the photos in ``../shared/data`` (not LSPET, not ``multi``): two answers that
+  share ≥ 6 keypoints above 0.3 with a mean distance under 5 % of the box size;
+* **the dev set** (``coco_mini_train``, real labels), reported, never tuned on;
+
+and the mean time per image of the whole pipeline (detector + pose) over the dev and held-out photos."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import ROOT, record
+
+SETTINGS_HELP = ("a setting: LABEL=detector:REF,size:N,nms:OKS,score:combined|keypoints,box:W,spread:S,inside:M "
+                 "(omitted keys: the service's defaults)")
+
+
+@dataclass
+class Setting:
+    label: str
+    detector: str = "detector-s@production"
+    size: int = 0
+    nms: float = 0.9
+    score: str = "combined"
+    box_weight: float = 0.5
+    spread: float = 0.45
+    inside: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> Setting:
+        label, _, rest = text.partition("=")
+        s = cls(label)
+        for part in filter(None, rest.split(",")):
+            key, _, value = part.partition(":")
+            if key == "detector":
+                s.detector = value
+            elif key == "size":
+                s.size = int(value)
+            elif key == "nms":
+                s.nms = float(value)
+            elif key == "score":
+                s.score = value
+            elif key == "box":
+                s.box_weight = float(value)
+            elif key == "spread":
+                s.spread = float(value)
+            elif key == "inside":
+                s.inside = float(value)
+            else:
+                raise SystemExit(f"unknown key {key!r} in setting {text!r}")
+        return s
+
+    def pipeline(self):
+        from distill.evaluate import served_pipeline
+        from service.pipeline.people import PersonScoring
+
+        pipe = served_pipeline()
+        pipe.detector_size = self.size
+        pipe.pose_nms = self.nms
+        pipe.scoring = PersonScoring(box_weight=self.box_weight, full_spread=self.spread,
+                                     inside_margin=self.inside, legacy=self.score == "keypoints")
+        return pipe
+
+
+DEFAULT_SETTINGS = [
+    "before=detector:detector-s:3,size:0,nms:0,score:keypoints",
+    "+oks-nms=detector:detector-s:3,size:0,nms:0.9,score:keypoints",
+    "+score=detector:detector-s:3,size:0,nms:0.9",
+    "+size320=detector:detector-s:3,size:320,nms:0.9",
+    "+size384=detector:detector-s:3,size:384,nms:0.9",
+    "+size448=detector:detector-s:3,size:448,nms:0.9",
+]
+
+
+def teacher_reference(records, store, path: Path, threads: int) -> Path:
+    """A COCO keypoint JSON of the teacher pipeline's people on ``records`` (written once, then read)."""
+    if path.is_file():
+        return path
+    from distill.teachers import BoxEnsemble, ConfirmedBoxes, DetectionTeacher, load_model
+    from service.pipeline.people import oks_nms
+
+    def det(ref, size=None):
+        return DetectionTeacher(load_model(ref, store=store, threads=threads, input_size=size), threshold=0.15)
+
+    thunder = load_model("movenet-thunder", store=store, threads=threads)
+    boxes_from = ConfirmedBoxes(BoxEnsemble(det("centernet"), det("movenet-multipose", (512, 512))), thunder)
+    images, annotations = [], []
+    for r in records:
+        image = r.load()
+        boxes = boxes_from.boxes(image)
+        kps = boxes_from.pipeline.pose(thunder, [image], [boxes])[0] if len(boxes) else np.zeros((0, 17, 3))
+        keep = oks_nms(kps, boxes[:, :4], boxes[:, 4], 0.9) if len(boxes) else []
+        images.append({"id": r.image_id, "file_name": r.path, "height": image.shape[0], "width": image.shape[1]})
+        for i in keep:
+            x1, y1, x2, y2 = (float(v) for v in boxes[i, :4])
+            kp = kps[i].astype(np.float64)
+            vis = kp[:, 2] >= 0.3
+            flat = np.c_[kp[:, :2], np.where(vis, 2, 0)].reshape(-1)
+            annotations.append({"id": len(annotations) + 1, "image_id": r.image_id, "category_id": 1,
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": 0.53 * (x2 - x1) * (y2 - y1),
+                                "iscrowd": 0, "num_keypoints": int(vis.sum()),
+                                "keypoints": [round(float(v), 2) for v in flat]})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 1, "name": "person"}],
+                                "info": {"labelled_by": boxes_from.name + " → movenet-thunder, OKS-NMS 0.9"}}))
+    return path
+
+
+def count_error(results: list, truth: dict[int, int], threshold: float) -> float:
+    returned: dict[int, int] = {}
+    for r in results:
+        if r["score"] >= threshold:
+            returned[r["image_id"]] = returned.get(r["image_id"], 0) + 1
+    return float(np.mean([abs(returned.get(i, 0) - n) for i, n in truth.items()]))
+
+
+def stacked(results: list) -> tuple[int, int]:
+    """(pairs, photos with a pair) among results that carry their boxes."""
+    from service.pipeline.people import stacked_pairs
+
+    by_image: dict[int, list] = {}
+    for r in results:
+        by_image.setdefault(r["image_id"], []).append(r)
+    pairs = photos = 0
+    for people in by_image.values():
+        kps = np.array([p["keypoints"] for p in people]).reshape(-1, 17, 3)
+        boxes = np.array([p["bbox"] for p in people]).reshape(-1, 4)
+        n = len(stacked_pairs(kps, boxes))
+        pairs += n
+        photos += n > 0
+    return pairs, photos
+
+
+def run_setting(s: Setting, pose, detector, sets: dict, min_score: float) -> dict:
+    from distill.evaluate import coco_ap
+
+    pipe = s.pipeline()
+    out: dict = {}
+    spent = images = 0
+    for name, (records, labels, truth) in sets.items():
+        results, seconds = predict_all(pipe, pose, detector, records, min_score=0.0)
+        spent += seconds
+        images += len(records)
+        if labels is not None:
+            out[name] = {**coco_ap(labels, results, [r.image_id for r in records]),
+                         "count_error": round(count_error(results, truth, min_score), 3)}
+        # duplicates are counted among the people a user gets (default person threshold)
+        shown = [r for r in results if r["score"] >= min_score]
+        out.setdefault("stacked", [0, 0])
+        pairs, photos = stacked(shown)
+        out["stacked"] = [out["stacked"][0] + pairs, out["stacked"][1] + photos]
+    out["ms_per_image"] = round(spent / max(images, 1) * 1000, 1)
+    return out
+
+
+def predict_all(pipe, pose, detector, records, min_score: float) -> tuple[list, float]:
+    from service.pipeline.pipeline import ImageTask
+
+    results, spent = [], 0.0
+    for r in records:
+        image = r.load()
+        t0 = time.perf_counter()
+        res = pipe.run(pose, detector, [ImageTask(image=image, min_score=min_score, max_people=20)])[0]
+        spent += time.perf_counter() - t0
+        for p in res.people:
+            results.append({"image_id": r.image_id, "category_id": 1, "bbox": p.bbox, "score": float(p.score),
+                            "keypoints": [float(v) for v in np.asarray(p.keypoints, np.float64).reshape(-1)]})
+    return results, spent
+
+
+def photo_records(data: Path):
+    """The photos in ``data`` a user would try (not LSPET's 4,000 crops, not the detector's ``multi``)."""
+    from distill.data import Record
+
+    suffixes = {".jpg", ".jpeg", ".png", ".bmp"}
+    files = sorted(p for p in data.rglob("*") if p.suffix.lower() in suffixes
+                   and "lspet" not in p.parts and "multi" not in p.parts and "h36m" not in p.parts
+                   and "BF_IUV_gt" not in p.parts)
+    return [Record("photo", str(p), [], image_id=10_000_000 + i) for i, p in enumerate(files)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="posekd bench people", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--store", type=Path, default=Path(os.environ.get("POSEKD_MODEL_STORE", ROOT / "model_store")))
+    ap.add_argument("--pose", default="pose-s@production")
+    ap.add_argument("--setting", action="append", help=SETTINGS_HELP)
+    ap.add_argument("--heldout", default=None, help="held-out photos (default folder:DATA/unlabeled/multi[5::10])")
+    ap.add_argument("--reference", type=Path, default=ROOT / "runs" / "heldout-multi-teacher.json",
+                    help="the teacher pipeline's labels of the held-out photos (made when missing)")
+    ap.add_argument("--no-photos", action="store_true", help="skip the stacked-pair count over ../shared/data")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--no-record", action="store_true")
+    args = ap.parse_args(argv)
+
+    from distill.cli import DATA, EVAL_SET
+    from distill.data import read_coco, read_source
+    from distill.teachers import load_model
+    from service.settings import Settings
+    from service.store import ModelStore
+
+    store = ModelStore(args.store)
+    min_score = Settings().min_score
+    heldout_spec = args.heldout or f"folder:{DATA}/unlabeled/multi[5::10]"
+    heldout = read_source(heldout_spec)
+    for i, r in enumerate(heldout):
+        r.image_id = 20_000_000 + i
+    reference = teacher_reference(heldout, store, args.reference, args.threads)
+    ref_doc = json.loads(reference.read_text())
+    held_truth = {im["id"]: 0 for im in ref_doc["images"]}
+    for a in ref_doc["annotations"]:
+        held_truth[a["image_id"]] += 1
+    dev = read_coco(EVAL_SET)
+    dev_truth = {r.image_id: sum(1 for p in r.people if p.keypoints is not None and (p.keypoints[:, 2] > 0).any())
+                 for r in dev}
+    sets: dict = {"heldout": (heldout, reference, held_truth), "dev": (dev, EVAL_SET, dev_truth)}
+    if not args.no_photos:
+        sets["photos"] = (photo_records(DATA), None, None)
+    pose = load_model(args.pose, store=store, threads=args.threads)
+    settings = [Setting.parse(t) for t in (args.setting or DEFAULT_SETTINGS)]
+    detectors = {}
+    rows = []
+    for s in settings:
+        if s.detector not in detectors:
+            detectors[s.detector] = load_model(s.detector, store=store, threads=args.threads)
+        run_setting(s, pose, detectors[s.detector], {"dev": (dev[:3], None, None)}, min_score)  # warm-up
+        r = run_setting(s, pose, detectors[s.detector], sets, min_score)
+        rows.append((s, r))
+        print(s.label, json.dumps(r), flush=True)
+    lines = ["| setting | detector | size | OKS-NMS | score | held-out AP | AR | APm | count err | stacked pairs "
+             "(photos) | dev AP | dev AR | dev APm | dev count err | ms/image |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s, r in rows:
+        h, d = r["heldout"], r["dev"]
+        score = "mean keypoint" if s.score == "keypoints" else \
+            f"box^{s.box_weight}·kp, spread/{s.spread}" + (f", inside+{s.inside}" if s.inside else "")
+        lines.append(f"| {s.label} | {s.detector} | {s.size or 'manifest'} | {s.nms or 'off'} | {score} | "
+                     f"{h['AP']:.3f} | {h['AR']:.3f} | {h['APm']:.3f} | {h['count_error']:.2f} | "
+                     f"{r['stacked'][0]} ({r['stacked'][1]}) | {d['AP']:.3f} | {d['AR']:.3f} | {d['APm']:.3f} | "
+                     f"{d['count_error']:.2f} | {r['ms_per_image']:.1f} |")
+    n_photos = len(sets["photos"][0]) if "photos" in sets else 0
+    lines += ["", f"Held-out: `{heldout_spec.replace(str(DATA), '$POSEKD_DATA')}` ({len(heldout)} photos, "
+              f"{sum(held_truth.values())} people by the teacher pipeline: {ref_doc['info']['labelled_by']}); dev: "
+              f"coco_mini_train ({len(dev)} images, real labels, reported only); stacked pairs over {n_photos} "
+              f"photos of `$POSEKD_DATA` plus the two sets, among the people returned at the default person "
+              f"threshold {min_score}; count error at that threshold; pose model {args.pose}; "
+              f"ONNX Runtime CPU, {args.threads} threads; ms/image = detector + pose + scoring, mean over the "
+              f"held-out, dev and photo sets."]
+    table = "\n".join(lines)
+    print(table)
+    if args.json:
+        args.json.write_text(json.dumps([{"setting": s.__dict__, **r} for s, r in rows], indent=2))
+    if not args.no_record:
+        record("People found end to end (detector size, OKS-NMS, person score)",
+               "posekd bench people " + " ".join(argv or []), table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
