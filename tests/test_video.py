@@ -77,6 +77,53 @@ def test_tracks_start_only_from_confident_people():
     assert step(tracker, 2, [person(102, 100, score=0.3)]) == [1]  # an existing track may continue weakly
 
 
+def test_unsure_people_only_continue_tracks():
+    """ByteTrack's second pass: an unsure person continues a track the sure people left, never starts one."""
+    tracker = Tracker(high_score=0.5, start_score=0.5)
+    assert step(tracker, 0, [person(100, 100, score=0.9)]) == [1]
+    # half hidden: score 0.3, still matched to its track; an unsure stranger far away gets no track
+    assert step(tracker, 1, [person(104, 100, score=0.3), person(400, 100, score=0.3)]) == [1, None]
+    assert len(tracker.all_tracks()) == 1
+
+
+def dressed(image: np.ndarray, kps: np.ndarray, colour) -> None:
+    """Paint the torso and thighs of a person's keypoints in one BGR colour."""
+    import cv2
+
+    torso = kps[[5, 6, 12, 11], :2].astype(np.int32)
+    cv2.fillConvexPoly(image, torso, colour)
+    for a, b in ((11, 13), (12, 14)):
+        cv2.line(image, tuple(kps[a, :2].astype(int)), tuple(kps[b, :2].astype(int)), colour, 6)
+
+
+def test_appearance_decides_between_two_people_equally_close():
+    """Two people stand between two tracks' last places, as close to one as to the other (they overlap
+    while crossing): the one who looks like a track gets its id."""
+    from service.video.tracker import appearance
+
+    def look(p, colour):
+        image = np.full((300, 500, 3), 90, np.uint8)  # each person painted on a frame of their own
+        dressed(image, p[1], colour)
+        return appearance(image, p[1])
+
+    red_c, blue_c = (0, 0, 220), (220, 60, 0)
+    tracker = Tracker(appearance_weight=0.3)
+    red, blue = person(100, 100), person(130, 100)
+    looks = [look(red, red_c), look(blue, blue_c)]
+    assert all(v is not None for v in looks)
+    assert float(np.dot(looks[0], looks[1])) < 0.3  # different colours, different signatures
+    assert float(np.dot(looks[0], look(person(300, 50), red_c))) > 0.9  # the same colours elsewhere: alike
+    assert tracker.update(0, np.stack([red[0], blue[0]]), np.stack([red[1], blue[1]]), np.array([0.9, 0.9]),
+                          looks) == [1, 2]
+    a, b = person(115, 100), person(115, 100)
+    for first, second in ((blue_c, red_c), (red_c, blue_c)):  # both orders: geometry alone cannot decide
+        t = Tracker(appearance_weight=0.3)
+        t.update(0, np.stack([red[0], blue[0]]), np.stack([red[1], blue[1]]), np.array([0.9, 0.9]), looks)
+        ids = t.update(1, np.stack([a[0], b[0]]), np.stack([a[1], b[1]]), np.array([0.9, 0.9]),
+                       [look(a, first), look(b, second)])
+        assert ids == ([2, 1] if first == blue_c else [1, 2])
+
+
 # ---- smoothing ----------------------------------------------------------------------------------
 def test_one_euro_smooths_jitter_and_follows_motion():
     rng = np.random.default_rng(0)

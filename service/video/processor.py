@@ -19,11 +19,12 @@ from .. import metrics
 from ..geometry import iou
 from ..keypoints import COCO17
 from ..pipeline import PosePipeline
+from ..pipeline.people import oks_nms
 from ..store.registry import ServedModel
 from . import decode
 from .render import Mp4Writer, draw
 from .smoothing import TrackSmoother
-from .tracker import Tracker
+from .tracker import Tracker, appearance
 
 
 @dataclass
@@ -34,7 +35,10 @@ class VideoOptions:
     min_cutoff: float = 1.0  # One-Euro parameters
     beta: float = 0.02
     d_cutoff: float = 1.0
-    min_score: float = 0.25  # people below this mean keypoint score are dropped
+    min_score: float = 0.25  # people below this mean keypoint score only continue tracks (second pass)
+    low_score: float = 0.25  # people below this are dropped; between it and min_score: second pass only
+    appearance_weight: float = 0.3  # tracker: share of the colour signature in the match similarity
+    duplicate_oks: float = 0.7  # two people of one frame whose keypoints agree above this OKS are one
     redetect_score: float = 0.35  # propagated people below this trigger a keyframe
     match_threshold: float = 0.2  # tracker: similarity needed to continue a track
     max_lost: int = 30  # tracker: frames a lost track is remembered
@@ -48,7 +52,9 @@ class VideoOptions:
                    min_cutoff=s.one_euro_min_cutoff, beta=s.one_euro_beta, d_cutoff=s.one_euro_d_cutoff,
                    min_score=s.video_min_score, match_threshold=s.track_match_threshold,
                    max_lost=s.track_max_lost, start_score=s.track_start_score, max_people=s.max_people,
-                   max_frames=s.max_video_frames).with_overrides(**overrides)
+                   max_frames=s.max_video_frames, low_score=s.track_low_score,
+                   appearance_weight=s.track_appearance_weight,
+                   duplicate_oks=s.pose_nms_oks).with_overrides(**overrides)
 
     def with_overrides(self, **overrides) -> VideoOptions:
         """A copy with the given options replaced; None keeps the default."""
@@ -87,7 +93,7 @@ class VideoProcessor:
         people = []
         for i, kp in enumerate(kps):
             score = float(kp[:, 2].mean())
-            if score < self.opts.min_score:
+            if score < self.opts.low_score:
                 continue
             box = det_boxes[i, :4] if det_boxes is not None else box_from_keypoints(kp)
             if box is None:
@@ -95,9 +101,9 @@ class VideoProcessor:
             people.append((np.asarray(box, np.float32), kp, score))
         return people
 
-    @staticmethod
-    def _dedupe(people: list) -> list:
-        """Two boxes carried onto the same person collapse: keep the better one (order kept)."""
+    def _dedupe(self, people: list) -> list:
+        """Two boxes carried onto the same person, or two detections whose crops both took one person's
+        keypoints, collapse: keep the better one (order kept)."""
         if len(people) < 2:
             return people
         boxes = np.stack([p[0] for p in people])
@@ -106,6 +112,10 @@ class VideoProcessor:
         for i in sorted(range(len(people)), key=lambda i: -people[i][2]):
             if all(overlap[i, j] <= 0.6 for j in keep):
                 keep.append(i)
+        if self.opts.duplicate_oks > 0:
+            kept = oks_nms(np.stack([people[i][1] for i in keep]), boxes[keep],
+                           np.array([people[i][2] for i in keep]), self.opts.duplicate_oks)
+            keep = [keep[k] for k in kept]
         return [people[i] for i in sorted(keep)]
 
 
@@ -117,7 +127,8 @@ class _ClipRun:
                  render: Path | None):
         o = proc.opts
         self.proc, self.info, self.progress = proc, info, progress
-        self.tracker = Tracker(match_threshold=o.match_threshold, max_lost=o.max_lost, start_score=o.start_score)
+        self.tracker = Tracker(match_threshold=o.match_threshold, max_lost=o.max_lost, start_score=o.start_score,
+                               appearance_weight=o.appearance_weight, high_score=o.min_score)
         self.smoother = TrackSmoother(o.min_cutoff, o.beta, o.d_cutoff) if o.smoothing else None
         self.writer = Mp4Writer(render, info.width, info.height, info.fps) if render else None
         self.frames: list[dict] = []
@@ -185,7 +196,8 @@ class _ClipRun:
         boxes = np.array([p[0] for p in people], np.float32).reshape(-1, 4)
         kps = np.array([p[1] for p in people], np.float32).reshape(-1, 17, 3)
         scores = np.array([p[2] for p in people], np.float32)
-        ids = self.tracker.update(idx, boxes, kps, scores)
+        looks = self.looks(image, boxes, kps) if self.proc.opts.appearance_weight > 0 else None
+        ids = self.tracker.update(idx, boxes, kps, scores, looks)
         shown = []
         for (box, kp, score), tid in zip(people, ids):
             if tid is None:
@@ -203,6 +215,16 @@ class _ClipRun:
         metrics.VIDEO_ACTIVE_TRACKS.set(len(self.tracker.active))
         if self.progress is not None:
             self.progress(len(self.frames), max(self.info.frames, len(self.frames)))
+
+    @staticmethod
+    def looks(image: np.ndarray, boxes: np.ndarray, kps: np.ndarray) -> list:
+        """Each person's colour signature, None for people overlapping someone else (box IoU > 0.3): what
+        their torso shows is partly the other person's, and a track must not learn it."""
+        if not len(boxes):
+            return []
+        overlap = iou(boxes, boxes)
+        np.fill_diagonal(overlap, 0.0)
+        return [appearance(image, kp) if overlap[i].max(initial=0.0) <= 0.3 else None for i, kp in enumerate(kps)]
 
     def result(self, seconds: float, proc: VideoProcessor) -> dict:
         o, frames = proc.opts, self.frames
