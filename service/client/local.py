@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ModelNotFound
 from .http import ImageInput
 from .types import Person, PoseResult
 
@@ -26,8 +27,12 @@ class Estimator:
         self.settings = s
         rt = build(s, "offline")
         self.registry, self.pipeline = rt.registry, rt.pipeline
-        self.pose_model = self.registry.get(model or s.default_pose_model, task="pose")
-        self.detector = self.registry.get(detector or s.default_detector, task="person_detection")
+        try:
+            self.pose_model = self.registry.get(model or s.default_pose_model, task="pose")
+            self.detector = self.registry.get(detector or s.default_detector, task="person_detection")
+        except ModelNotFound as exc:  # say where we looked: the API's 404 does not, a local user needs it
+            raise ModelNotFound(f"{exc.message} (store searched: {Path(s.model_store).resolve()}; set "
+                                f"POSEKD_MODEL_STORE or store= to use another)") from None
 
     @property
     def names(self) -> tuple[str, str]:
