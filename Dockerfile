@@ -7,9 +7,10 @@ FROM ${PYTHON_IMAGE} AS build
 ARG RUNTIME=cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY service ./service
 COPY distill ./distill
+COPY posekd ./posekd
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install . \
  && if [ "$RUNTIME" = "gpu" ]; then \

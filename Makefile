@@ -1,10 +1,11 @@
-# PoseKD: `make run` serves the default models on http://127.0.0.1:8000 (embedded mode, no Redis);
+# PoseKD: `make run` serves the default models on http://127.0.0.1:8000 (PORT=… for another; embedded mode, no Redis);
 # `make test` runs the test suite. Both create .venv/ and install what they need on a fresh machine.
 PYTHON   ?= python3
 VENV     := .venv
 BIN      := $(VENV)/bin
 TEACHERS ?= $(if $(POSEKD_TEACHERS),$(POSEKD_TEACHERS),../shared/teachers)
 PYTEST_ARGS ?=
+PORT     ?= $(if $(POSEKD_PORT),$(POSEKD_PORT),8000)
 
 .PHONY: run test bench lint typecheck clean
 
@@ -26,7 +27,7 @@ run: $(VENV)/.runtime
 		$(BIN)/posekd models import --teachers "$(TEACHERS)" --if-missing; \
 	fi
 	@$(BIN)/posekd models list
-	$(BIN)/posekd serve
+	POSEKD_PORT=$(PORT) $(BIN)/posekd serve
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

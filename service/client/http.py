@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -87,6 +88,7 @@ def _settled(status: dict, job_id: str, end: float | None, timeout: float | None
 class _Base:
     def __init__(self, url: str, api_key: str | None, timeout: float, retries: int, max_retry_wait: float):
         self.url = url.rstrip("/")
+        api_key = api_key if api_key is not None else os.environ.get("POSEKD_API_KEY")  # the CLI's default too
         self.headers = {"X-API-Key": api_key} if api_key else {}
         self.timeout, self.retries, self.max_retry_wait = timeout, retries, max_retry_wait
 
