@@ -48,18 +48,41 @@ def cmd_worker(args) -> int:
 
 
 def cmd_video(args) -> int:
-    from .video.offline import run
+    if args.url:
+        result = _video_through_service(args)
+    else:
+        from .video.offline import run
 
-    result = run(get_settings(), Path(args.clip), Path(args.output) if args.output else None,
-                 Path(args.render) if args.render else None, model=args.model, detector=args.detector,
-                 keyframe_interval=args.keyframe_interval, smoothing=False if args.no_smoothing else None)
+        result = run(get_settings(), Path(args.clip), None, Path(args.render) if args.render else None,
+                     model=args.model, detector=args.detector, keyframe_interval=args.keyframe_interval,
+                     smoothing=False if args.no_smoothing else None)
+    document = result
+    if args.format == "posetrack":
+        from .formats import posetrack
+
+        document = posetrack(result, video_id=1, name=Path(args.clip).stem)
+    if args.output:
+        Path(args.output).write_text(json.dumps(document, separators=(",", ":")))
     s = result["stats"]
     print(f"{result['video']['frames']} frames, {len(result['tracks'])} tracks, {s['fps']} frames/s, "
           f"keyframes {s['keyframe_ratio']:.0%}" + (f"; overlay {args.render} ({s['rendered_with']})" if args.render
                                                     else ""), file=sys.stderr)
     if not args.output:
-        print(json.dumps(result))
+        print(json.dumps(document))
     return 0
+
+
+def _video_through_service(args) -> dict:
+    """The same job through a running service (``--url``): upload, wait, fetch the overlay if asked."""
+    from .client import Client
+
+    client = Client(args.url, api_key=args.api_key)
+    job = client.submit_video(args.clip, render=bool(args.render), model=args.model, detector=args.detector,
+                              keyframe_interval=args.keyframe_interval, smoothing=False if args.no_smoothing else None)
+    result = client.wait(job, timeout=None)
+    if args.render:
+        Path(args.render).write_bytes(client.overlay(job))
+    return result.raw
 
 
 # ---- models -----------------------------------------------------------------------------------
@@ -251,7 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     video = sub.add_parser("video", help="track the people of a clip offline (the video job's code)")
     video.add_argument("clip", help="the video file (MP4, MOV, AVI, WebM)")
     video.add_argument("-o", "--output", help="result JSON (default: stdout)")
-    video.add_argument("--render", help="also write the overlay MP4 here")
+    video.add_argument("--render", metavar="FILE", help="also write the overlay MP4 here")
+    video.add_argument("--format", choices=("posekd", "posetrack"), default="posekd",
+                       help="posekd: the job's JSON (default); posetrack: a PoseTrack/COCO document")
+    video.add_argument("--url", help="run it through the service at this URL instead of in this process")
+    video.add_argument("--api-key", default=None, help="API key for --url (default POSEKD_API_KEY)")
     video.add_argument("--model", help="pose model (default POSEKD_DEFAULT_POSE_MODEL)")
     video.add_argument("--detector", help="person detector (default POSEKD_DEFAULT_DETECTOR)")
     video.add_argument("--keyframe-interval", type=int, help="detect every K frames (1: every frame)")

@@ -119,3 +119,23 @@ def test_settings_that_cannot_work_together_are_refused_at_start(env, says, monk
     finally:
         get_settings.cache_clear()
     assert says in capsys.readouterr().err
+
+
+def test_video_command_writes_posetrack(store, tmp_path, monkeypatch, capsys):
+    """`posekd video CLIP --format posetrack -o FILE`: a PoseTrack/COCO document of the tracked clip."""
+    from .helpers import blob_clip
+
+    monkeypatch.setenv("POSEKD_MODEL_STORE", str(store.root))
+    monkeypatch.setenv("POSEKD_DEFAULT_POSE_MODEL", "tiny-pose")
+    monkeypatch.setenv("POSEKD_DEFAULT_DETECTOR", "tiny-det")
+    from service.settings import get_settings
+    get_settings.cache_clear()
+    clip = blob_clip(tmp_path / "c.mp4", frames=8)
+    out = tmp_path / "pt.json"
+    try:
+        assert main(["video", str(clip), "--format", "posetrack", "-o", str(out)]) == 0
+    finally:
+        get_settings.cache_clear()
+    doc = json.loads(out.read_text())
+    assert len(doc["images"]) == 8 and doc["categories"][0]["name"] == "person"
+    assert all("track_id" in a for a in doc["annotations"])

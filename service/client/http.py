@@ -172,7 +172,7 @@ class Client(_Base):
         end = None if timeout is None else time.monotonic() + timeout
         while not _settled(self.job(job_id), job_id, end, timeout, progress):
             time.sleep(poll)
-        return VideoResult.from_json(self._send("GET", f"/v1/jobs/{job_id}/result").json())
+        return VideoResult.from_json(self._send("GET", f"/v1/jobs/{job_id}/result").json(), job_id)
 
     def video(self, clip: str | Path | bytes, **kw) -> VideoResult:
         """Upload a clip and wait for its tracked poses (``wait`` options: poll, timeout, progress)."""
@@ -253,7 +253,7 @@ class AsyncClient(_Base):
         end = None if timeout is None else time.monotonic() + timeout
         while not _settled(await self.job(job_id), job_id, end, timeout, progress):
             await asyncio.sleep(poll)
-        return VideoResult.from_json((await self._send("GET", f"/v1/jobs/{job_id}/result")).json())
+        return VideoResult.from_json((await self._send("GET", f"/v1/jobs/{job_id}/result")).json(), job_id)
 
     async def video(self, clip: str | Path | bytes, **kw) -> VideoResult:
         wait_kw = {k: kw.pop(k) for k in ("poll", "timeout", "progress") if k in kw}

@@ -80,11 +80,12 @@ class VideoResult:
     tracks: list[dict[str, Any]]
     video: dict[str, Any]
     raw: dict[str, Any]
+    job_id: str | None = None  # the service's job (its overlay: Client.overlay(job_id)); None offline
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> VideoResult:
+    def from_json(cls, d: dict[str, Any], job_id: str | None = None) -> VideoResult:
         return cls([[Person.from_dict(p) for p in f["people"]] for f in d["frames"]],
-                   [float(f["time"]) for f in d["frames"]], list(d["tracks"]), dict(d["video"]), d)
+                   [float(f["time"]) for f in d["frames"]], list(d["tracks"]), dict(d["video"]), d, job_id)
 
     def to_posetrack(self, video_id: int = 1, name: str = "video") -> dict[str, Any]:
         from ..formats import posetrack
