@@ -67,6 +67,10 @@ def detector_ms(detector, records, runs: int = 2) -> float:
     return best
 
 
+def _fmt(value, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
 def tables(rows: list[tuple[str, dict]], e2e: list[tuple[str, dict, float]], det_ms: dict[str, float]) -> list[str]:
     """The three markdown tables: pose models on GT boxes, whole pipelines, detectors alone."""
     by_ref = dict(rows)
@@ -87,12 +91,12 @@ def tables(rows: list[tuple[str, dict]], e2e: list[tuple[str, dict, float]], det
                      f"{vs_l} | {vs_t} |")
     base = next((ms for label, _, ms in e2e if label == f"{MULTIPOSE} → movenet-thunder"), None)
     mp_ms = e2e[0][2]
-    lines += ["", "| end to end: detector → pose | AP | AR | ms/image | × (MultiPose → Thunder) ms | × MultiPose ms |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| end to end: detector → pose | AP | AR | APm | count error | stacked pairs | ms/image "
+              "| × (MultiPose → Thunder) ms | × MultiPose ms |", "|---|---|---|---|---|---|---|---|---|"]
     for label, ap_, ms in e2e:
-        lines.append(f"| {label} | {ap_['AP']:.3f} | {ap_['AR']:.3f} | {ms:.1f} | "
-                     f"{ms / base:.2f} | {ms / mp_ms:.2f} |" if base else
-                     f"| {label} | {ap_['AP']:.3f} | {ap_['AR']:.3f} | {ms:.1f} | | |")
+        head = (f"| {label} | {ap_['AP']:.3f} | {ap_['AR']:.3f} | {ap_.get('APm', 0):.3f} | "
+                f"{_fmt(ap_.get('count_error'), '.2f')} | {_fmt(ap_.get('stacked'), 'd')} | {ms:.1f} |")
+        lines.append(f"{head} {ms / base:.2f} | {ms / mp_ms:.2f} |" if base else f"{head} | |")
     lines += ["", "| person detector alone (per image) | ms/image | × MultiPose ms |", "|---|---|---|"]
     for ref, ms in det_ms.items():
         what = f"{ref}, one pass with its own keypoints" if ref == MULTIPOSE else ref
@@ -205,10 +209,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipping {ref}: {exc}", file=sys.stderr)
     pairs = [(MULTIPOSE, "movenet-thunder")]
     pairs += [(d, p) for d in det_refs if d in detectors for p in [*pose_refs, *args.teachers] if p in models]
+    from bench.people import count_error, stacked
+    from service.settings import Settings
+
+    min_score = Settings().min_score
+    truth = {r.image_id: sum(1 for p in r.people if p.keypoints is not None and (p.keypoints[:, 2] > 0).any())
+             for r in records}
     for det, pose in pairs:
         predict(models[pose][0], records[:3], detectors[det])  # warm-up
         res, ms = predict(models[pose][0], records, detectors[det])
-        ap_ = coco_ap(EVAL_SET, res, ids)
+        shown = [dict(r, bbox=r["box_xyxy"]) for r in res if r["score"] >= min_score]
+        ap_ = {**coco_ap(EVAL_SET, res, ids), "count_error": count_error(res, truth, min_score),
+               "stacked": stacked(shown)[0]}
         e2e.append((f"{det} → {pose}", ap_, ms))
         print(det, pose, ap_, round(ms, 1), flush=True)
 
@@ -219,9 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     lines = tables(rows, e2e, det_ms)
     pck_note = f"held-out PCK: `{pck_spec.replace(str(DATA), '$POSEKD_DATA')}`" if pck_records else "no held-out PCK"
     lines += ["", f"Dev set: `{EVAL_SET.relative_to(EVAL_SET.parents[3])}` ({len(records)} images, "
-              f"{sum(len(r.people) for r in records)} people), pycocotools OKS AP, person score = mean keypoint "
-              f"score; {pck_note} (PCK@0.2 of the torso, GT boxes; held-out agreement: mean OKS to Thunder's "
-              f"keypoints for the same people); ONNX Runtime CPU, {args.threads} threads. "
+              f"{sum(len(r.people) for r in records)} people), pycocotools OKS AP (APm: medium people), "
+              f"person score = the pipeline's (service.pipeline.people); count error: mean |people returned at "
+              f"the default person threshold − labelled people| per image; stacked pairs: the same person "
+              f"returned twice; {pck_note} (PCK@0.2 of the torso, GT boxes; held-out agreement: mean OKS to "
+              f"Thunder's keypoints for the same people); ONNX Runtime CPU, {args.threads} threads. "
               f"End-to-end ms include the detector; MultiPose alone is one network pass."]
     draw_chart(rows, e2e, args.chart)
     lines += ["", f"![accuracy vs latency]({args.chart.name})"]

@@ -48,7 +48,8 @@ def predict(model: ServedModel, records: list[Record], detector: ServedModel | N
         for person in res.people:
             kp = np.asarray(person.keypoints, np.float32)
             results.append({"image_id": r.image_id, "category_id": 1,
-                            "keypoints": [float(v) for v in kp.reshape(-1)], "score": float(person.score)})
+                            "keypoints": [float(v) for v in kp.reshape(-1)], "score": float(person.score),
+                            "box_xyxy": [float(v) for v in person.bbox]})
     return results, elapsed / max(1, len(records)) * 1000
 
 
