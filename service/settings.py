@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     # Comma-separated. With any key set, /v1 routes need a key and admin routes an admin key
     # (when no admin key is set, every API key is an admin key).
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # with no key set, admin routes answer only a service bound to a loopback address; true opens them
+    # on any address (behind a proxy that guards them, say)
+    open_admin: bool = False
     admin_api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # --- server ------------------------------------------------------------------------------

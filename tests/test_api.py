@@ -34,6 +34,9 @@ def assert_error(resp, status, code):
 
 def test_health_and_ready(client):
     assert client.get("/healthz").json() == {"status": "ok"}
+    for path in ("/healthz", "/readyz"):  # load balancers and uptime checks send HEAD
+        head = client.head(path)
+        assert head.status_code == 200 and head.content == b"", path
     r = client.get("/readyz")
     assert r.status_code == 200 and r.json()["status"] == "ready"
     assert client.get("/v2/health/live").json() == {"live": True}
@@ -292,3 +295,16 @@ def test_large_jpeg_results_are_in_original_pixels(settings):
                        params={"boxes": "[[300, 500, 700, 900]]"}).json()
         assert boxed["people"][0]["bbox"] == [300, 500, 700, 900]
         assert np.abs(np.array(boxed["people"][0]["keypoints"])[:, 0] - 500).max() < 20
+
+
+def test_admin_routes_are_closed_on_a_public_address_without_keys(store):
+    from service.api import create_app
+    from service.settings import Settings
+
+    for host, opened, expected in (("0.0.0.0", False, 403), ("0.0.0.0", True, 200), ("127.0.0.1", False, 200)):
+        s = Settings(model_store=store.root, default_pose_model="tiny-pose", default_detector="tiny-det",
+                     store_poll_s=0, api_keys=[], admin_api_keys=[], host=host, open_admin=opened)
+        with TestClient(create_app(s)) as c:
+            r = c.put("/v1/models/tiny-pose/aliases/staging", json={"version": 1})
+            assert r.status_code == expected, (host, opened, r.text)
+            assert c.post("/v1/pose", files={"image": ("x.png", encode(blob_image()), "image/png")}).status_code == 200

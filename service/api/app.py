@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import __version__, metrics
 from ..errors import PoseKDError
@@ -143,7 +144,18 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _domain_error(request: Request, exc: PoseKDError):
         if exc.status >= 500 and exc.status not in (503, 504):
             log.error("%s: %s", exc.code, exc.message)
-        return error_response(exc.status, exc.code, exc.message, exc.retry_after)
+        response = error_response(exc.status, exc.code, exc.message, exc.retry_after)
+        if exc.status == 408:  # a client still trickling its body after the 408 must not keep the connection
+            response.headers["Connection"] = "close"
+        return response
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_closed(request: Request, exc: ClientDisconnect):
+        """The client hung up before its request was read (mid-body, a broken chunk): not a server error.
+        Counted as 499 ``client_closed`` (nginx's code for it), logged as one line."""
+        log.info("client closed the connection before its request was read (%s %s)", request.method,
+                 request.url.path)
+        return error_response(499, "client_closed", "the client closed the connection before the request was read")
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):

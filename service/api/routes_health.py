@@ -45,14 +45,14 @@ async def _readiness(request: Request) -> tuple[bool, dict]:
     return broker_ok and models_ok, detail
 
 
-@router.get("/healthz", response_model=Health, summary="Liveness")
+@router.api_route("/healthz", methods=["GET", "HEAD"], response_model=Health, summary="Liveness")
 async def healthz():
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=Readiness,
-            responses={503: {"description": "not ready (same body, with the reasons)"}},
-            summary="Readiness: default models loaded and broker reachable (503 otherwise)")
+@router.api_route("/readyz", methods=["GET", "HEAD"], response_model=Readiness,
+                  responses={503: {"model": Readiness, "description": "not ready (same body, with the reasons)"}},
+                  summary="Readiness: default models loaded and broker reachable (503 otherwise)")
 async def readyz(request: Request):
     ok, detail = await _readiness(request)
     return JSONResponse({"status": "ready" if ok else "not_ready", **detail}, status_code=200 if ok else 503)

@@ -55,12 +55,26 @@ BoxesQ = Query(None, max_length=20000, description="person boxes to use instead 
 MAX_BOX_COORD = 1e6  # far past any image the pixel limit admits, far inside float32
 
 
+def _nesting(text: str) -> int:
+    """How deep the brackets of ``text`` nest (a linear scan: no parser recursion on hostile input)."""
+    depth = deepest = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
 def _parse_boxes(text: str | None, max_people: int) -> np.ndarray | None:
     if text is None:
         return None
+    if _nesting(text) > 2:
+        raise InvalidParameter("boxes must be JSON [[x1,y1,x2,y2],...]: nested deeper than two levels")
     try:
         boxes = np.asarray(json.loads(text), dtype=np.float64)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise InvalidParameter(f"boxes must be JSON [[x1,y1,x2,y2],...]: {exc}") from None
     if boxes.size == 0:
         return np.zeros((0, 4), np.float32)

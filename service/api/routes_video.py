@@ -42,7 +42,10 @@ async def _save_upload(request: Request, limit: int, into: Path, timeout_s: floa
     # counted as it streams in: a chunked body stops at the limit, not after the parser spooled it all
     form = await parse_form(request, max_files=2, max_fields=20, limit=limit + 64 * 1024, timeout_s=timeout_s)
     try:
-        upload = form.get("video")
+        uploads = form.getlist("video")
+        if len(uploads) > 1:  # as /v1/pose answers two images: one clip per job, never one silently dropped
+            raise PayloadTooLarge(f"{len(uploads)} files in 'video'; send one clip per job")
+        upload = uploads[0] if uploads else None
         if not isinstance(upload, UploadFile):
             raise InvalidParameter("the multipart body needs a file field 'video'")
         path = into / "clip"

@@ -5,6 +5,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from ..names import MAX_VERSION
+
 Responses = dict[int | str, dict[str, Any]]  # the type of a route's ``responses=`` table
 
 
@@ -60,7 +62,8 @@ class ErrorResponse(BaseModel):
 
 
 class AliasUpdate(BaseModel):
-    version: int = Field(ge=1)
+    # strict: true, 1.0 and "3" are not versions; capped like every version in a path or reference
+    version: int = Field(ge=1, le=MAX_VERSION, strict=True)
 
 
 # ---- health and the Open Inference Protocol (V2) ---------------------------------------------------

@@ -23,9 +23,16 @@ def _matches(key: str, keys: list[str]) -> bool:
     return any(hmac.compare_digest(key.encode(), k.encode()) for k in keys)
 
 
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
 def _check(request: Request, admin: bool) -> None:
     settings = service_of(request).settings
     if not settings.auth_enabled:
+        if admin and not settings.open_admin and not (settings.host in LOOPBACK or settings.host.startswith("127.")):
+            # no keys and reachable from other machines: anyone could move the production aliases
+            raise Forbidden(f"admin routes are closed: the service listens on {settings.host} with no admin key; set "
+                            f"POSEKD_ADMIN_API_KEYS (or POSEKD_OPEN_ADMIN=true to open them without a key)")
         return
     key = _presented(request)
     if not key:

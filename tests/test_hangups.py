@@ -1,0 +1,83 @@
+"""Clients that hang up or trickle, against a real `posekd serve` (uvicorn, embedded mode) over raw
+sockets: a hang-up is a 499 ``client_closed``, never a 5xx or a traceback; a 408 closes its connection."""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+
+import httpx
+import pytest
+
+from .procs import Proc, free_port, metric, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def api(store, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSEKD_")}
+    env.update({"POSEKD_MODEL_STORE": str(store.root), "POSEKD_DEFAULT_POSE_MODEL": "tiny-pose",
+                "POSEKD_DEFAULT_DETECTOR": "tiny-det", "POSEKD_STORE_POLL_S": "0", "POSEKD_BODY_TIMEOUT_S": "1",
+                "POSEKD_ORT_INTRA_THREADS": "1"})
+    port = free_port()
+    proc = Proc([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], env, tmp_path / "api.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(base + "/readyz", timeout=1).status_code == 200, 30, "API ready", proc)
+        yield proc, port, base
+    finally:
+        proc.stop()
+
+
+def _head(port: int, length: int, body: bytes, content_type: str = "image/png") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(f"POST /v1/pose HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+                 f"Content-Length: {length}\r\n\r\n".encode() + body)
+    return sock
+
+
+def test_a_client_that_hangs_up_mid_body_is_not_a_server_error(api):
+    proc, port, base = api
+    for content_type in ("image/png", "multipart/form-data; boundary=zz"):
+        sock = _head(port, 200_000, b"\x89PNG" + b"\0" * 5000 if content_type == "image/png" else
+                     b"--zz\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x\"\r\n\r\n" + b"\0" * 5000,
+                     content_type)
+        time.sleep(0.2)
+        sock.close()  # gone before the body is all there
+    wait_until(lambda: metric(base, "posekd_requests_total", 'code="499"') >= 2, 10, "two 499s counted", proc)
+    assert metric(base, "posekd_requests_total", 'code="500"') == 0
+    assert httpx.get(base + "/healthz").status_code == 200
+    log = proc.log.read_text(errors="replace")
+    assert "Traceback" not in log and "unhandled error" not in log
+    assert "client closed the connection" in log
+
+
+def test_the_408_closes_the_connection(api):
+    proc, port, base = api
+    sock = _head(port, 1000, b"\x89PNG" + b"\0" * 10)
+    sock.settimeout(5)
+    answer = b""
+    deadline = time.monotonic() + 5
+    while b"\r\n\r\n" not in answer and time.monotonic() < deadline:
+        answer += sock.recv(4096)
+    head = answer.split(b"\r\n\r\n", 1)[0].decode().lower()
+    assert head.startswith("http/1.1 408"), head
+    assert "connection: close" in head
+    # still trickling after the 408: the server has closed its side
+    closed = False
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            sock.sendall(b"\0")
+            chunk = sock.recv(4096)
+            if chunk == b"":
+                closed = True
+                break
+        except OSError:
+            closed = True
+            break
+        time.sleep(0.2)
+    sock.close()
+    assert closed
