@@ -319,3 +319,20 @@ def test_the_embedded_temp_video_folder_goes_with_the_service(settings):
         folder = client.app.state.service.jobs.root
         assert folder.is_dir() and folder.name.startswith("posekd-videos-")
     assert not folder.exists()  # no posekd-videos-* left behind in the temp directory
+
+
+def test_a_job_belongs_to_the_key_that_created_it(settings, store, tmp_path):
+    """With keys on, another user key gets 404 for a job whose id it knows; an admin key sees it."""
+    s = settings.model_copy(update={"video_dir": tmp_path / "jobs", "api_keys": ["alice", "bob"],
+                                    "admin_api_keys": ["root"]})
+    data = blob_clip(tmp_path / "c.mp4", frames=6).read_bytes()
+    with TestClient(create_app(s)) as client:
+        r = client.post("/v1/videos", headers={"X-API-Key": "alice"},
+                        files={"video": ("clip.mp4", data, "video/mp4")})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job_id"]
+        for path in (f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/result"):
+            assert client.get(path, headers={"X-API-Key": "bob"}).status_code == 404
+        assert client.delete(f"/v1/jobs/{job_id}", headers={"X-API-Key": "bob"}).status_code == 404
+        assert client.get(f"/v1/jobs/{job_id}", headers={"X-API-Key": "alice"}).status_code == 200
+        assert client.get(f"/v1/jobs/{job_id}", headers={"Authorization": "Bearer root"}).status_code == 200

@@ -17,10 +17,10 @@ from ..errors import InvalidParameter, Overloaded, PayloadTooLarge, PoseKDError
 from ..formats import posetrack
 from ..store import ModelSpec
 from ..video import decode
-from ..video.jobs import FINAL, Job
+from ..video.jobs import FINAL, Job, JobNotFound
 from .bodies import parse_form
 from .schemas import ErrorResponse, JobCreated, JobDeleted, JobStatus, PoseTrackDocument, Responses, VideoResult
-from .security import RequireKey
+from .security import RequireKey, may_see, owner_of
 from .state import service_of
 
 router = APIRouter(prefix="/v1", tags=["video"], dependencies=[RequireKey])
@@ -85,7 +85,7 @@ async def create_video_job(request: Request,
         clip = await _save_upload(request, s.max_video_bytes, tmp, s.body_timeout_s)
         info = await run_in_threadpool(decode.probe, clip, max_seconds=limits.max_seconds,
                                        max_frames=limits.max_frames, max_pixels=limits.max_pixels)
-        job = Job(render=render, frames_total=info.frames, video=asdict(info),
+        job = Job(render=render, frames_total=info.frames, video=asdict(info), owner=owner_of(request),
                   options={"model": refs[0], "detector": refs[1], "keyframe_interval": keyframe_interval,
                            "smoothing": smoothing})
         await run_in_threadpool(state.jobs.create, job, clip)
@@ -104,7 +104,11 @@ async def create_video_job(request: Request,
 
 
 async def _job(request: Request, job_id: str) -> Job:
-    return await run_in_threadpool(service_of(request).jobs.get, job_id)
+    """The job, for its owner (or an admin) only: another key gets the same 404 as an unknown id."""
+    job = await run_in_threadpool(service_of(request).jobs.get, job_id)
+    if not may_see(request, job.owner):
+        raise JobNotFound(f"unknown job {job_id!r}")
+    return job
 
 
 @router.get("/jobs/{job_id}", response_model=JobStatus, responses=_JOB_ERRORS, summary="A job's status and progress")

@@ -1,6 +1,7 @@
 """Optional API keys: ``X-API-Key: KEY`` or ``Authorization: Bearer KEY``."""
 from __future__ import annotations
 
+import hashlib
 import hmac
 
 from fastapi import Depends, Request
@@ -41,6 +42,27 @@ def _check(request: Request, admin: bool) -> None:
     allowed = (settings.admin_api_keys or settings.api_keys) if admin else settings.api_keys + settings.admin_api_keys
     if not _matches(key, allowed):
         raise Forbidden("this route needs an admin API key" if admin else "the API key is not valid")
+
+
+def owner_of(request: Request) -> str | None:
+    """Who a request acts for, as stored with what it creates: a digest of its API key (never the key
+    itself); None with keys off."""
+    if not service_of(request).settings.auth_enabled:
+        return None
+    key = _presented(request)
+    return hashlib.sha256(key.encode()).hexdigest()[:24] if key else None
+
+
+def may_see(request: Request, owner: str | None) -> bool:
+    """Whether the request's key may read or delete something ``owner`` created: its own, or any with
+    an admin key; everything with keys off."""
+    settings = service_of(request).settings
+    if not settings.auth_enabled or owner is None:
+        return True
+    key = _presented(request)
+    if key and settings.admin_api_keys and _matches(key, settings.admin_api_keys):
+        return True
+    return owner_of(request) == owner
 
 
 def require_key(request: Request) -> None:

@@ -45,6 +45,7 @@ class Job:
     options: dict = field(default_factory=dict)  # model, detector (exact name:version), keyframe_interval, smoothing
     video: dict | None = None  # the clip as the API probed it (VideoInfo fields): workers need not probe again
     cancel_requested: bool = False
+    owner: str | None = None  # with API keys on: a digest of the key that created it (only it, or an admin, sees it)
 
     def public(self) -> dict:
         return {"job_id": self.id, "status": self.status, "progress": round(self.progress, 4),
