@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from . import metrics
+from . import metrics, scratch
 from .broker import Broker, LocalBroker
 from .broker.videos import VideoQueue
 from .pipeline import PosePipeline
@@ -49,8 +49,10 @@ def build(settings: Settings, role: Role) -> Runtime:
                              else (lambda m, data: None), default_alias=settings.default_alias)
     pipeline = PosePipeline.from_settings(settings)
     rt = Runtime(settings, role, store, registry, pipeline)
+    scratch.configure(settings.scratch_dir)
     if role == "offline":
         return rt
+    scratch.sweep()  # what killed processes left behind
     registry.on_change(lambda: metrics.publish_models(registry))
     if settings.redis_url:
         from .video.jobs import RedisJobStore

@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     max_video_frames: int = 20_000
     max_video_pixels: int = 3840 * 2160  # per frame
     video_dir: Path | None = None  # uploads, results and overlays (embedded mode); default: a temp dir
+    # temporary files go to <scratch_dir>/posekd-<pid>-<start>/ (default: the system's temp folder); a
+    # serving process removes, when it starts, the folders of processes that are gone (service/scratch.py)
+    scratch_dir: Path | None = None
     job_ttl_s: float = 3600.0  # finished jobs (state, result, overlay) are deleted after this
     video_workers: int = 1  # clips processed at the same time per process (embedded mode)
     video_visibility_s: float = 600.0  # Redis mode: a job a live worker held this long with no progress is taken

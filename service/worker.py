@@ -13,7 +13,7 @@ import signal
 import socket
 import threading
 
-from . import composition, metrics
+from . import composition, metrics, scratch
 from .broker.consumer import StreamConsumer
 from .settings import Settings
 from .store import ModelRegistry
@@ -86,5 +86,8 @@ def serve(settings: Settings, metrics_port: int | None = None) -> int:
         await consumer.run(stop)
         await asyncio.to_thread(video_thread.join, 30)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        scratch.remove_mine()
     return 0

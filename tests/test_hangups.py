@@ -81,3 +81,81 @@ def test_the_408_closes_the_connection(api):
         time.sleep(0.2)
     sock.close()
     assert closed
+
+
+def test_a_killed_server_leaves_nothing_the_next_one_keeps(store, tmp_path):
+    """SIGKILL mid-job: the killed server's temporary folder (its clip, its job folder) is removed by the
+    next server that starts on the same scratch folder."""
+    import signal
+
+    from .helpers import add_slow_pose, blob_clip
+
+    add_slow_pose(store)
+    scratch_dir = tmp_path / "scratch"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSEKD_")}
+    env.update({"POSEKD_MODEL_STORE": str(store.root), "POSEKD_DEFAULT_POSE_MODEL": "slow-pose",
+                "POSEKD_DEFAULT_DETECTOR": "tiny-det", "POSEKD_STORE_POLL_S": "0",
+                "POSEKD_SCRATCH_DIR": str(scratch_dir), "POSEKD_ORT_INTRA_THREADS": "1",
+                "POSEKD_VIDEO_MIN_SCORE": "0"})
+
+    def start(log):
+        port = free_port()
+        proc = Proc([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], env, tmp_path / log)
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: httpx.get(base + "/readyz", timeout=1).status_code == 200, 30, "API ready", proc)
+        return proc, base
+
+    first, base = start("first.log")
+    clip = blob_clip(tmp_path / "c.mp4", frames=60).read_bytes()
+    job = httpx.post(base + "/v1/videos", files={"video": ("c.mp4", clip, "video/mp4")}, timeout=30).json()["job_id"]
+    wait_until(lambda: httpx.get(f"{base}/v1/jobs/{job}").json()["status"] == "running", 30, "job running", first)
+    left = [p for p in scratch_dir.iterdir() if p.name.startswith(f"posekd-{first.popen.pid}-")]
+    assert left and any(left[0].rglob("*")), "the running server keeps its files in its own folder"
+    first.signal(signal.SIGKILL)
+    first.popen.wait(10)
+    first.stop()
+    assert left[0].exists()  # nothing could clean up after a SIGKILL
+    second, _ = start("second.log")
+    try:
+        assert not left[0].exists()
+        assert all(p.name.startswith(f"posekd-{second.popen.pid}-") for p in scratch_dir.iterdir())
+    finally:
+        second.stop()
+    assert not any(scratch_dir.iterdir())  # a clean exit removes its own folder
+
+
+@pytest.mark.redis
+def test_a_killed_worker_leaves_nothing_the_next_one_keeps(store, tmp_path, redis_url, redis_prefix):
+    """Redis mode: a worker SIGKILLed while it tracks a clip leaves its copy of the clip; the next worker
+    that starts removes it, and takes the job over."""
+    import signal
+
+    from .helpers import add_slow_pose, blob_clip
+    from .procs import service_env, start_api, start_worker
+
+    add_slow_pose(store)
+    scratch_dir = tmp_path / "scratch"
+    env = service_env(store.root, redis_url, redis_prefix, POSEKD_DEFAULT_POSE_MODEL="slow-pose",
+                      POSEKD_SCRATCH_DIR=scratch_dir, POSEKD_VIDEO_MIN_SCORE=0, POSEKD_VIDEO_VISIBILITY_S=3)
+    worker, _ = start_worker(env, "w1", tmp_path)
+    api_proc, base = start_api(env, tmp_path)
+    try:
+        clip = blob_clip(tmp_path / "c.mp4", frames=60).read_bytes()
+        job = httpx.post(base + "/v1/videos", files={"video": ("c.mp4", clip, "video/mp4")}, timeout=30).json()
+        job_id = job["job_id"]
+        wait_until(lambda: httpx.get(f"{base}/v1/jobs/{job_id}").json()["status"] == "running", 30, "running", worker)
+        mine = [p for p in scratch_dir.iterdir() if p.name.startswith(f"posekd-{worker.popen.pid}-")]
+        assert mine and any(p.name.startswith("posekd-job-") for p in mine[0].iterdir())
+        worker.signal(signal.SIGKILL)
+        worker.popen.wait(10)
+        worker.stop()
+        second, _ = start_worker(env, "w2", tmp_path)
+        try:
+            assert not mine[0].exists()
+            wait_until(lambda: httpx.get(f"{base}/v1/jobs/{job_id}").json()["status"] == "succeeded", 90,
+                       "the job taken over and finished", second)
+        finally:
+            second.stop()
+    finally:
+        api_proc.stop()
+    assert not any(p.name.startswith("posekd-") and any(p.rglob("*")) for p in scratch_dir.iterdir())

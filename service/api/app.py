@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from .. import __version__, metrics
+from .. import __version__, metrics, scratch
 from ..errors import PoseKDError
 from ..logs import REQUEST_ID
 from ..settings import Settings, get_settings
@@ -122,6 +122,7 @@ def _lifespan(settings: Settings, state: ServiceState | None, handle_signals: bo
                     loop.remove_signal_handler(signal.SIGHUP)
             await svc.broker.stop()
             await run_in_threadpool(svc.videos.stop)
+            scratch.remove_mine()
 
     return lifespan
 

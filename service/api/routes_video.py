@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
@@ -13,6 +12,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from .. import scratch
 from ..errors import InvalidParameter, Overloaded, PayloadTooLarge, PoseKDError
 from ..formats import posetrack
 from ..store import ModelSpec
@@ -80,7 +80,7 @@ async def create_video_job(request: Request,
         served = await run_in_threadpool(state.registry.get, ModelSpec.parse(spec), task)
         refs.append(f"{served.name}:{served.version}")
     limits = s.video_limits
-    tmp = Path(tempfile.mkdtemp(prefix="posekd-upload-"))
+    tmp = scratch.mkdtemp("posekd-upload-")
     try:
         clip = await _save_upload(request, s.max_video_bytes, tmp, s.body_timeout_s)
         info = await run_in_threadpool(decode.probe, clip, max_seconds=limits.max_seconds,

@@ -13,13 +13,13 @@ from __future__ import annotations
 import abc
 import json
 import shutil
-import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import scratch
 from ..errors import PoseKDError
 from ..names import is_job_id
 from ..settings import RedisConfig
@@ -101,7 +101,7 @@ class LocalJobStore(JobStore):
         # unset: a directory of this process's own (two services must not share one: each marks the
         # other's running jobs as interrupted when it starts)
         self.owns_root = not root  # a directory of its own is removed by close()
-        self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="posekd-videos-"))
+        self.root = Path(root) if root else scratch.mkdtemp("posekd-videos-")
         self.root.mkdir(parents=True, exist_ok=True)
         self.ttl_s = ttl_s
         self._interrupted()

@@ -6,14 +6,13 @@ taken only when it sent no progress for ``visibility_s``, i.e. it hung)."""
 from __future__ import annotations
 
 import logging
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import metrics
+from .. import metrics, scratch
 from ..broker import groups
 from ..broker.keys import RedisKeys
 from ..broker.liveness import dead, holders
@@ -60,7 +59,7 @@ def process(store: JobStore, job_id: str, config: VideoConfig, registry, pipelin
         store.finish(job_id, "cancelled")
         return "cancelled"
     store.update(job_id, status="running", error=None)
-    with tempfile.TemporaryDirectory(prefix="posekd-job-") as tmp:
+    with scratch.temporary_directory("posekd-job-") as tmp:
         work = Path(tmp)
         status, error = "failed", None
         try:
