@@ -237,8 +237,14 @@ def test_reload_endpoint_keeps_previous_version_on_corrupt_file(client, store, t
 def test_metrics_exposed(client):
     post_image(client)
     post_image(client, params={"model": "ghost"})
+    client.get("/openapi.json")
+    client.get("/static/demo/index.html")
+    client.get("/nowhere")
     text = client.get("/metrics").text
     for needle in ['posekd_requests_total{code="200",route="/v1/pose"}',
+                   'posekd_requests_total{code="200",route="/openapi.json"}',
+                   'posekd_requests_total{code="200",route="/static/demo/{path}"}',
+                   'posekd_requests_total{code="404",route="unmatched"}',
                    'posekd_requests_total{code="404",route="/v1/pose"}',
                    'posekd_request_duration_seconds_bucket{le="0.05",route="/v1/pose"}',
                    'posekd_queue_wait_seconds_count{model="tiny-pose"}',

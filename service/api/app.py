@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match, Mount
 
 from .. import __version__, metrics, scratch
 from ..errors import PoseKDError
@@ -59,6 +60,22 @@ class MetricsMiddleware:
     def __init__(self, app):
         self.app = app
 
+    @staticmethod
+    def route_label(scope, original) -> str:
+        """The route template (``/v1/jobs/{job_id}``); the OpenAPI document and mounted files (``/static/…``)
+        are found by matching the app's routes against the scope as it came in (a mount rewrites it),
+        since only API routes leave their route in the scope."""
+        route = scope.get("route")
+        if getattr(route, "path", None):
+            return route.path
+        app = original.get("app")
+        for candidate in getattr(app, "routes", ()):
+            match, _ = candidate.matches(original)
+            if match != Match.NONE:
+                path = getattr(candidate, "path", "")
+                return path + "/{path}" if isinstance(candidate, Mount) else path or "unmatched"
+        return "unmatched"
+
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
@@ -70,11 +87,11 @@ class MetricsMiddleware:
                 status["code"] = message["status"]
             await send(message)
 
+        original = dict(scope)
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            label = getattr(route, "path", None) or "unmatched"
+            label = self.route_label(scope, original)
             metrics.REQUESTS.labels(label, str(status["code"])).inc()
             metrics.REQUEST_DURATION.labels(label).observe(time.perf_counter() - t0)
 

@@ -45,14 +45,16 @@ async def _readiness(request: Request) -> tuple[bool, dict]:
     return broker_ok and models_ok, detail
 
 
-@router.api_route("/healthz", methods=["GET", "HEAD"], response_model=Health, summary="Liveness")
+@router.head("/healthz", include_in_schema=False)  # load balancers and uptime checks send HEAD
+@router.get("/healthz", response_model=Health, summary="Liveness")
 async def healthz():
     return {"status": "ok"}
 
 
-@router.api_route("/readyz", methods=["GET", "HEAD"], response_model=Readiness,
-                  responses={503: {"model": Readiness, "description": "not ready (same body, with the reasons)"}},
-                  summary="Readiness: default models loaded and broker reachable (503 otherwise)")
+@router.head("/readyz", include_in_schema=False)
+@router.get("/readyz", response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "not ready (same body, with the reasons)"}},
+            summary="Readiness: default models loaded and broker reachable (503 otherwise)")
 async def readyz(request: Request):
     ok, detail = await _readiness(request)
     return JSONResponse({"status": "ready" if ok else "not_ready", **detail}, status_code=200 if ok else 503)
