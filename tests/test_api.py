@@ -240,6 +240,8 @@ def test_metrics_exposed(client):
     client.get("/openapi.json")
     client.get("/static/demo/index.html")
     client.get("/nowhere")
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
     text = client.get("/metrics").text
     for needle in ['posekd_requests_total{code="200",route="/v1/pose"}',
                    'posekd_requests_total{code="200",route="/openapi.json"}',

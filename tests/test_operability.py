@@ -120,6 +120,8 @@ def test_docs_and_redoc_load_from_packaged_assets(client):
                 assert asset.status_code == 200 and len(asset.content) > 1000, src
     assert client.get("/static/docs/swagger-ui-bundle.js").status_code == 200
     assert client.get("/static/docs/redoc.standalone.js").status_code == 200
+    # the ReDoc bundle links a logo on Redocly's CDN: the page forbids images from elsewhere
+    assert "img-src 'self' data:" in client.get("/redoc").headers["content-security-policy"]
 
 
 def test_version_flag(capsys):

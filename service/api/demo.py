@@ -17,3 +17,7 @@ def mount(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     async def page():
         return FileResponse(DEMO / "index.html", media_type="text/html")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon():  # browsers ask for it on every page; an SVG icon, so no 404 in the logs
+        return FileResponse(DEMO / "favicon.svg", media_type="image/svg+xml")

@@ -11,6 +11,8 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
 
 ASSETS = "/static/docs"
+# images, fonts and fetches from this origin only (inline styles and the bundle's own blob workers allowed)
+OFFLINE_POLICY = "img-src 'self' data:; font-src 'self' data:; connect-src 'self'"
 
 
 def assets_dir() -> Path | None:
@@ -36,6 +38,9 @@ def mount(app: FastAPI) -> None:
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc():
-        return get_redoc_html(openapi_url=app.openapi_url or "/openapi.json", title="PoseKD API",
+        page = get_redoc_html(openapi_url=app.openapi_url or "/openapi.json", title="PoseKD API",
                               redoc_js_url=f"{ASSETS}/redoc.standalone.js", redoc_favicon_url=f"{ASSETS}/favicon.png",
                               with_google_fonts=False)
+        # the bundle's footer shows a logo from Redocly's CDN: the browser is told not to fetch it
+        page.headers["Content-Security-Policy"] = OFFLINE_POLICY
+        return page
