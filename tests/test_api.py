@@ -316,3 +316,14 @@ def test_admin_routes_are_closed_on_a_public_address_without_keys(store):
             r = c.put("/v1/models/tiny-pose/aliases/staging", json={"version": 1})
             assert r.status_code == expected, (host, opened, r.text)
             assert c.post("/v1/pose", files={"image": ("x.png", encode(blob_image()), "image/png")}).status_code == 200
+
+
+def test_openapi_lists_each_route_once_with_the_project_error_shape(client):
+    """Every operation under one tag (listed once in /docs), and no FastAPI HTTPValidationError: the 422
+    answers in the project's error shape like every other error; /readyz's 503 has its body schema."""
+    doc = client.get("/openapi.json").json()
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            assert len(op.get("tags", [])) <= 1 or path == "/v1/admin/reload", (path, method, op.get("tags"))
+            assert "HTTPValidationError" not in json.dumps(op.get("responses", {})), (path, method)
+    assert "schema" in doc["paths"]["/readyz"]["get"]["responses"]["503"]["content"]["application/json"]

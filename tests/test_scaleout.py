@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
+import sys
 import time
 
 import httpx
@@ -287,3 +288,22 @@ def test_a_video_job_whose_worker_died_is_taken_over_by_heartbeat(cluster, tmp_p
     assert wait_until(done, 60, "the video job")["status"] == "succeeded"
     assert time.monotonic() - started < 60
     assert raw.xpending(stream, "video-workers")["pending"] == 0
+
+
+def test_an_api_with_no_worker_is_not_ready_until_one_starts(cluster, tmp_path, store, redis_url, redis_prefix):
+    """Right after start, an API replica whose queue nobody serves says not ready (workers 0), so a load
+    balancer sends it nothing that would only get 503; a worker's first heartbeat makes it ready."""
+    from .procs import Proc, free_port
+
+    port = free_port()
+    api = Proc([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], cluster.env(),
+               tmp_path / "lonely-api.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        r = wait_until(lambda: httpx.get(base + "/readyz", timeout=1), 30, "the API answers", api)
+        assert r.status_code == 503 and r.json()["workers"] == 0 and r.json()["status"] == "not_ready"
+        cluster.worker("first")
+        wait_until(lambda: httpx.get(base + "/readyz", timeout=1).status_code == 200, 15, "ready with a worker", api)
+        assert httpx.get(base + "/readyz").json()["workers"] >= 1
+    finally:
+        api.stop()

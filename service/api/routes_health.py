@@ -1,6 +1,8 @@
 """Liveness, readiness and the Open Inference Protocol (KServe V2) health and metadata routes."""
 from __future__ import annotations
 
+import contextlib
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -22,7 +24,7 @@ from .schemas import (
 )
 from .state import service_of
 
-router = APIRouter(tags=["health"])
+router = APIRouter()  # tags per route: the V2 routes are listed once, under "v2"
 _V2_ERRORS: Responses = {c: {"model": ErrorResponse} for c in (404, 422)}
 _V2_READY: Responses = {**_V2_ERRORS, 503: {"description": "the model is not loaded or failed to load "
                                                       "(same body, `ready: false`)"}}
@@ -37,22 +39,28 @@ async def _readiness(request: Request) -> tuple[bool, dict]:
     broker_ok = await state.broker.ready()
     models_ok = state.models_ready()
     detail = {"broker": broker_ok, "models": models_ok, "default_models": state.default_specs()}
-    workers = state.broker.workers
-    if workers is not None and not state.broker.runs_models:  # Redis mode: the live worker processes
-        detail["workers"] = workers
+    workers_ok = True
+    if not state.broker.runs_models:  # Redis mode: the live worker processes, asked now when none is known
+        workers = state.broker.workers
+        if not workers and broker_ok:
+            with contextlib.suppress(Exception):
+                workers = await state.broker.workers_now()
+        detail["workers"] = workers or 0
+        # no worker means every request would get 503 no_workers: not ready (unless scale-to-zero)
+        workers_ok = bool(workers) or not state.settings.require_workers
     if state.preload_errors:
         detail["errors"] = state.preload_errors
-    return broker_ok and models_ok, detail
+    return broker_ok and models_ok and workers_ok, detail
 
 
 @router.head("/healthz", include_in_schema=False)  # load balancers and uptime checks send HEAD
-@router.get("/healthz", response_model=Health, summary="Liveness")
+@router.get("/healthz", tags=["health"], response_model=Health, summary="Liveness")
 async def healthz():
     return {"status": "ok"}
 
 
 @router.head("/readyz", include_in_schema=False)
-@router.get("/readyz", response_model=Readiness,
+@router.get("/readyz", tags=["health"], response_model=Readiness,
             responses={503: {"model": Readiness, "description": "not ready (same body, with the reasons)"}},
             summary="Readiness: default models loaded and broker reachable (503 otherwise)")
 async def readyz(request: Request):

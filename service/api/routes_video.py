@@ -25,8 +25,9 @@ from .state import service_of
 
 router = APIRouter(prefix="/v1", tags=["video"], dependencies=[RequireKey])
 _ERRORS: Responses = {c: {"model": ErrorResponse} for c in (400, 401, 403, 404, 408, 413, 415, 422, 503)}
-_JOB_ERRORS: Responses = {c: {"model": ErrorResponse} for c in (401, 403, 404)}
-_OUTPUT_ERRORS: Responses = {c: {"model": ErrorResponse} for c in (401, 403, 404, 409)}
+# 422 too: FastAPI would declare its own HTTPValidationError, but every error answers in the project's shape
+_JOB_ERRORS: Responses = {c: {"model": ErrorResponse} for c in (401, 403, 404, 422)}
+_OUTPUT_ERRORS: Responses = {c: {"model": ErrorResponse} for c in (401, 403, 404, 409, 422)}
 _VIDEO_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["video"], "properties": {"video": {"type": "string", "format": "binary"}}}}}}}
 

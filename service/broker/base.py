@@ -54,6 +54,10 @@ class Broker(abc.ABC):
         """Workers ready to serve (inference threads here; live worker processes in Redis mode)."""
         return None
 
+    async def workers_now(self) -> int | None:
+        """Workers counted now rather than at the last poll (Redis mode); None where not applicable."""
+        return self.workers
+
     async def require_a_worker(self) -> None:
         """Raise Overloaded (503 ``no_workers``) when no worker would run queued work; no-op here."""
         return None
