@@ -336,3 +336,17 @@ def test_a_job_belongs_to_the_key_that_created_it(settings, store, tmp_path):
         assert client.delete(f"/v1/jobs/{job_id}", headers={"X-API-Key": "bob"}).status_code == 404
         assert client.get(f"/v1/jobs/{job_id}", headers={"X-API-Key": "alice"}).status_code == 200
         assert client.get(f"/v1/jobs/{job_id}", headers={"Authorization": "Bearer root"}).status_code == 200
+
+
+def test_labels_of_people_at_the_top_edge_are_drawn_whole():
+    """A person whose box touches the top of a large picture: the score label sits inside the box, not
+    cut off above the frame."""
+    from service.video.render import draw
+
+    image = np.zeros((1600, 1200, 3), np.uint8)
+    kps = [[600.0, 100.0 + 40 * k, 0.9] for k in range(17)]
+    out = draw(image, [{"bbox": [500.0, 0.0, 700.0, 800.0], "score": 0.87, "keypoints": kps}])
+    # the rows the label's glyphs cover, between the box's top line and the first keypoint: its whole
+    # height (about 20 px at this size), where a label placed above the box would show a few rows at most
+    rows = np.where(out[4:90, 505:590].max(axis=(1, 2)) > 0)[0]
+    assert len(rows) >= 15, rows

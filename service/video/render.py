@@ -29,8 +29,11 @@ def draw(image: np.ndarray, people: list[dict], min_score: float = 0.2, scale: f
         x1, y1, x2, y2 = (int(round(v / scale)) for v in person["bbox"])
         cv2.rectangle(out, (x1, y1), (x2, y2), color, thick, cv2.LINE_AA)
         label = f"#{person['track_id']}" if "track_id" in person else f"{person['score']:.2f}"
-        cv2.putText(out, label, (x1, max(y1 - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * thick, color, thick,
-                    cv2.LINE_AA)
+        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * thick, thick)
+        # above the box, or inside it where the box touches the top edge; never past the right edge
+        ty = y1 - 4 if y1 - 4 - th >= 0 else y1 + th + 4
+        tx = min(max(x1, 0), max(out.shape[1] - tw, 0))
+        cv2.putText(out, label, (tx, ty), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * thick, color, thick, cv2.LINE_AA)
         kps = [(x / scale, y / scale, s) for x, y, s in person["keypoints"]]
         for a, b in SKELETON:
             if kps[a][2] >= min_score and kps[b][2] >= min_score:
