@@ -40,7 +40,7 @@ class Setting:
     score: str = "combined"
     box_weight: float = 0.5
     spread: float = 0.45
-    inside: float = 0.0
+    inside: float = 0.15
     extra: dict = field(default_factory=dict)
 
     @classmethod

@@ -157,7 +157,8 @@ def manifest_fields(name: str, cfg: StudentConfig, *, description: str, lineage:
     fields = {"name": name, "task": "person_detection" if cfg.kind == "detector" else "pose",
               "description": description,
               "input": {**STUDENT_INPUT, "height": cfg.size, "width": cfg.size,
-                        **({"resize": "letterbox"} if cfg.kind == "detector" else {})},
+                        # a detector's graph takes any multiple of 32 px: the letterbox pads only that far
+                        **({"resize": "letterbox", "size_multiple": 32} if cfg.kind == "detector" else {})},
               "output": output_spec(cfg), "lineage": lineage}
     if cfg.kind != "detector":
         fields["crop"] = {"margin": 1.25}

@@ -134,6 +134,9 @@ def export_run(run: Path, *, last: bool = False, size: int | None = None) -> Exp
         setattr(model, "cfg", cfg)  # noqa: B010  (nn.Module's __setattr__ types attributes as modules)
     module = export_module(model, cfg)
     data = to_onnx(module, cfg)
+    if cfg.kind == "detector":  # fully convolutional: any multiple of 32 px (checked at the exported size)
+        from .reshape import free_spatial_dims
+        data = free_spatial_dims(data)
     diff = parity(module, data, cfg)
     path = run / "model.onnx"
     path.write_bytes(data)

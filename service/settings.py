@@ -88,7 +88,9 @@ class Settings(BaseSettings):
     # the detector's input long side, for detectors whose graph takes any multiple of 32 px (0: the
     # manifest's size); larger finds smaller people and costs time (bench/RESULTS.md: the size sweep)
     detector_size: int = 0
-    pose_nms_oks: float = 0.9  # a detected person whose keypoints match a better one's above this OKS is dropped
+    # a detected person whose keypoints match a better one's above this OKS is dropped (0: off); chosen
+    # by `posekd bench people` on held-out photos (bench/RESULTS.md)
+    pose_nms_oks: float = 0.7
     # person score: "combined" = box score, confident keypoints and their spread; "keypoints" = the
     # mean keypoint score (before 0.2 of the package)
     person_score: Literal["combined", "keypoints"] = "combined"

@@ -38,7 +38,7 @@ class PersonScoring:
     box_weight: float = 0.5
     min_keypoint: float = 0.2
     full_spread: float = 0.45
-    inside_margin: float = 0.0  # > 0: × the share of confident keypoints inside the box grown by this
+    inside_margin: float = 0.15  # > 0: × the share of confident keypoints inside the box grown by this
     legacy: bool = False
 
 
