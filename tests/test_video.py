@@ -350,3 +350,28 @@ def test_labels_of_people_at_the_top_edge_are_drawn_whole():
     # height (about 20 px at this size), where a label placed above the box would show a few rows at most
     rows = np.where(out[4:90, 505:590].max(axis=(1, 2)) > 0)[0]
     assert len(rows) >= 15, rows
+
+
+def test_a_clip_whose_pixels_are_not_square_keeps_its_shape(tmp_path):
+    """The sample aspect ratio is read, reported with the video, and written into the overlay MP4."""
+    from fractions import Fraction
+
+    import av
+
+    from service.video.render import Mp4Writer
+
+    src = tmp_path / "sar.mp4"
+    writer = Mp4Writer(src, 160, 120, 10, (4, 3))
+    for i in range(5):
+        writer.write(np.full((120, 160, 3), 40 * i, np.uint8))
+    writer.close()
+    info = decode.probe(src, max_seconds=60, max_frames=100, max_pixels=10**6)
+    assert tuple(info.sample_aspect) == (4, 3) and info.as_dict()["sample_aspect_ratio"] == [4, 3]
+    with av.open(str(src)) as c:
+        assert c.streams.video[0].sample_aspect_ratio == Fraction(4, 3)
+    square = tmp_path / "square.mp4"
+    writer = Mp4Writer(square, 160, 120, 10)
+    writer.write(np.zeros((120, 160, 3), np.uint8))
+    writer.close()
+    assert "sample_aspect_ratio" not in decode.probe(square, max_seconds=60, max_frames=100,
+                                                     max_pixels=10**6).as_dict()

@@ -161,6 +161,8 @@ class VideoInfo(BaseModel):
     duration_s: float | None = None
     codec: str | None = None
     rotation: int | None = None
+    sample_aspect_ratio: list[int] | None = Field(None, description="[pixel width, pixel height] when the "
+                                                  "clip's pixels are not square; coordinates stay in coded pixels")
 
 
 class JobCreated(BaseModel):

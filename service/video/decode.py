@@ -29,9 +29,15 @@ class VideoInfo:
     duration: float  # seconds
     codec: str
     rotation: int  # degrees the frames are turned to display upright
+    # the width of a pixel over its height ([1, 1]: square), e.g. [1024, 765] for a clip shown wider than
+    # its pixel count; results stay in coded pixels, players stretch x by this
+    sample_aspect: tuple[int, int] | list[int] = (1, 1)
 
     def as_dict(self) -> dict:
-        return {"width": self.width, "height": self.height, "fps": round(self.fps, 3), "frames": self.frames}
+        out: dict = {"width": self.width, "height": self.height, "fps": round(self.fps, 3), "frames": self.frames}
+        if tuple(self.sample_aspect) != (1, 1):
+            out["sample_aspect_ratio"] = list(self.sample_aspect)
+        return out
 
 
 def _open(path: Path):
@@ -79,6 +85,10 @@ def probe(path: Path, *, max_seconds: float, max_frames: int, max_pixels: int) -
         if first is None:
             raise InvalidVideo("the video has no frames")
         rotation = int(getattr(first, "rotation", 0) or 0) % 360
+        sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+        aspect = (sar.numerator, sar.denominator) if sar and sar.numerator > 0 else (1, 1)
+        if rotation in (90, 270):
+            aspect = aspect[::-1]
         w, h = first.width, first.height
         if rotation in (90, 270):
             w, h = h, w
@@ -91,7 +101,7 @@ def probe(path: Path, *, max_seconds: float, max_frames: int, max_pixels: int) -
     finally:
         container.close()
     _check_limits(w, h, duration, frames, max_seconds=max_seconds, max_frames=max_frames, max_pixels=max_pixels)
-    return VideoInfo(w, h, fps, frames, duration, stream.codec_context.name, rotation)
+    return VideoInfo(w, h, fps, frames, duration, stream.codec_context.name, rotation, aspect)
 
 
 def upright(image: np.ndarray, rotation: int) -> np.ndarray:

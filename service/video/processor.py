@@ -130,7 +130,7 @@ class _ClipRun:
         self.tracker = Tracker(match_threshold=o.match_threshold, max_lost=o.max_lost, start_score=o.start_score,
                                appearance_weight=o.appearance_weight, high_score=o.min_score)
         self.smoother = TrackSmoother(o.min_cutoff, o.beta, o.d_cutoff) if o.smoothing else None
-        self.writer = Mp4Writer(render, info.width, info.height, info.fps) if render else None
+        self.writer = Mp4Writer(render, info.width, info.height, info.fps, info.sample_aspect) if render else None
         self.frames: list[dict] = []
         self.prev: list = []  # (box, keypoints, score) of the last frame's people
         self.force = True  # the next frame must be a keyframe

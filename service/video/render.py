@@ -48,7 +48,7 @@ def draw(image: np.ndarray, people: list[dict], min_score: float = 0.2, scale: f
 class Mp4Writer:
     """Encodes BGR frames to an MP4 file, one at a time, with the clip's timestamps."""
 
-    def __init__(self, path: Path, width: int, height: int, fps: float):
+    def __init__(self, path: Path, width: int, height: int, fps: float, sample_aspect=(1, 1)):
         import av
         self.container = av.open(str(path), mode="w", format="mp4")
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
@@ -56,6 +56,8 @@ class Mp4Writer:
         self.stream: Any = cast(Any, self.container.add_stream(codec, rate=rate))  # PyAV types it as a union
         self.stream.width, self.stream.height = width - width % 2, height - height % 2
         self.stream.pix_fmt = "yuv420p"
+        if tuple(sample_aspect) != (1, 1):  # keep the clip's pixel shape: the overlay plays unsquashed
+            self.stream.codec_context.sample_aspect_ratio = Fraction(*sample_aspect)
         if codec == "libx264":
             self.stream.options = {"preset": "veryfast", "crf": "23"}
         self.codec = codec

@@ -58,25 +58,29 @@ async function loadModels() {
   }
 }
 
-function drawPeople(ctx, people, scale, minScore) {
+// sx, sy: canvas pixels per result pixel along x and y (they differ for a clip whose pixels are not
+// square: the result is in coded pixels, the video element shows display pixels)
+function drawPeople(ctx, people, sx, sy, minScore) {
   const w = Math.max(2, Math.round(Math.max(ctx.canvas.width, ctx.canvas.height) / 300));
   people.forEach((p, i) => {
     const c = color(p.track_id !== undefined ? p.track_id : i);
-    const [x1, y1, x2, y2] = p.bbox.map((v) => v * scale);
+    const [x1, y1, x2, y2] = [p.bbox[0] * sx, p.bbox[1] * sy, p.bbox[2] * sx, p.bbox[3] * sy];
     ctx.strokeStyle = c; ctx.fillStyle = c; ctx.lineWidth = w;
     ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
     ctx.font = `${6 * w + 6}px system-ui, sans-serif`;
-    ctx.fillText(p.track_id !== undefined ? `#${p.track_id}` : p.score.toFixed(2), x1 + 2, Math.max(y1 - 4, 12));
+    const size = 6 * w + 6;
+    ctx.fillText(p.track_id !== undefined ? `#${p.track_id}` : p.score.toFixed(2), x1 + 2,
+                 y1 - 4 >= size ? y1 - 4 : y1 + size + 2);
     const k = p.keypoints;
     ctx.lineWidth = 1.5 * w;
     for (const [a, b] of SKELETON) {
       if (k[a][2] < minScore || k[b][2] < minScore) continue;
-      ctx.beginPath(); ctx.moveTo(k[a][0] * scale, k[a][1] * scale); ctx.lineTo(k[b][0] * scale, k[b][1] * scale);
+      ctx.beginPath(); ctx.moveTo(k[a][0] * sx, k[a][1] * sy); ctx.lineTo(k[b][0] * sx, k[b][1] * sy);
       ctx.stroke();
     }
     for (const [x, y, s] of k) {
       if (s < minScore) continue;
-      ctx.beginPath(); ctx.arc(x * scale, y * scale, 1.6 * w, 0, 2 * Math.PI); ctx.fill();
+      ctx.beginPath(); ctx.arc(x * sx, y * sy, 1.6 * w, 0, 2 * Math.PI); ctx.fill();
     }
   });
 }
@@ -102,7 +106,7 @@ async function poseImage(file) {
       method: "POST", body: file, headers: { "Content-Type": file.type || "application/octet-stream" } });
     const body = await r.json();
     const roundTrip = performance.now() - t0;
-    drawPeople(ctx, body.people, canvas.width / body.image.width, 0.2);
+    drawPeople(ctx, body.people, canvas.width / body.image.width, canvas.height / body.image.height, 0.2);
     const t = body.timing_ms;
     card.querySelector(".summary").textContent =
       `${body.people.length} ${body.people.length === 1 ? "person" : "people"} · ${body.model.name}:${body.model.version}` +
@@ -151,7 +155,10 @@ async function poseVideo(file) {
       ctx.clearRect(0, 0, overlay.width, overlay.height);
       let lo = 0, hi = frames.length - 1;  // the last frame at or before the current time
       while (lo < hi) { const mid = (lo + hi + 1) >> 1; if (frames[mid].time <= video.currentTime + 1e-3) lo = mid; else hi = mid - 1; }
-      if (frames.length) drawPeople(ctx, frames[lo].people, overlay.width / result.video.width, 0.2);
+      if (frames.length) {
+        drawPeople(ctx, frames[lo].people, overlay.width / result.video.width, overlay.height / result.video.height,
+                   0.2);
+      }
       if (!video.paused && !video.ended) requestAnimationFrame(paint);
     };
     video.addEventListener("play", paint); video.addEventListener("seeked", paint); video.addEventListener("loadeddata", paint);
