@@ -288,8 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models_parser(sub)
 
     bench = sub.add_parser("bench", help="benchmarks (bench/); results go to bench/RESULTS.md")
-    bench.add_argument("what", choices=["images", "students", "people", "queue", "video", "soak",
-                                        "runtime", "preprocess"],
+    bench.add_argument("what", choices=BENCHMARKS,
                        help="which benchmark; `posekd bench WHAT --help` for its options")
     bench.set_defaults(func=None)
 
@@ -297,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
         register(sub)
     return p
 
+
+BENCHMARKS = ["images", "students", "people", "queue", "video", "soak", "runtime", "preprocess"]
 
 # what `pip install 'posekd[train]'` adds (pyproject.toml's train extra), by import name
 TRAIN_EXTRA_MODULES = {"torch", "onnx", "pycocotools", "tqdm", "matplotlib"}
@@ -334,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: invalid POSEKD_ settings: {problem}", file=sys.stderr)
         return 2
     parser = build_parser()
+    if len(argv) >= 2 and argv[0] == "bench" and argv[1] in BENCHMARKS:
+        # everything after the benchmark's name is its own (its --help included), not the bench group's
+        install_log_format(logging.INFO)
+        return cmd_bench(argparse.Namespace(what=argv[1]), argv[2:])
     args, rest = parser.parse_known_args(argv)
     install_log_format(logging.DEBUG if args.verbose else logging.INFO)
     if args.command == "bench":

@@ -139,3 +139,10 @@ def test_video_command_writes_posetrack(store, tmp_path, monkeypatch, capsys):
     doc = json.loads(out.read_text())
     assert len(doc["images"]) == 8 and doc["categories"][0]["name"] == "person"
     assert all("track_id" in a for a in doc["annotations"])
+
+
+def test_a_benchmark_help_is_its_own(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", "people", "--help"])
+    assert stop.value.code == 0
+    assert "usage: posekd bench people" in capsys.readouterr().out
