@@ -207,6 +207,10 @@ class RedisBroker(Broker):
                 raise Timeout(f"no result within {timeout:g} s") from None
         finally:
             self._waiting.pop(job.id, None)
+            if waiter.future.done() and not waiter.future.cancelled():
+                # failed by the reply reader (Redis lost) while this request was still failing on its own:
+                # the outcome is already answered, so mark it read ("Future exception was never retrieved")
+                waiter.future.exception()
             if not waiter.future.done():  # settled either way: stop() may be waiting on it
                 waiter.future.cancel()
                 if entry_ids:  # timed out or the client went away: nobody will read this answer
