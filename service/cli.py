@@ -24,6 +24,7 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from .api import create_app
+    from .api.server import protocol_with_head_timeout
 
     s = get_settings()
     host, port = args.host or s.host, args.port or s.port
@@ -32,7 +33,8 @@ def cmd_serve(args) -> int:
     app = create_app(s, handle_signals=True)
     # our own access log (with request ids) replaces uvicorn's
     uvicorn.run(app, host=host, port=port, log_level=s.log_level, access_log=False, log_config=None,
-                limit_concurrency=s.max_connections, timeout_keep_alive=s.keepalive_timeout_s)
+                limit_concurrency=s.max_connections, timeout_keep_alive=s.keepalive_timeout_s,
+                http=protocol_with_head_timeout(s.header_timeout_s))
     return 0
 
 

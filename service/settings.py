@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     # every slot; idle keep-alive connections are closed after keepalive_timeout_s
     max_connections: int = 512
     keepalive_timeout_s: int = 5
+    # a connection whose request head has not all arrived this long after it opened (or after the
+    # request's first byte) is closed: silent or trickling clients cannot hold the connection slots
+    header_timeout_s: float = 5.0
     gzip_min_bytes: int = 4096  # responses larger than this are gzip-compressed for clients that accept it
     # models run once at start so the first request does not pay for loading: the two defaults, every
     # model's production version in the store, or none

@@ -159,3 +159,50 @@ def test_a_killed_worker_leaves_nothing_the_next_one_keeps(store, tmp_path, redi
     finally:
         api_proc.stop()
     assert not any(p.name.startswith("posekd-") and any(p.rglob("*")) for p in scratch_dir.iterdir())
+
+
+def test_silent_and_trickling_connections_are_closed_and_others_served(store, tmp_path):
+    """Connections that send nothing, or their head a byte at a time, are closed after
+    POSEKD_HEADER_TIMEOUT_S; a real client is served all along, even with the connection limit small."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSEKD_")}
+    env.update({"POSEKD_MODEL_STORE": str(store.root), "POSEKD_DEFAULT_POSE_MODEL": "tiny-pose",
+                "POSEKD_DEFAULT_DETECTOR": "tiny-det", "POSEKD_STORE_POLL_S": "0", "POSEKD_HEADER_TIMEOUT_S": "1",
+                "POSEKD_MAX_CONNECTIONS": "12", "POSEKD_ORT_INTRA_THREADS": "1"})
+    port = free_port()
+    proc = Proc([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], env, tmp_path / "api.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(base + "/readyz", timeout=1).status_code == 200, 30, "API ready", proc)
+        silent = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]
+        trickler = socket.create_connection(("127.0.0.1", port), timeout=5)
+        started = time.monotonic()
+        head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 50
+        sent = 0
+        served = []
+        while time.monotonic() - started < 3.5:
+            try:
+                trickler.sendall(head[sent:sent + 1])
+                sent += 1
+            except OSError:
+                break
+            if len(served) < 3 and time.monotonic() - started > 1.5 * (len(served) + 1) / 2:
+                served.append(httpx.get(base + "/healthz", timeout=3).status_code)
+            time.sleep(0.1)
+        assert served and set(served) == {200}, served
+        for sock in [*silent, trickler]:
+            sock.settimeout(3)
+            try:
+                assert sock.recv(100) == b""  # closed by the server, nothing sent
+            except ConnectionResetError:
+                pass
+            sock.close()
+        # twelve clients whose requests are under way fill the limit: the next gets the JSON 503
+        busy = [_head(port, 1000, b"\x89PNG") for _ in range(12)]
+        time.sleep(0.3)
+        r = httpx.get(base + "/healthz", timeout=3)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert r.json()["error"]["code"] == "overloaded"
+        for sock in busy:
+            sock.close()
+    finally:
+        proc.stop()
