@@ -151,7 +151,11 @@ def image_size(kind: str, data: bytes) -> tuple[int, int] | None:
         if kind == "png" and len(data) >= 24 and data[12:16] == b"IHDR":
             return struct.unpack(">II", data[16:24])
         if kind == "bmp" and len(data) >= 26:
-            w, h = struct.unpack("<ii", data[18:26])
+            (info_size,) = struct.unpack("<I", data[14:18])
+            if info_size == 12:  # OS/2 1.x BITMAPCOREHEADER: 16-bit width and height
+                w, h = struct.unpack("<HH", data[18:22])
+            else:  # BITMAPINFOHEADER and its successors (40, 52, 56, 64, 108, 124 bytes): 32-bit, signed
+                w, h = struct.unpack("<ii", data[18:26])
             return abs(w), abs(h)
         if kind == "jpeg":
             return _jpeg_size(data)

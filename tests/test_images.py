@@ -121,3 +121,18 @@ def test_decode_keeps_only_the_reduced_image_on_the_budget():
     with pytest.raises(InvalidImage):
         decode_image(encode(img, ".png")[:200], **LIMITS, budget=budget)
     assert budget.in_use == 0  # a failed decode gives everything back
+
+
+def test_an_os2_bmp_reads_its_16_bit_header():
+    """OS/2 1.x BMPs have a 12-byte header with 16-bit sizes: not '1048592×1572865 pixels'."""
+    import struct
+
+    from service.images import decode_image, image_size
+
+    w, h = 5, 3
+    row = (w * 3 + 3) // 4 * 4
+    pixels = b"".join(bytes([10, 20, 200] * w) + b"\0" * (row - w * 3) for _ in range(h))
+    data = b"BM" + struct.pack("<IHHI", 26 + len(pixels), 0, 0, 26) + struct.pack("<IHHHH", 12, w, h, 1, 24) + pixels
+    assert image_size("bmp", data) == (5, 3)
+    image = decode_image(data, max_bytes=10**6, max_pixels=100, max_side=1280)[0]
+    assert image.shape == (3, 5, 3) and tuple(image[0, 0]) == (10, 20, 200)
