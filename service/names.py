@@ -10,6 +10,9 @@ MODEL_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"  # a directory name in the store: no
 ALIAS = r"^[A-Za-z0-9_-]{1,64}$"
 JOB_ID = r"^[0-9a-f]{32}$"  # uuid4().hex
 MAX_VERSION = 1_000_000_000
+# a model reference in a query: name, name:version or name@alias (the schema's pattern: versions to
+# 999,999,999, so that nothing it admits is refused)
+MODEL_REF = r"^[a-z0-9][a-z0-9._-]{0,63}(:[1-9][0-9]{0,8}|@[A-Za-z0-9_-]{1,64})?$"
 
 _MODEL_NAME, _ALIAS, _JOB_ID = re.compile(MODEL_NAME), re.compile(ALIAS), re.compile(JOB_ID)
 

@@ -18,6 +18,7 @@ from ..errors import InvalidParameter, PoseKDError
 from ..formats import coco_results
 from ..images import budget_for, check_declared_type, decode_upload, inspect_image
 from ..keypoints import COCO17
+from ..names import MODEL_REF
 from ..pipeline import ImageTask
 from ..store import ModelSpec
 from .bodies import form_files, is_multipart, read_body
@@ -41,15 +42,17 @@ _BATCH_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
     "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
 
 ModelQ = Query(None, description="pose model: name, name:version or name@alias (default: the default "
-                                 "pose model's production alias)", max_length=140)
-DetectorQ = Query(None, description="person detector, same forms as model", max_length=140)
-MinScoreQ = Query(None, ge=0.0, le=1.0, description="drop people whose score (mean keypoint score) is lower")
+                                 "pose model's production alias)", max_length=140, pattern=MODEL_REF)
+DetectorQ = Query(None, description="person detector, same forms as model", max_length=140, pattern=MODEL_REF)
+MinScoreQ = Query(None, ge=0.0, le=1.0, description="drop people whose person score is lower")
 MaxPeopleQ = Query(None, ge=1, description="at most this many people per image (capped by POSEKD_MAX_PEOPLE)")
 FormatQ = Query("posekd", description="`posekd` (this API's shape) or `coco`: a JSON array of COCO keypoint "
                                        "results (image_id, category_id, flat keypoints, xywh bbox, score) that "
                                        "pycocotools reads as is")
-BoxesQ = Query(None, max_length=20000, description="person boxes to use instead of the detector: "
-                                                    "JSON [[x1,y1,x2,y2],...] in image pixels")
+# numbers, brackets, commas and spaces only; 4,000 characters hold 20 boxes of long numbers and stay far
+# below any server's URL limit
+BoxesQ = Query(None, max_length=4000, pattern=r"^[\[\]0-9eE.,+\- ]*$",
+               description="person boxes to use instead of the detector: JSON [[x1,y1,x2,y2],...] in image pixels")
 
 
 MAX_BOX_COORD = 1e6  # far past any image the pixel limit admits, far inside float32

@@ -15,6 +15,7 @@ from starlette.datastructures import UploadFile
 from .. import scratch
 from ..errors import InvalidParameter, Overloaded, PayloadTooLarge, PoseKDError
 from ..formats import posetrack
+from ..names import MODEL_REF
 from ..store import ModelSpec
 from ..video import decode
 from ..video.jobs import FINAL, Job, JobNotFound
@@ -67,8 +68,9 @@ async def _save_upload(request: Request, limit: int, into: Path, timeout_s: floa
 @router.post("/videos", status_code=202, response_model=JobCreated, responses=_ERRORS, openapi_extra=_VIDEO_BODY,
              summary="Upload a clip; its people are tracked in the background")
 async def create_video_job(request: Request,
-                           model: str | None = Query(None, max_length=140, description="pose model"),
-                           detector: str | None = Query(None, max_length=140, description="person detector"),
+                           model: str | None = Query(None, max_length=140, pattern=MODEL_REF, description="pose model"),
+                           detector: str | None = Query(None, max_length=140, pattern=MODEL_REF,
+                                                        description="person detector"),
                            render: bool = Query(False, description="also render the overlay MP4"),
                            keyframe_interval: int | None = Query(None, ge=1, le=300,
                                                                  description="detect every K frames (1: every frame)"),
