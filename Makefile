@@ -44,7 +44,7 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff check service distill tests bench posekd
 
 typecheck: $(VENV)/.dev
-	$(BIN)/mypy service distill
+	$(BIN)/mypy service distill bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

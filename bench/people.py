@@ -101,12 +101,13 @@ def teacher_reference(records, store, path: Path, threads: int) -> Path:
 
     thunder = load_model("movenet-thunder", store=store, threads=threads)
     boxes_from = ConfirmedBoxes(BoxEnsemble(det("centernet"), det("movenet-multipose", (512, 512))), thunder)
-    images, annotations = [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
     for r in records:
         image = r.load()
         boxes = boxes_from.boxes(image)
         kps = boxes_from.pipeline.pose(thunder, [image], [boxes])[0] if len(boxes) else np.zeros((0, 17, 3))
-        keep = oks_nms(kps, boxes[:, :4], boxes[:, 4], 0.9) if len(boxes) else []
+        keep = oks_nms(kps, boxes[:, :4], boxes[:, 4], 0.9) if len(boxes) else np.zeros(0, np.int64)
         images.append({"id": r.image_id, "file_name": r.path, "height": image.shape[0], "width": image.shape[1]})
         for i in keep:
             x1, y1, x2, y2 = (float(v) for v in boxes[i, :4])
@@ -154,7 +155,7 @@ def run_setting(s: Setting, pose, detector, sets: dict, min_score: float) -> dic
 
     pipe = s.pipeline()
     out: dict = {}
-    spent = images = 0
+    spent, images = 0.0, 0
     for name, (records, labels, truth) in sets.items():
         results, seconds = predict_all(pipe, pose, detector, records, min_score=0.0)
         spent += seconds
@@ -222,16 +223,16 @@ def main(argv: list[str] | None = None) -> int:
     min_score = Settings().min_score
     heldout_spec = args.heldout or f"folder:{DATA}/unlabeled/multi[5::10]"
     heldout = read_source(heldout_spec)
-    for i, r in enumerate(heldout):
-        r.image_id = 20_000_000 + i
+    for i, record_ in enumerate(heldout):
+        record_.image_id = 20_000_000 + i
     reference = teacher_reference(heldout, store, args.reference, args.threads)
     ref_doc = json.loads(reference.read_text())
-    held_truth = {im["id"]: 0 for im in ref_doc["images"]}
+    held_truth: dict[int, int] = {im["id"]: 0 for im in ref_doc["images"]}
     for a in ref_doc["annotations"]:
         held_truth[a["image_id"]] += 1
     dev = read_coco(EVAL_SET)
-    dev_truth = {r.image_id: sum(1 for p in r.people if p.keypoints is not None and (p.keypoints[:, 2] > 0).any())
-                 for r in dev}
+    dev_truth = {int(d.image_id or 0): sum(1 for p in d.people if p.keypoints is not None
+                                           and (p.keypoints[:, 2] > 0).any()) for d in dev}
     sets: dict = {"heldout": (heldout, reference, held_truth), "dev": (dev, EVAL_SET, dev_truth)}
     if not args.no_photos:
         sets["photos"] = (photo_records(DATA), None, None)

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
     raw = bench_raw(images, store, s.default_pose_model, s.default_detector, max(1, args.requests // len(images)))
     print(f"raw pipeline: {raw['rps']:.2f} img/s, p50 {pct(raw['lat'], 0.5):.1f} ms", flush=True)
-    modes = {"embedded": (None, 0, {}), "redis, 1 worker": (args.redis, 1, {}),
+    modes: dict[str, tuple[str | None, int, dict]] = {"embedded": (None, 0, {}), "redis, 1 worker": (args.redis, 1, {}),
              "redis, 2 workers": (args.redis, 2, {})}
     rows, summary = [], {}
     for mode, (url, workers, extra) in modes.items():

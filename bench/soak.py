@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         alive = stack.procs[-1].poll() is None
     end_rss = samples[-1][1]
     growth = (end_rss - base_rss) / base_rss * 100
-    statuses = Counter()
+    statuses: Counter[int] = Counter()
     for (_, code), n in tally.items():
         statuses[code] += n
     kinds = sorted({k for k, _ in tally})

@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         print(ref, r["gt_boxes"], r.get("pck@0.2"), r["ms_b1"], r["ms_b8"], flush=True)
 
     records = read_coco(EVAL_SET)
-    ids = [r.image_id for r in records]
+    ids = [int(r.image_id or 0) for r in records]
     detectors = {}
     mp, _ = load_model_bytes("movenet-multipose", store=store, threads=args.threads, input_size=(512, 512))
     detectors[MULTIPOSE] = mp
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     from service.settings import Settings
 
     min_score = Settings().min_score
-    truth = {r.image_id: sum(1 for p in r.people if p.keypoints is not None and (p.keypoints[:, 2] > 0).any())
+    truth = {int(r.image_id or 0): sum(1 for p in r.people if p.keypoints is not None and (p.keypoints[:, 2] > 0).any())
              for r in records}
     for det, pose in pairs:
         predict(models[pose][0], records[:3], detectors[det])  # warm-up

@@ -133,6 +133,8 @@ def build_pose_cache(records: list[Record], teacher: PoseTeacher, out: Path | st
         kp[..., :2] = (kp[..., :2] + 0.5) / tsize  # input pixels -> 0..1 of the view (pixel centres)
         rows = {"images": np.stack(batch_s), "teacher_kp": kp, "gt_kp": np.stack(batch_gt)}
         if with_hm:
+            if hm is None:
+                raise ValueError(f"teacher {teacher.name} declares heatmaps but returned none")
             a = resample_matrix(hm.shape[-1], grid)
             rows["teacher_hm"] = (a @ hm @ a.T).astype(np.float16)
         if with_center:

@@ -357,6 +357,8 @@ def reconstruct_pruned(student: MoveNetLike, teacher: MoveNetLike, x: torch.Tens
             gram += ridge * torch.eye(len(gram), dtype=gram.dtype) * gram.diagonal().mean()
             sol = torch.linalg.solve(gram, a.T @ tm.double()).float()  # (k + 1, cout)
             bs.project.weight.copy_(sol[:-1].T[:, :, None, None])
+            if bs.project.bias is None:
+                raise ValueError("the projection refit needs a biased 1×1 convolution")
             bs.project.bias.copy_(sol[-1])
             if refine_steps:
                 _refine_block(bs, xs, yt, refine_steps, g)
