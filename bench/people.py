@@ -79,13 +79,18 @@ class Setting:
         return pipe
 
 
+# each change on its own, then the detector's input size for the old and the new detector
 DEFAULT_SETTINGS = [
     "before=detector:detector-s:3,size:0,nms:0,score:keypoints",
-    "+oks-nms=detector:detector-s:3,size:0,nms:0.9,score:keypoints",
-    "+score=detector:detector-s:3,size:0,nms:0.9",
-    "+size320=detector:detector-s:3,size:320,nms:0.9",
-    "+size384=detector:detector-s:3,size:384,nms:0.9",
-    "+size448=detector:detector-s:3,size:448,nms:0.9",
+    "oks-nms 0.9=detector:detector-s:3,size:0,nms:0.9,score:keypoints",
+    "oks-nms 0.7=detector:detector-s:3,size:0,nms:0.7,score:keypoints",
+    "+ person score=detector:detector-s:3,size:0,nms:0.7,inside:0",
+    "+ inside share=detector:detector-s:3,size:0,nms:0.7",
+    "v3 at 448=detector:detector-s:3,size:448,nms:0.7",
+    "v4 at 256=detector:detector-s:4,size:256,nms:0.7",
+    "v4 at 320=detector:detector-s:4,size:320,nms:0.7",
+    "v4 at 384=detector:detector-s:4,size:384,nms:0.7",
+    "v4 at 448=detector:detector-s:4,size:448,nms:0.7",
 ]
 
 

@@ -171,3 +171,32 @@ def test_the_tennis_player_is_one_person_and_the_woman_is_drawn_once(tmp_path):
         for i in range(len(woman)):
             for j in range(i + 1, len(woman)):  # no two skeletons centred on the same spot
                 assert np.linalg.norm(centres[i] - centres[j]) > 0.1 * max(sizes[i], sizes[j]), (woman[i], woman[j])
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_tracks_keep_their_people_through_a_crossing_on_real_frames(tmp_path):
+    """vtest.avi frames 280-500 through the committed defaults: a couple walking side by side and a man
+    and a woman crossing behind a sign post keep their track ids (positions read off drawn frames, as in
+    bench/tracking.py)."""
+    import cv2
+
+    from bench.tracking import SAME_PERSON, nearest_track
+    from service.video.offline import run
+
+    first, last = 280, 500
+    cap = cv2.VideoCapture(str(DATA / "opencv_samples" / "vtest.avi"))
+    clip = tmp_path / "crossing.avi"
+    out = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10, (768, 576))
+    for i in range(last + 1):
+        ok, frame = cap.read()
+        assert ok
+        if i >= first:
+            out.write(frame)
+    out.release()
+    store = committed_store(tmp_path)
+    result = run(Settings(model_store=store.root, store_poll_s=0), clip, None, None, quiet=True)
+    shifted = {"frames": result["frames"]}
+    for name, (a, b) in SAME_PERSON.items():
+        ids = [nearest_track(shifted, f - first, x, y) for f, x, y in (a, b)]
+        assert ids[0] is not None and ids[0] == ids[1], (name, ids)
