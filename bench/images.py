@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from service.shared import data_dir
+
 from .common import ROOT, record, store_with_defaults
 
 
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     s = get_settings()
     ap = argparse.ArgumentParser(prog="posekd bench images", description=__doc__)
-    ap.add_argument("--data", type=Path, default=Path(os.environ.get("POSEKD_DATA", ROOT.parent / "shared" / "data")))
+    ap.add_argument("--data", type=Path, default=data_dir())
     ap.add_argument("--images", type=int, default=24, help="distinct images (opencv samples, then unlabeled photos)")
     ap.add_argument("--rounds", type=int, default=3, help="passes over the images per configuration")
     ap.add_argument("--concurrency", type=int, default=8, help="clients in flight against the service")

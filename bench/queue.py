@@ -15,6 +15,8 @@ import time
 import uuid
 from pathlib import Path
 
+from service.shared import data_dir
+
 from .common import ROOT, record, store_with_defaults
 from .images import _free_port, bench_raw, load_images
 
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     s = get_settings()
     ap = argparse.ArgumentParser(prog="posekd bench queue", description=__doc__)
-    ap.add_argument("--data", type=Path, default=Path(os.environ.get("POSEKD_DATA", ROOT.parent / "shared" / "data")))
+    ap.add_argument("--data", type=Path, default=data_dir())
     ap.add_argument("--images", type=int, default=24)
     ap.add_argument("--requests", type=int, default=240, help="requests per closed-loop measurement")
     ap.add_argument("--concurrency", default="1,4,16", help="closed-loop client counts")

@@ -8,14 +8,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import statistics
 import time
 from collections import Counter
 from pathlib import Path
 
-from .common import ROOT, record, store_with_defaults
+from service.shared import data_dir
+
+from .common import record, store_with_defaults
 from .images import load_images
 from .queue import Stack
 
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     s = get_settings()
     ap = argparse.ArgumentParser(prog="posekd bench soak", description=__doc__)
-    ap.add_argument("--data", type=Path, default=Path(os.environ.get("POSEKD_DATA", ROOT.parent / "shared" / "data")))
+    ap.add_argument("--data", type=Path, default=data_dir())
     ap.add_argument("--minutes", type=float, default=10.0, help="measured duration, after the warm-up")
     ap.add_argument("--warmup", type=float, default=60.0, help="seconds of the same traffic before the baseline")
     ap.add_argument("--clients", type=int, default=4)

@@ -15,12 +15,12 @@ detector; ``after`` the defaults."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-from bench.common import ROOT, record
+from bench.common import record
+from service.shared import data_dir
 
 # (frame, x, y): the centre of the same person's box at two frames of vtest.avi, read off drawn frames
 SAME_PERSON = {
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="posekd bench tracking", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path(os.environ.get("POSEKD_DATA", ROOT.parent / "shared" / "data")))
+    ap.add_argument("--data", type=Path, default=data_dir())
     ap.add_argument("--setting", action="append", choices=list(SETTINGS), help="default: all three")
     ap.add_argument("--no-clips", action="store_true", help="vtest.avi only")
     ap.add_argument("--no-record", action="store_true")

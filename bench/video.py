@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import ROOT, record
+from service.shared import data_dir
+
+from .common import record
 
 
 def agreement(a: dict, b: dict, threshold: float = 0.5) -> dict:
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     s = get_settings()
     ap = argparse.ArgumentParser(prog="posekd bench video", description=__doc__)
-    ap.add_argument("--data", type=Path, default=Path(os.environ.get("POSEKD_DATA", ROOT.parent / "shared" / "data")))
+    ap.add_argument("--data", type=Path, default=data_dir())
     ap.add_argument("--no-clips", action="store_true", help="vtest.avi only")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args(argv)

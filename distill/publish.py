@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from service.shared import data_dir, shared_dir
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("POSEKD_SHARED", REPO.parent / "shared"))
-DATA = Path(os.environ.get("POSEKD_DATA", SHARED / "data"))
+SHARED = shared_dir()
+DATA = data_dir()
 EVAL_SET = DATA / "labeled" / "coco_mini_train" / "annotations" / "person_keypoints_train2017.json"
 
 RECIPES = {

@@ -15,13 +15,13 @@ from service.pipeline import preprocess as pp
 from service.pipeline.decoders import POSE_DECODERS
 from service.pipeline.pipeline import PosePipeline
 from service.pipeline.runtime import OnnxModel
+from service.shared import teachers_dir as shared_teachers
 from service.store.manifest import Manifest, sha256_bytes
 from service.store.registry import ServedModel
 from service.store.store import ModelStore
 from service.store.teachers import TEACHERS, teacher_manifest
 
-DEFAULT_TEACHERS = Path(os.environ.get("POSEKD_TEACHERS", Path(__file__).resolve().parents[1] / ".." / "shared"
-                                       / "teachers"))
+DEFAULT_TEACHERS = shared_teachers()
 TEACHER_FILES = {fields["name"]: filename for filename, fields in TEACHERS.items()}
 
 

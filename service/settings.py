@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .shared import teachers_dir
+
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -31,7 +33,7 @@ class Settings(BaseSettings):
     default_detector: str = "detector-s"
     default_alias: str = "production"
     store_poll_s: float = 10.0  # re-scan the store for changes this often; 0 turns polling off
-    teachers: Path = _REPO_ROOT.parent / "shared" / "teachers"
+    teachers: Path = Field(default_factory=teachers_dir)  # ../shared/teachers beside the checkout
 
     # --- inference runtime -------------------------------------------------------------------
     device: str = "auto"  # auto | cpu | cuda

@@ -6,13 +6,14 @@ from pathlib import Path
 import pytest
 
 from service.settings import Settings
+from service.shared import data_dir, shared_dir, teachers_dir
 
 from .helpers import make_store
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-DATA = Path(os.environ.get("POSEKD_DATA", SHARED / "data"))
-TEACHERS = Path(os.environ.get("POSEKD_TEACHERS", SHARED / "teachers"))
+SHARED = shared_dir()
+DATA = data_dir()
+TEACHERS = teachers_dir()
 
 
 def pytest_collection_modifyitems(config, items):

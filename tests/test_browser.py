@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from pathlib import Path
 
 import httpx
 import pytest
+
+from service.shared import data_dir
 
 from .procs import ROOT, Proc, free_port, wait_until
 
@@ -20,7 +21,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow,
                                  reason="needs Chromium and ChromeDriver (Debian: apt-get install chromium "
                                         "chromium-driver; .ci/run installs them)")]
 ARTIFACTS = ROOT / "tests" / "artifacts"
-DATA = Path(os.environ.get("POSEKD_DATA", ROOT.parent / "shared" / "data"))
+DATA = data_dir()
 BASKETBALL = DATA / "opencv_samples" / "basketball1.png"
 EXAMPLE = ROOT / "service" / "api" / "static" / "demo" / "astronaut.jpg"
 
