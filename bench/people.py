@@ -27,7 +27,7 @@ import numpy as np
 
 from bench.common import ROOT, record
 
-SETTINGS_HELP = ("a setting: LABEL=detector:REF,size:N,nms:OKS,score:combined|keypoints,box:W,spread:S,inside:M "
+SETTINGS_HELP = ("a setting: LABEL=detector:REF,size:N,nms:OKS,score:combined|keypoints,box:W,spread:S,inside:M,thr:T "
                  "(omitted keys: the service's defaults)")
 
 
@@ -36,11 +36,12 @@ class Setting:
     label: str
     detector: str = "detector-s@production"
     size: int = 0
-    nms: float = 0.9
+    nms: float = 0.7  # the service default (POSEKD_POSE_NMS_OKS)
     score: str = "combined"
     box_weight: float = 0.5
     spread: float = 0.45
     inside: float = 0.15
+    threshold: float | None = None  # the detector threshold; None: the service's
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -63,6 +64,8 @@ class Setting:
                 s.spread = float(value)
             elif key == "inside":
                 s.inside = float(value)
+            elif key == "thr":
+                s.threshold = float(value)
             else:
                 raise SystemExit(f"unknown key {key!r} in setting {text!r}")
         return s
@@ -73,6 +76,8 @@ class Setting:
 
         pipe = served_pipeline()
         pipe.detector_size = self.size
+        if self.threshold is not None:
+            pipe.detector_threshold = self.threshold
         pipe.pose_nms = self.nms
         pipe.scoring = PersonScoring(box_weight=self.box_weight, full_spread=self.spread,
                                      inside_margin=self.inside, legacy=self.score == "keypoints")
