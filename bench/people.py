@@ -20,7 +20,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,6 @@ class Setting:
     spread: float = 0.45
     inside: float = 0.15
     threshold: float | None = None  # the detector threshold; None: the service's
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def parse(cls, text: str) -> Setting:
@@ -50,24 +49,10 @@ class Setting:
         s = cls(label)
         for part in filter(None, rest.split(",")):
             key, _, value = part.partition(":")
-            if key == "detector":
-                s.detector = value
-            elif key == "size":
-                s.size = int(value)
-            elif key == "nms":
-                s.nms = float(value)
-            elif key == "score":
-                s.score = value
-            elif key == "box":
-                s.box_weight = float(value)
-            elif key == "spread":
-                s.spread = float(value)
-            elif key == "inside":
-                s.inside = float(value)
-            elif key == "thr":
-                s.threshold = float(value)
-            else:
+            if key not in SETTING_KEYS:
                 raise SystemExit(f"unknown key {key!r} in setting {text!r}")
+            field_name, convert = SETTING_KEYS[key]
+            setattr(s, field_name, convert(value))
         return s
 
     def pipeline(self):
@@ -85,6 +70,11 @@ class Setting:
 
 
 # each change on its own, then the detector's input size for the old and the new detector
+# the keys of a --setting: key -> (Setting field, conversion)
+SETTING_KEYS = {"detector": ("detector", str), "size": ("size", int), "nms": ("nms", float), "score": ("score", str),
+                "box": ("box_weight", float), "spread": ("spread", float), "inside": ("inside", float),
+                "thr": ("threshold", float)}
+
 DEFAULT_SETTINGS = [
     "before=detector:detector-s:3,size:0,nms:0,score:keypoints",
     "oks-nms 0.9=detector:detector-s:3,size:0,nms:0.9,score:keypoints",
@@ -197,15 +187,18 @@ def predict_all(pipe, pose, detector, records, min_score: float) -> tuple[list, 
     return results, spent
 
 
+def photo_files(data: Path) -> list[Path]:
+    """The photos in ``data`` a user would try: not LSPET's 4,000 crops, not the detector's ``multi``, not
+    Human3.6M's body-part maps (the stacked-pair measure here and in the data tests)."""
+    skip = {"lspet", "multi", "h36m"}
+    return sorted(p for p in data.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"}
+                  and not skip & set(p.parts))
+
+
 def photo_records(data: Path):
-    """The photos in ``data`` a user would try (not LSPET's 4,000 crops, not the detector's ``multi``)."""
     from distill.data import Record
 
-    suffixes = {".jpg", ".jpeg", ".png", ".bmp"}
-    files = sorted(p for p in data.rglob("*") if p.suffix.lower() in suffixes
-                   and "lspet" not in p.parts and "multi" not in p.parts and "h36m" not in p.parts
-                   and "BF_IUV_gt" not in p.parts)
-    return [Record("photo", str(p), [], image_id=10_000_000 + i) for i, p in enumerate(files)]
+    return [Record("photo", str(p), [], image_id=10_000_000 + i) for i, p in enumerate(photo_files(data))]
 
 
 def main(argv: list[str] | None = None) -> int:

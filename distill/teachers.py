@@ -13,6 +13,7 @@ import numpy as np
 from service.geometry import iou, sigmoid
 from service.pipeline import preprocess as pp
 from service.pipeline.decoders import POSE_DECODERS
+from service.pipeline.people import inside_grown_box
 from service.pipeline.pipeline import PosePipeline
 from service.pipeline.runtime import OnnxModel
 from service.shared import teachers_dir as shared_teachers
@@ -184,12 +185,8 @@ class ConfirmedBoxes:
 
     def confirmed(self, boxes: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
         """(M,) bool: which boxes (M, 5) the keypoints (M, 17, 3) confirm."""
-        w = boxes[:, 2] - boxes[:, 0]
-        h = boxes[:, 3] - boxes[:, 1]
-        x, y, s = keypoints[..., 0], keypoints[..., 1], keypoints[..., 2]
-        inside = ((x >= (boxes[:, 0] - 0.1 * w)[:, None]) & (x <= (boxes[:, 2] + 0.1 * w)[:, None])
-                  & (y >= (boxes[:, 1] - 0.1 * h)[:, None]) & (y <= (boxes[:, 3] + 0.1 * h)[:, None]))
-        return ((s >= self.min_score) & inside).sum(1) >= self.min_keypoints
+        inside = inside_grown_box(keypoints, boxes, 0.1)
+        return ((keypoints[..., 2] >= self.min_score) & inside).sum(1) >= self.min_keypoints
 
     def boxes(self, image: np.ndarray) -> np.ndarray:
         boxes = self.source.boxes(image)

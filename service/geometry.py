@@ -32,27 +32,35 @@ def nms(boxes: np.ndarray, threshold: float) -> np.ndarray:
     if len(boxes) == 0:
         return boxes
     boxes = boxes[np.argsort(-boxes[:, 4])]
-    overlap = iou(boxes[:, :4], boxes[:, :4])
+    return boxes[greedy_keep(iou(boxes[:, :4], boxes[:, :4]), threshold)]
+
+
+def greedy_keep(similarity: np.ndarray, threshold: float) -> list[int]:
+    """Greedy suppression over items sorted best first: an item is kept unless its ``similarity`` (N, N)
+    with an item kept before it passes ``threshold``; the kept indices, in order."""
     keep: list[int] = []
-    suppressed = np.zeros(len(boxes), bool)
-    for i in range(len(boxes)):
+    suppressed = np.zeros(len(similarity), bool)
+    for i in range(len(similarity)):
         if suppressed[i]:
             continue
         keep.append(i)
-        suppressed |= overlap[i] > threshold
-    return boxes[keep]
+        suppressed |= similarity[i] > threshold
+    return keep
 
 
-def oks_matrix(a: np.ndarray, b: np.ndarray, areas: np.ndarray, min_score: float = 0.2) -> np.ndarray:
+def oks_matrix(a: np.ndarray, b: np.ndarray, areas: np.ndarray, min_score: float = 0.2, *,  # noqa: PLR0913
+               inclusive: bool = False, min_shared: int = 3, missing: float = -1.0) -> np.ndarray:
     """Similarity between (N, 17, 3) and (M, 17, 3) keypoints over the keypoints confident on both
-    sides, scaled by ``areas`` (N,) → (N, M); -1 where fewer than 3 keypoints are shared (tracking)."""
+    sides (score > ``min_score``, or ≥ with ``inclusive``), scaled by ``areas`` (N,) → (N, M);
+    ``missing`` where fewer than ``min_shared`` keypoints are shared (tracking: -1 below 3)."""
     d2 = ((a[:, None, :, :2] - b[None, :, :, :2]) ** 2).sum(-1)  # (N, M, 17)
     var = (2 * SIGMAS) ** 2
     e = d2 / (var[None, None, :] * np.maximum(areas, 1.0)[:, None, None] * 2)
-    visible = (a[:, None, :, 2] > min_score) & (b[None, :, :, 2] > min_score)
+    sa, sb = a[:, None, :, 2], b[None, :, :, 2]
+    visible = (sa >= min_score) & (sb >= min_score) if inclusive else (sa > min_score) & (sb > min_score)
     count = visible.sum(-1)
     score = (np.exp(-e) * visible).sum(-1) / np.maximum(count, 1)
-    return np.where(count >= 3, score, -1.0)
+    return np.where(count >= min_shared, score, missing)
 
 
 def oks_to_reference(a: np.ndarray, ref: np.ndarray, area: float, min_score: float = 0.3) -> float | None:

@@ -119,25 +119,18 @@ def test_committed_pose_variants_find_the_players_too(tmp_path):
                 assert _keypoints_inside(best) >= 15 and kps[0, 1] < min(kps[15, 1], kps[16, 1]), name
 
 
-def _photos() -> list[Path]:
-    """The photos in ../shared/data a user would try (LSPET's 4,000 crops, the detector's training
-    ``multi`` and Human3.6M's body-part maps left out)."""
-    skip = {"lspet", "multi", "h36m"}
-    return sorted(p for p in DATA.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"}
-                  and not skip & set(p.parts))
-
-
 @pytest.mark.data
 @pytest.mark.slow
 def test_no_photo_gives_a_stacked_pair(tmp_path):
     """Every person once: over the photos in ../shared/data, no two answers of one photo are the same
     person drawn twice (≥ 6 shared keypoints above 0.3, mean distance under 5 % of the box size), as
     the defaults answer them (default person threshold)."""
+    from bench.people import photo_files
     from service.pipeline.people import stacked_pairs
 
     store = committed_store(tmp_path)
     settings = Settings(model_store=store.root, store_poll_s=0, api_keys=[], admin_api_keys=[])
-    photos = _photos()
+    photos = photo_files(DATA)
     assert len(photos) > 100
     stacked = {}
     with TestClient(create_app(settings)) as client:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..geometry import SIGMAS
+from ..geometry import greedy_keep, oks_matrix
 
 
 @dataclass(frozen=True)
@@ -61,14 +61,20 @@ def keypoint_spread(kps: np.ndarray, boxes: np.ndarray, min_keypoint: float = 0.
     return out
 
 
-def keypoints_inside(kps: np.ndarray, boxes: np.ndarray, margin: float, min_keypoint: float = 0.2) -> np.ndarray:
-    """(M,): share of the confident keypoints inside each box grown by ``margin`` × its size per side."""
+def inside_grown_box(kps: np.ndarray, boxes: np.ndarray, margin: float) -> np.ndarray:
+    """(M, 17) bool: whether each keypoint lies inside its person's box grown by ``margin`` × its size
+    per side."""
     w = (boxes[:, 2] - boxes[:, 0])[:, None]
     h = (boxes[:, 3] - boxes[:, 1])[:, None]
-    x, y, s = kps[..., 0], kps[..., 1], kps[..., 2]
-    inside = ((x >= boxes[:, :1] - margin * w) & (x <= boxes[:, 2:3] + margin * w)
-              & (y >= boxes[:, 1:2] - margin * h) & (y <= boxes[:, 3:4] + margin * h))
-    good = s >= min_keypoint
+    x, y = kps[..., 0], kps[..., 1]
+    return ((x >= boxes[:, :1] - margin * w) & (x <= boxes[:, 2:3] + margin * w)
+            & (y >= boxes[:, 1:2] - margin * h) & (y <= boxes[:, 3:4] + margin * h))
+
+
+def keypoints_inside(kps: np.ndarray, boxes: np.ndarray, margin: float, min_keypoint: float = 0.2) -> np.ndarray:
+    """(M,): share of the confident keypoints inside each box grown by ``margin`` × its size per side."""
+    inside = inside_grown_box(kps, boxes, margin)
+    good = kps[..., 2] >= min_keypoint
     return np.where(good.sum(1) > 0, (inside & good).sum(1) / np.maximum(good.sum(1), 1), 0.0)
 
 
@@ -92,13 +98,7 @@ def person_scores(box_scores: np.ndarray, kps: np.ndarray, boxes: np.ndarray,
 def oks_similarity(kps: np.ndarray, areas: np.ndarray, min_keypoint: float = 0.2) -> np.ndarray:
     """(M, M) COCO OKS of each person's keypoints against every other's, over the keypoints confident
     in both, scaled by row ``areas``; 0 where fewer than two keypoints are shared."""
-    d2 = ((kps[:, None, :, :2] - kps[None, :, :, :2]) ** 2).sum(-1)
-    var = (2 * SIGMAS) ** 2
-    e = d2 / (var[None, None, :] * np.maximum(areas, 1.0)[:, None, None] * 2)
-    both = (kps[:, None, :, 2] >= min_keypoint) & (kps[None, :, :, 2] >= min_keypoint)
-    count = both.sum(-1)
-    sim = (np.exp(-e) * both).sum(-1) / np.maximum(count, 1)
-    return np.where(count >= 2, sim, 0.0)
+    return oks_matrix(kps, kps, areas, min_keypoint, inclusive=True, min_shared=2, missing=0.0)
 
 
 def oks_nms(kps: np.ndarray, boxes: np.ndarray, scores: np.ndarray, threshold: float = 0.9) -> np.ndarray:
@@ -109,15 +109,7 @@ def oks_nms(kps: np.ndarray, boxes: np.ndarray, scores: np.ndarray, threshold: f
     order = np.argsort(-np.asarray(scores), kind="stable")
     kps, boxes = np.asarray(kps, np.float64)[order], np.asarray(boxes, np.float64)[order]
     areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
-    sim = oks_similarity(kps, areas)
-    keep: list[int] = []
-    gone = np.zeros(len(kps), bool)
-    for i in range(len(kps)):
-        if gone[i]:
-            continue
-        keep.append(i)
-        gone |= sim[i] > threshold
-    return order[keep]
+    return order[greedy_keep(oks_similarity(kps, areas), threshold)]
 
 
 def stacked_pairs(kps: np.ndarray, boxes: np.ndarray, min_keypoint: float = 0.3, min_shared: int = 6,
@@ -139,5 +131,5 @@ def stacked_pairs(kps: np.ndarray, boxes: np.ndarray, min_keypoint: float = 0.3,
     return pairs
 
 
-__all__ = ["PersonScoring", "keypoint_quality", "keypoint_spread", "keypoints_inside", "oks_nms", "oks_similarity",
-           "person_scores", "stacked_pairs"]
+__all__ = ["PersonScoring", "inside_grown_box", "keypoint_quality", "keypoint_spread", "keypoints_inside", "oks_nms",
+           "oks_similarity", "person_scores", "stacked_pairs"]
