@@ -244,7 +244,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     c = dsub.add_parser("cache", help="label augmented views with a teacher and cache them")
     c.add_argument("kind", choices=["pose", "detection"], help="what the teacher labels: keypoints or person boxes")
-    c.add_argument("--data", action="append", help="kind:path (coco:, lspet:, folder:, video:PATH@every); "
+    c.add_argument("--data", action="append", help="kind:path (coco:, lspet:, folder:, video:PATH@every, shadow:DIR); "
                                                    "repeatable; default: the shared training data")
     c.add_argument("--exclude", action="append", help="data never to use (default: the coco_mini_train eval set)")
     c.add_argument("--teacher", help="pose: movenet-thunder; detection: movenet-multipose, or two teachers whose "

@@ -92,6 +92,20 @@ def read_coco(annotations: str | Path, images: str | Path | None = None, *, min_
     return records
 
 
+def read_shadow(root: str | Path) -> list[Record]:
+    """The samples a serving shadow teacher kept (``POSEKD_SHADOW_DIR``, see service/shadow/keeper.py): a
+    COCO file whose keypoints are the teacher's answer, not human labels. The people keep their served
+    boxes; their pseudo-labels go to ``extra`` (the cache labels every augmented view with the teacher
+    again), so no loss treats them as ground truth."""
+    root = Path(root)
+    records = read_coco(root / "samples.json", root / "images", min_keypoints=0)
+    for r in records:
+        r.source = "shadow:" + root.name
+        for p in r.people:
+            p.extra["pseudo_keypoints"], p.keypoints = p.keypoints, None
+    return records
+
+
 def read_lspet(root: str | Path, *, limit: int | None = None) -> list[Record]:
     """LSPET: ``joints.mat`` holds ``joints[14, 3, 10000]`` (x, y, visible) for ``images/imNNNNN.jpg``
     at index NNNNN-1. 12 joints map to COCO-17; visibility marks occluded joints but their positions
@@ -189,7 +203,9 @@ def read_source(spec: str) -> list[Record]:
         return read_lspet(path)
     if kind == "folder":
         return read_folder(path)
+    if kind == "shadow":
+        return read_shadow(path)
     if kind == "video":
         path, _, every = path.partition("@")
         return read_videos(path, every=int(every or 10))
-    raise ValueError(f"unknown data source {spec!r} (coco:, lspet:, folder:, video:)")
+    raise ValueError(f"unknown data source {spec!r} (coco:, lspet:, folder:, video:, shadow:)")

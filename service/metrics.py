@@ -67,3 +67,19 @@ VIDEO_KEYFRAMES = Counter("posekd_video_keyframes_total",
 VIDEO_ACTIVE_TRACKS = Gauge("posekd_video_active_tracks", "Tracks seen on the last processed video frame",
                             registry=REGISTRY)
 VIDEO_JOBS = Counter("posekd_video_jobs_total", "Video jobs finished, by status", ["status"], registry=REGISTRY)
+
+# ---- shadow teacher (service/shadow) ----------------------------------------------------------
+SHADOW_AGREEMENT = Histogram("posekd_shadow_agreement",
+                             "Agreement of the served student with its shadow teacher on one sampled image: the "
+                             "mean over its people of OKS(student keypoints, teacher keypoints) on the same boxes",
+                             ["model", "version", "shadow"],
+                             buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0),
+                             registry=REGISTRY)
+SHADOW_SAMPLES = Counter("posekd_shadow_samples_total", "Images the shadow teacher ran on, by student and teacher",
+                         ["model", "shadow"], registry=REGISTRY)
+SHADOW_DROPPED = Counter("posekd_shadow_dropped_total",
+                         "Sampled images not shadowed: queue_full (the teacher is behind) or failed (it raised)",
+                         ["model", "reason"], registry=REGISTRY)
+SHADOW_THRESHOLD = Gauge("posekd_shadow_agreement_threshold",
+                         "Median agreement below which the drift alert fires: the held-out agreement in the "
+                         "student's manifest minus POSEKD_SHADOW_DRIFT_MARGIN", ["model", "version"], registry=REGISTRY)

@@ -125,6 +125,18 @@ class Settings(BaseSettings):
     track_low_score: float = 0.25
     track_appearance_weight: float = 0.3  # share of the torso colour signature in the match (0: geometry only)
 
+    # --- shadow teacher (service/shadow): the student checked against a teacher on sampled traffic ----
+    shadow_model: str | None = None  # a store reference, e.g. movenet-thunder; unset: off
+    shadow_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # share of answered images the teacher also runs on
+    # the images agreed with least are kept here with the teacher's answer (users' pictures: off unless set)
+    shadow_dir: Path | None = None
+    shadow_queue_max: int = 16  # images waiting for the teacher; past it a sample is dropped (and counted)
+    shadow_keep_max: int = 500  # kept samples, at most this many ...
+    shadow_keep_max_bytes: int = 256 * 1024 * 1024  # ... and this many bytes of images
+    shadow_window: int = 1000  # image agreements in the running summary (GET /v1/models/{name}/agreement)
+    # drift: the running median more than this below the held-out agreement in the student's manifest
+    shadow_drift_margin: float = 0.1
+
     # --- security ----------------------------------------------------------------------------
     # Comma-separated. With any key set, /v1 routes need a key and admin routes an admin key
     # (when no admin key is set, every API key is an admin key).
@@ -161,7 +173,8 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("max_batch", "queue_max", "max_batch_images", "pose_max_batch", "workers", "max_deliveries",
-                     "video_workers", "video_keyframe_interval", "video_window")
+                     "video_workers", "video_keyframe_interval", "video_window", "shadow_queue_max", "shadow_keep_max",
+                     "shadow_window")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value < 1:
@@ -181,6 +194,9 @@ class Settings(BaseSettings):
                              f"POSEKD_WORKER_HEARTBEAT_S = {reclaim:g} s after the crash, which is not before "
                              f"POSEKD_REQUEST_TIMEOUT_S ({self.request_timeout_s:g} s): their callers would "
                              "get 504s; lower the first two or raise the timeout")
+        if self.shadow_rate > 0 and not self.shadow_model:
+            raise ValueError("POSEKD_SHADOW_RATE is set but POSEKD_SHADOW_MODEL is not: name the teacher to shadow "
+                             "with (a model in the store, e.g. movenet-thunder)")
         if self.visibility_timeout_s < 0 or self.video_visibility_s < 0:
             raise ValueError("POSEKD_VISIBILITY_TIMEOUT_S and POSEKD_VIDEO_VISIBILITY_S must be 0 (off) or positive")
         return self

@@ -51,8 +51,12 @@ def build(settings: Settings) -> tuple[StreamConsumer, VideoConsumer]:
     report_device(settings, registry)
     name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
     videos = VideoConsumer(rt.jobs, name, VideoConfig.from_settings(settings), registry, pipeline, settings.delivery)
+    if rt.shadow is not None:
+        rt.shadow.start()
+        log.info("shadowing %.0f%% of images with %s", rt.shadow.config.rate * 100, rt.shadow.config.model)
     return StreamConsumer(settings.redis, name, pipeline, registry, batching=settings.batching,
-                          delivery=settings.delivery, images=settings.image_limits), videos
+                          delivery=settings.delivery, images=settings.image_limits,
+                          observe=rt.shadow.offer if rt.shadow is not None else None), videos
 
 
 def serve(settings: Settings, metrics_port: int | None = None) -> int:

@@ -118,6 +118,28 @@ def jpeg_with_orientation(image: np.ndarray, orientation: int) -> bytes:
     return jpg[:2] + segment + jpg[2:]
 
 
+def contrary_pose_onnx(path: Path) -> Path:
+    """tiny_pose_onnx turned around: heatmaps = 1 − the pooled brightness, so every keypoint lands on the
+    darkest part of the crop, with full confidence: a teacher that disagrees with tiny-pose."""
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 64, 64])
+    y = helper.make_tensor_value_info("heatmaps", TensorProto.FLOAT, ["N", 17, HM, HM])
+    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["gray"], axes=[1], keepdims=1),
+        helper.make_node("AveragePool", ["gray"], ["pooled"], kernel_shape=[4, 4], strides=[4, 4]),
+        helper.make_node("Sub", ["one", "pooled"], ["dark"]),
+        helper.make_node("Concat", ["dark"] * 17, ["heatmaps"], axis=1),
+    ]
+    return _save(helper.make_graph(nodes, "contrary_pose", [x], [y], initializer=[one]), path)
+
+
+def add_contrary_pose(store: ModelStore) -> None:
+    """Register contrary-pose:1 (production), a teacher that disagrees with tiny-pose."""
+    build = store.root.parent / "onnx"
+    build.mkdir(exist_ok=True)
+    import_model(store, contrary_pose_onnx(build / "contrary.onnx"), {**POSE_FIELDS, "name": "contrary-pose"})
+
+
 def slow_pose_onnx(path: Path, size: int = 1024, steps: int = 36) -> Path:
     """tiny_pose_onnx plus a chain of ``steps`` size×size matrix products that depend on the input (so
     ONNX Runtime cannot fold them away) and add nothing to the heatmaps: same answers, slow batches."""

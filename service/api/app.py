@@ -117,6 +117,8 @@ def _lifespan(settings: Settings, state: ServiceState | None, handle_signals: bo
         app.state.service = svc
         await run_in_threadpool(svc.preload)
         await svc.broker.start()
+        if svc.runtime.shadow is not None:
+            svc.runtime.shadow.start()
         metrics.publish_models(svc.registry)
         loop = asyncio.get_running_loop()
         reloads: set[asyncio.Task] = set()
@@ -138,6 +140,8 @@ def _lifespan(settings: Settings, state: ServiceState | None, handle_signals: bo
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(signal.SIGHUP)
             await svc.broker.stop()
+            if svc.runtime.shadow is not None:
+                await run_in_threadpool(svc.runtime.shadow.stop)
             await run_in_threadpool(svc.videos.stop)
             scratch.remove_mine()
 

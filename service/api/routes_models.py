@@ -8,7 +8,16 @@ from starlette.concurrency import run_in_threadpool
 from ..errors import InvalidParameter, ManifestError, ModelNotFound
 from ..names import AliasPath, NamePath
 from .bodies import read_body
-from .schemas import AliasTable, AliasUpdate, ErrorResponse, ModelInfo, ModelsList, ReloadReport, Responses
+from .schemas import (
+    AgreementSummary,
+    AliasTable,
+    AliasUpdate,
+    ErrorResponse,
+    ModelInfo,
+    ModelsList,
+    ReloadReport,
+    Responses,
+)
 from .security import RequireAdmin, RequireKey
 from .state import service_of
 
@@ -79,6 +88,38 @@ async def put_alias(request: Request, name: str = NamePath, alias: str = AliasPa
     state = service_of(request)
     table = await run_in_threadpool(state.registry.set_alias, name, alias, update.version)
     return {"name": name, "aliases": table}
+
+
+def agreement_summary(state, name: str) -> dict:
+    from ..shadow import SampleKeeper, held_out_agreement, summarize
+
+    store, settings = state.store, state.settings
+    versions = store.versions(name)
+    if not versions:
+        raise ModelNotFound(f"unknown model {name!r}")
+    expected: dict[int, float | None] = {}
+    for v in versions:
+        try:
+            expected[v] = held_out_agreement(store.manifest(name, v))
+        except ManifestError:
+            expected[v] = None
+    record = state.runtime.agreements
+    summary = summarize(record.entries(name), record.counts(name), expected, settings.shadow_drift_margin)
+    kept = None
+    if settings.shadow_dir is not None and settings.shadow_dir.is_dir():
+        kept = SampleKeeper(settings.shadow_dir, settings.shadow_keep_max, settings.shadow_keep_max_bytes).usage()
+    return {"name": name, "shadow": {"model": settings.shadow_model, "rate": settings.shadow_rate,
+                                     "keeps_samples": settings.shadow_dir is not None},
+            **summary, "kept": kept}
+
+
+@router.get("/models/{name}/agreement", dependencies=[RequireAdmin], responses=_ERRORS, response_model=AgreementSummary,
+            summary="The shadow teacher's running agreement with this student (admin)")
+async def get_agreement(request: Request, name: str = NamePath):
+    """How well the served student agrees with its shadow teacher (`POSEKD_SHADOW_MODEL`) on the
+    sampled live images, beside the held-out agreement recorded in each version's manifest. Empty until
+    `POSEKD_SHADOW_RATE` > 0 and traffic arrives."""
+    return await run_in_threadpool(agreement_summary, service_of(request), name)
 
 
 @router.post("/admin/reload", dependencies=[RequireAdmin], responses=_ERRORS, tags=["admin"],

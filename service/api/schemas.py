@@ -147,6 +147,46 @@ class AliasTable(BaseModel):
     aliases: dict[str, int]
 
 
+class AgreementStats(BaseModel):
+    count: int
+    mean: float | None
+    median: float | None
+    p10: float | None
+
+
+class VersionAgreement(AgreementStats):
+    version: int
+    held_out: float | None = Field(description="teacher agreement recorded in this version's manifest")
+    threshold: float | None = Field(description="held_out minus POSEKD_SHADOW_DRIFT_MARGIN")
+    drift: bool = Field(description="the window's median is below the threshold")
+
+
+class ShadowInfo(BaseModel):
+    model: str | None
+    rate: float
+    keeps_samples: bool
+
+
+class KeptSamples(BaseModel):
+    count: int
+    bytes: int
+    max_count: int
+    max_bytes: int
+
+
+class AgreementSummary(AgreementStats):
+    """The running record of the shadow teacher for one student model (the last POSEKD_SHADOW_WINDOW
+    images): statistics of the per-image agreement, overall and per version."""
+    name: str
+    shadow: ShadowInfo
+    teachers: list[str] = Field(description="the shadow teachers seen in the window, name:version")
+    samples_total: int
+    dropped_total: int
+    since: float | None = Field(description="unix time of the oldest image in the window")
+    versions: list[VersionAgreement]
+    kept: KeptSamples | None = Field(description="the kept samples, when POSEKD_SHADOW_DIR is set and readable here")
+
+
 class ReloadReport(BaseModel):
     changed: list[str]
     errors: dict[str, str]

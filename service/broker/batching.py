@@ -2,15 +2,22 @@
 ``max_delay`` seconds, then run each group of jobs that share models through the pipeline once."""
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
 
 from .. import metrics
 from ..errors import PoseKDError
-from ..pipeline import PosePipeline
+from ..pipeline import ImageResult, ImageTask, PosePipeline
 from ..store import ModelRegistry
+from ..store.registry import ServedModel
 from .base import PoseAnswer, PoseRequest
+
+log = logging.getLogger("posekd.broker")
+
+# told about every answered group of images after the fact (the shadow teacher's sampler); must not block
+Observer = Callable[[ServedModel, list[ImageTask], list[ImageResult]], None]
 
 
 def gather(first: PoseRequest, take: Callable[[float], PoseRequest | None], max_batch: int,
@@ -29,10 +36,12 @@ def gather(first: PoseRequest, take: Callable[[float], PoseRequest | None], max_
 
 
 def execute(pipeline: PosePipeline, registry: ModelRegistry, jobs: list[PoseRequest],
-            clock: Callable[[], float] = time.perf_counter) -> list[PoseAnswer | Exception]:
+            clock: Callable[[], float] = time.perf_counter,
+            observe: Observer | None = None) -> list[PoseAnswer | Exception]:
     """Run a batch; one outcome per job, in order. A job whose models fail gets its exception,
     the rest of the batch still runs. ``clock`` is the one ``job.enqueued_at`` was read from
-    (``time.time`` when the job crossed machines)."""
+    (``time.time`` when the job crossed machines); ``observe`` sees each group's images and results
+    (its failure is logged, never the batch's)."""
     start = clock()
     outcomes: list[PoseAnswer | Exception | None] = [None] * len(jobs)
     groups: dict[tuple[str, str | None], list[int]] = defaultdict(list)
@@ -60,4 +69,9 @@ def execute(pipeline: PosePipeline, registry: ModelRegistry, jobs: list[PoseRequ
             metrics.QUEUE_WAIT.labels(pose.name).observe(queue_s)
             outcomes[i] = PoseAnswer(results[k:k + n], queue_s, total)
             k += n
+        if observe is not None:
+            try:
+                observe(pose, tasks, results)
+            except Exception:
+                log.exception("batch observer failed")
     return [o if o is not None else RuntimeError("the batch gave this job no result") for o in outcomes]

@@ -28,7 +28,7 @@ from ..settings import Batching, Delivery, ImageLimits, RedisConfig
 from ..store import ModelRegistry
 from . import codec, groups
 from .base import PoseRequest
-from .batching import execute
+from .batching import Observer, execute
 from .keys import GROUP, RedisKeys
 from .liveness import dead, holders
 
@@ -38,8 +38,9 @@ log = logging.getLogger("posekd.worker")
 class StreamConsumer:
     def __init__(self, redis: RedisConfig, name: str, pipeline: PosePipeline, registry: ModelRegistry, *,
                  batching: Batching = Batching(), delivery: Delivery = Delivery(), images: ImageLimits = ImageLimits(),
-                 block_ms: int = 1000):
+                 block_ms: int = 1000, observe: Observer | None = None):
         self.url = redis.url
+        self.observe = observe  # the shadow teacher's sampler, when one is on
         self.name = name
         self.pipeline = pipeline
         self.registry = registry
@@ -298,7 +299,7 @@ class StreamConsumer:
         jobs = [PoseRequest(r.pose_ref, r.detector_ref, [r.task], id=r.entry_id, enqueued_at=r.enqueued)
                 for r in requests]
         try:
-            outcomes = execute(self.pipeline, self.registry, jobs, clock=time.time)
+            outcomes = execute(self.pipeline, self.registry, jobs, clock=time.time, observe=self.observe)
         except Exception as exc:  # never lose the batch: answer every request with the error
             log.exception("batch failed")
             outcomes = [exc] * len(jobs)

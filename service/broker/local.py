@@ -13,7 +13,7 @@ from ..pipeline import PosePipeline
 from ..settings import Batching
 from ..store import ModelRegistry
 from .base import Broker, PoseAnswer, PoseRequest
-from .batching import execute, gather
+from .batching import Observer, execute, gather
 
 log = logging.getLogger("posekd.broker")
 _STOP = object()
@@ -23,8 +23,9 @@ class LocalBroker(Broker):
     name = "local"
 
     def __init__(self, pipeline: PosePipeline, registry: ModelRegistry, batching: Batching = Batching(), *,
-                 workers: int = 1):
+                 workers: int = 1, observe: Observer | None = None):
         self.pipeline = pipeline
+        self.observe = observe  # the shadow teacher's sampler, when one is on
         self.registry = registry
         self.max_batch = batching.max_batch
         self.max_delay = batching.max_delay_ms / 1000.0
@@ -116,7 +117,7 @@ class LocalBroker(Broker):
             if not live:
                 continue
             try:
-                outcomes = execute(self.pipeline, self.registry, live)
+                outcomes = execute(self.pipeline, self.registry, live, observe=self.observe)
             except Exception as exc:  # keep the worker alive whatever happens
                 log.exception("batch failed")
                 outcomes = [exc] * len(live)
