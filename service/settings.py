@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     job_ttl_s: float = 3600.0  # finished jobs (state, result, overlay) are deleted after this
     video_workers: int = 1  # clips processed at the same time per process (embedded mode)
     video_visibility_s: float = 600.0  # Redis mode: a job a live worker held this long with no progress is taken
+    # Redis mode: a running job's finished frames and tracker state are saved this often (at the end of a
+    # window), so a worker that takes the job over continues from there
+    video_checkpoint_s: float = 1.0
     video_keyframe_interval: int = 5  # run the detector every K frames (1: every frame)
     video_window: int = 4  # propagated frames whose pose crops are batched together
     video_smoothing: bool = True

@@ -210,3 +210,21 @@ def test_redis_mode_job_routes_refuse_ids_that_are_not_job_ids(store, redis_url,
             r = client.get(path)
             assert r.status_code == 404 and r.json()["error"]["code"] == "job_not_found", (path, r.text)
         assert client.get(f"/v1/jobs/{job_id}").status_code == 404  # well-formed, unknown
+
+
+def test_a_video_checkpoint_is_refused_to_a_worker_whose_job_was_handed_over(redis_url, redis_prefix, tmp_path):
+    from service.video.jobs import HandedOver, Job, RedisJobStore
+
+    jobs = RedisJobStore(RedisConfig(redis_url, redis_prefix))
+    clip = tmp_path / "c.mp4"
+    clip.write_bytes(b"clip")
+    job = Job(id="a" * 32, status="running")
+    jobs.create(job, clip)
+    assert jobs.resume_point(job.id) is None
+    jobs.checkpoint(job.id, [{"frame": 0}, {"frame": 1}], b"state-1", 0)
+    jobs.checkpoint(job.id, [{"frame": 2}], b"state-2", 2)  # the heir continues from 3 frames
+    with pytest.raises(HandedOver):  # the first worker, only slow, still thinks it saved 2
+        jobs.checkpoint(job.id, [{"frame": 2}], b"state-x", 2)
+    assert jobs.resume_point(job.id) == ([{"frame": 0}, {"frame": 1}, {"frame": 2}], b"state-2")
+    jobs.finish(job.id, "succeeded")
+    assert jobs.resume_point(job.id) is None

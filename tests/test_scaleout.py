@@ -292,6 +292,44 @@ def test_a_video_job_whose_worker_died_is_taken_over_by_heartbeat(cluster, tmp_p
     assert raw.xpending(stream, "video-workers")["pending"] == 0
 
 
+def test_a_video_job_taken_over_continues_from_its_last_checkpoint(cluster, store, tmp_path, redis_url,
+                                                                   redis_prefix):
+    """A worker killed mid-clip: the heir continues after the last checkpointed window, so the progress
+    shown never goes back, the one person keeps one track, and every frame is in the result once."""
+    add_slow_pose(store, steps=12)
+    first, _ = cluster.worker("first", POSEKD_VIDEO_MIN_SCORE=0.1, POSEKD_TRACK_START_SCORE=0.2,
+                              POSEKD_VIDEO_CHECKPOINT_S="0.2")
+    _, base = cluster.api(POSEKD_REQUIRE_WORKERS="false")
+    clip = blob_clip(tmp_path / "c.mp4", frames=60, path_xy=lambda i: (60 + 2 * i, 100)).read_bytes()
+    r = httpx.post(base + "/v1/videos", params={"model": "slow-pose", "render": "true"},
+                   files={"video": ("c.mp4", clip, "video/mp4")}, timeout=30)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    raw = redis.Redis.from_url(redis_url)
+    frames_key = f"{redis_prefix}:job:{job_id}:frames"
+    wait_until(lambda: raw.llen(frames_key) >= 15, 60, "a checkpoint of 15 frames", first)
+    first.signal(signal.SIGKILL)
+    saved = raw.llen(frames_key)
+    shown = [httpx.get(f"{base}/v1/jobs/{job_id}", timeout=5).json()["progress"]]
+    assert 0 < saved < 60 and shown[0] >= (saved - 1) / 60
+    heir, _ = cluster.worker("heir", POSEKD_VIDEO_MIN_SCORE=0.1, POSEKD_TRACK_START_SCORE=0.2)
+
+    def done():
+        body = httpx.get(f"{base}/v1/jobs/{job_id}", timeout=5).json()
+        shown.append(body["progress"])
+        return body if body["status"] in ("succeeded", "failed", "cancelled") else None
+
+    assert wait_until(done, 90, "the video job", heir, every=0.05)["status"] == "succeeded"
+    assert shown == sorted(shown), shown  # never back
+    assert "resumes after frame" in heir.tail(200)
+    result = httpx.get(f"{base}/v1/jobs/{job_id}/result", timeout=5).json()
+    assert [f["frame"] for f in result["frames"]] == list(range(60))
+    assert len(result["tracks"]) == 1 and result["tracks"][0]["frames"] >= 55  # the tracker's state came along
+    video = httpx.get(f"{base}/v1/jobs/{job_id}/video", timeout=5)
+    assert video.status_code == 200 and video.content[4:8] == b"ftyp"
+    assert not raw.exists(frames_key)  # the checkpoint goes with the finished job
+
+
 def test_an_api_with_no_worker_is_not_ready_until_one_starts(cluster, tmp_path, store, redis_url, redis_prefix):
     """Right after start, an API replica whose queue nobody serves says not ready (workers 0), so a load
     balancer sends it nothing that would only get 503; a worker's first heartbeat makes it ready."""

@@ -86,6 +86,19 @@ class JobStore(abc.ABC):
     def finish(self, job_id: str, status: str, error: str | None = None) -> None:
         self.update(job_id, status=status, error=error, finished=time.time())
 
+    def checkpoint(self, job_id: str, frames: list[dict], state: bytes, done_before: int) -> None:
+        """Add the results of ``frames`` (those after the first ``done_before``) and replace the run's
+        state. The embedded service never hands a job to another process, so it keeps none."""
+        return None
+
+    def resume_point(self, job_id: str) -> tuple[list[dict], bytes] | None:
+        """The frames and state of the last checkpoint; None when there is none."""
+        return None
+
+
+class HandedOver(PoseKDError):
+    """Another worker has taken the job over and checkpoints it now: this one must stop."""
+
 
 def _checked(job_id: str) -> str:
     """A job id as the service makes them (32 hex digits); anything else is a job that does not
@@ -188,7 +201,11 @@ class LocalJobStore(JobStore):
 # ---- Redis mode --------------------------------------------------------------------------------
 class RedisJobStore(JobStore):
     """Keys (prefix ``POSEKD_REDIS_PREFIX``): ``job:{id}`` hash, ``job:{id}:clip``, ``job:{id}:result``,
-    ``job:{id}:overlay`` — state and results only; queueing is :class:`~service.broker.videos.RedisVideoQueue`'s."""
+    ``job:{id}:overlay``, and while a job runs its checkpoint, ``job:{id}:frames`` (a list of finished
+    frames' results) and ``job:{id}:state`` — state and results only; queueing is
+    :class:`~service.broker.videos.RedisVideoQueue`'s."""
+
+    PARTS = ("", "clip", "result", "overlay", "frames", "state")
 
     def __init__(self, config: RedisConfig, ttl_s: float = 3600.0):
         import redis
@@ -202,7 +219,7 @@ class RedisJobStore(JobStore):
         return f"{self.prefix}:job:{_checked(job_id)}" + (f":{part}" if part else "")
 
     def _expire_all(self, pipe, job_id: str, seconds: float) -> None:
-        for part in ("", "clip", "result", "overlay"):
+        for part in self.PARTS:
             pipe.expire(self._key(job_id, part), int(seconds))
 
     def create(self, job: Job, clip: Path) -> None:
@@ -228,9 +245,39 @@ class RedisJobStore(JobStore):
     def finish(self, job_id: str, status: str, error: str | None = None) -> None:
         super().finish(job_id, status, error)
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.delete(self._key(job_id, "clip"))
+            pipe.delete(self._key(job_id, "clip"), self._key(job_id, "frames"), self._key(job_id, "state"))
             self._expire_all(pipe, job_id, self.ttl_s)
             pipe.execute()
+
+    def checkpoint(self, job_id: str, frames: list[dict], state: bytes, done_before: int) -> None:
+        """Appended and replaced in one transaction, and only while the list still holds ``done_before``
+        frames: a worker that was taken for dead but was only slow finds the heir's frames there and
+        stops (:class:`HandedOver`) instead of mixing its own in."""
+        import redis
+
+        frames_key, state_key = self._key(job_id, "frames"), self._key(job_id, "state")
+        with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(frames_key)
+                if pipe.llen(frames_key) != done_before:
+                    raise HandedOver(f"job {job_id} is checkpointed by another worker now")
+                pipe.multi()
+                pipe.rpush(frames_key, *(json.dumps(f, separators=(",", ":")) for f in frames))
+                pipe.set(state_key, state)
+                pipe.expire(frames_key, int(self.ttl_s * 2))
+                pipe.expire(state_key, int(self.ttl_s * 2))
+                pipe.execute()
+            except redis.WatchError:
+                raise HandedOver(f"job {job_id} is checkpointed by another worker now") from None
+
+    def resume_point(self, job_id: str) -> tuple[list[dict], bytes] | None:
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lrange(self._key(job_id, "frames"), 0, -1)
+            pipe.get(self._key(job_id, "state"))
+            frames, state = pipe.execute()
+        if not frames or state is None:
+            return None
+        return [json.loads(f) for f in frames], state
 
     def clip(self, job_id: str, into: Path) -> Path:
         data = self.redis.get(self._key(job_id, "clip"))
@@ -257,4 +304,4 @@ class RedisJobStore(JobStore):
         return self.redis.get(self._key(job_id, "overlay"))
 
     def delete(self, job_id: str) -> None:
-        self.redis.delete(*(self._key(job_id, p) for p in ("", "clip", "result", "overlay")))
+        self.redis.delete(*(self._key(job_id, p) for p in self.PARTS))

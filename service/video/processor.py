@@ -8,6 +8,7 @@ frames go through the pose model in one batch (all boxed from the keypoints just
 """
 from __future__ import annotations
 
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -65,6 +66,19 @@ class Cancelled(Exception):
     """Raised by a progress callback to stop a job."""
 
 
+@dataclass
+class Resume:
+    """Where a clip's processing stood after its last finished window: the frames' results so far and
+    the pickled state of the run (tracker, smoother, the people carried over), so that a worker taking
+    the job over continues from there instead of frame 0."""
+    frames: list[dict]
+    state: bytes
+
+
+# called with the results of the frames finished since the last call and the run's pickled state
+Checkpoint = Callable[[list[dict], bytes], None]
+
+
 def box_from_keypoints(kps: np.ndarray, min_score: float = 0.2, min_size: float = 16.0) -> np.ndarray | None:
     """A person box around the confident keypoints, padded for the head top and the limbs' ends."""
     good = kps[kps[:, 2] >= min_score]
@@ -81,11 +95,18 @@ class VideoProcessor:
     def __init__(self, pipeline: PosePipeline, pose: ServedModel, detector: ServedModel, opts: VideoOptions):
         self.pipeline, self.pose_model, self.detector, self.opts = pipeline, pose, detector, opts
 
-    def run(self, path: Path, info: decode.VideoInfo, progress: Callable[[int, int], None] | None = None,
-            render: Path | None = None) -> dict:
+    def run(self, path: Path, info: decode.VideoInfo, progress: Callable[[int, int], None] | None = None,  # noqa: PLR0913
+            render: Path | None = None, *, checkpoint: Checkpoint | None = None, every_s: float = 1.0,
+            resume: Resume | None = None) -> dict:
         """Track the people of one clip; ``progress(done, total)`` after each frame, the overlay
-        written to ``render`` when given. Returns the video result (see the README)."""
-        return _ClipRun(self, info, progress, render).run(path)
+        written to ``render`` when given. With ``checkpoint``, the finished frames and the run's state
+        are handed over at the end of a window, at most every ``every_s`` seconds; ``resume`` continues
+        from such a checkpoint (earlier frames are only decoded, and drawn for the overlay). Returns
+        the video result (see the README)."""
+        run = _ClipRun(self, info, progress, render)
+        if resume is not None:
+            run.restore(resume)
+        return run.run(path, checkpoint, every_s)
 
     def _people(self, kps: np.ndarray, det_boxes: np.ndarray | None) -> list:
         """(box, keypoints, score) for the confident people of one frame; the box is the detector's on
@@ -136,12 +157,36 @@ class _ClipRun:
         self.force = True  # the next frame must be a keyframe
         self.keyframes = 0
         self.buffer: list[tuple[int, float, np.ndarray]] = []
+        self.saved = 0  # frames handed to the last checkpoint
+        self.resumed_at = 0  # frames taken from a checkpoint (only redrawn)
 
-    def run(self, path: Path) -> dict:
+    _STATE = ("tracker", "smoother", "prev", "force", "keyframes")
+
+    def state(self) -> bytes:
+        return pickle.dumps({k: getattr(self, k) for k in self._STATE} | {"frames": len(self.frames)})
+
+    def restore(self, resume: Resume) -> None:
+        state = pickle.loads(resume.state)  # noqa: S301 - written by this service's own workers
+        if state.pop("frames") != len(resume.frames):
+            raise ValueError("the checkpoint's state and frames disagree")
+        for k, v in state.items():
+            setattr(self, k, v)
+        self.frames = list(resume.frames)
+        self.saved = self.resumed_at = len(self.frames)
+
+    def run(self, path: Path, checkpoint: Checkpoint | None = None, every_s: float = 1.0) -> dict:
         o, proc = self.proc.opts, self.proc
-        t0 = time.perf_counter()
+        t0 = last = time.perf_counter()
         try:
             for idx, t, image in decode.frames(path, o.max_frames):
+                if idx < self.resumed_at:  # done before the takeover: only drawn again
+                    if self.writer is not None:
+                        self.writer.write(draw(image, self.frames[idx]["people"]))
+                    continue
+                if checkpoint is not None and not self.buffer and len(self.frames) > self.saved and \
+                        time.perf_counter() - last >= every_s:
+                    checkpoint(self.frames[self.saved:], self.state())
+                    self.saved, last = len(self.frames), time.perf_counter()
                 scheduled = idx % max(o.keyframe_interval, 1) == 0
                 if scheduled or self.force or len(self.buffer) >= max(o.window, 1):
                     self.flush()
@@ -241,4 +286,4 @@ class _ClipRun:
                           "rendered_with": self.writer.codec if self.writer else None}}
 
 
-__all__ = ["Cancelled", "VideoOptions", "VideoProcessor", "box_from_keypoints"]
+__all__ = ["Cancelled", "Checkpoint", "Resume", "VideoOptions", "VideoProcessor", "box_from_keypoints"]

@@ -20,8 +20,8 @@ from ..broker.videos import RedisVideoQueue, VideoQueue
 from ..errors import PoseKDError
 from ..settings import Delivery, Settings, VideoLimits
 from . import decode
-from .jobs import FINAL, JobStore, LocalJobStore, RedisJobStore
-from .processor import Cancelled, VideoOptions, VideoProcessor
+from .jobs import FINAL, HandedOver, JobStore, LocalJobStore, RedisJobStore
+from .processor import Cancelled, Resume, VideoOptions, VideoProcessor
 
 log = logging.getLogger("posekd.video")
 
@@ -38,10 +38,12 @@ class VideoConfig:
     options: VideoOptions
     pose_model: str
     detector: str
+    checkpoint_s: float = 1.0  # Redis mode: how often a running job saves its finished frames
 
     @classmethod
     def from_settings(cls, s: Settings) -> VideoConfig:
-        return cls(s.video_limits, VideoOptions.from_settings(s), s.default_pose_model, s.default_detector)
+        return cls(s.video_limits, VideoOptions.from_settings(s), s.default_pose_model, s.default_detector,
+                   s.video_checkpoint_s)
 
     def probe(self, clip: Path) -> decode.VideoInfo:
         return decode.probe(clip, max_seconds=self.limits.max_seconds, max_frames=self.limits.max_frames,
@@ -80,20 +82,35 @@ def process(store: JobStore, job_id: str, config: VideoConfig, registry, pipelin
                 if now - last[0] < 0.5:
                     return
                 last[0] = now
-                if store.get(job_id).cancel_requested:
+                now_job = store.get(job_id)
+                if now_job.cancel_requested:
                     raise Cancelled()
-                store.update(job_id, frames_done=done, frames_total=total, progress=min(done / max(total, 1), 0.999))
+                # a job taken over redoes the frames after its last checkpoint: the progress shown holds
+                share = max(min(done / max(total, 1), 0.999), now_job.progress or 0.0)
+                store.update(job_id, frames_done=max(done, now_job.frames_done or 0), frames_total=total,
+                             progress=share)
                 if heartbeat is not None:
                     heartbeat()
 
-            result = VideoProcessor(pipeline, pose, det, opts).run(clip, info, progress, overlay)
+            point = store.resume_point(job_id)
+            resume = Resume(*point) if point is not None else None
+            if resume is not None:
+                log.info("video job %s resumes after frame %d", job_id, len(resume.frames) - 1)
+            saved = [len(resume.frames) if resume else 0]
+
+            def checkpoint(frames: list[dict], state: bytes) -> None:
+                store.checkpoint(job_id, frames, state, saved[0])
+                saved[0] += len(frames)
+
+            result = VideoProcessor(pipeline, pose, det, opts).run(clip, info, progress, overlay, checkpoint=checkpoint,
+                                                                   every_s=config.checkpoint_s, resume=resume)
             store.save_outputs(job_id, result, overlay)
             n = result["video"]["frames"]
             store.update(job_id, frames_done=n, frames_total=n, progress=1.0)
             status = "succeeded"
         except Cancelled:
             status = "cancelled"
-        except Stopping:
+        except (Stopping, HandedOver):
             raise
         except PoseKDError as exc:
             error = exc.message
@@ -195,6 +212,9 @@ class VideoConsumer:
         except Stopping:
             self.store.update(job_id, status="queued")  # another worker takes the entry over
             return False
+        except HandedOver as exc:  # this worker was taken for dead; the heir owns the job and its entry
+            log.warning("%s; leaving it", exc.message)
+            return True
         except PoseKDError as exc:  # the job expired or vanished
             log.warning("video job %s: %s", job_id, exc.message)
         r.xack(stream, group, entry_id)
