@@ -103,7 +103,8 @@ def test_prometheus_scrapes_api_and_workers_and_loads_the_alert_rules():
 def test_alert_rules_cover_the_slos_and_name_real_metrics():
     rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
     alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"]}
-    assert set(alerts) == {"PoseKDLatencySLO", "PoseKDErrorRate", "PoseKDQueueGrowing", "PoseKDNoReadyWorkers"}
+    assert set(alerts) == {"PoseKDLatencySLO", "PoseKDErrorRate", "PoseKDQueueGrowing", "PoseKDNoReadyWorkers",
+                           "PoseKDStudentDrift"}
     known = metric_names()
     for name, rule in alerts.items():
         assert rule["expr"].count("(") == rule["expr"].count(")"), name

@@ -1,0 +1,183 @@
+"""``posekd bench shadow``: what the shadow teacher costs and what it sees, in one run.
+
+1. Request latency (p50, p99) of the HTTP service at shadow rates 0, 0.1 and 1.0, the same photos and
+   client concurrency for each, with the samples shadowed and dropped per run.
+2. The agreement of the served defaults with the shadow teacher on photos (the service's own pipeline and
+   comparison, in-process, every photo shadowed), against the held-out agreement in the student's
+   manifest, overall and per photo group (the file-name prefix of ``unlabeled/multi``: where the
+   student is weakest is where a fine-tuning round from kept samples should start)."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from service.shared import data_dir, teachers_dir
+
+from .common import ROOT, record
+from .images import _free_port, _load
+from .people import photo_files
+
+
+def store_with(store_root: Path, teacher: str, teachers: Path) -> Path:
+    """``store_root`` when it has ``teacher``; else a temporary copy with the teachers registered."""
+    from service.store import ModelStore
+    from service.store.importer import import_teachers
+
+    if teacher in ModelStore(store_root).names():
+        return store_root
+    tmp = Path(tempfile.mkdtemp(prefix="posekd-bench-shadow-")) / "store"
+    shutil.copytree(store_root, tmp, ignore=shutil.ignore_patterns("movenet-*", "centernet*"))
+    import_teachers(ModelStore(tmp), teachers)
+    return tmp
+
+
+def _metric_sum(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def serve_at(rate: float, store: Path, teacher: str, images, rounds: int, concurrency: int,  # noqa: PLR0913
+             queue_max: int) -> dict:
+    import httpx
+
+    port = _free_port()
+    env = {**os.environ, "POSEKD_MODEL_STORE": str(store), "POSEKD_STORE_POLL_S": "0",
+           "POSEKD_SHADOW_MODEL": teacher, "POSEKD_SHADOW_RATE": str(rate),
+           "POSEKD_SHADOW_QUEUE_MAX": str(queue_max)}
+    env.pop("POSEKD_SHADOW_DIR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise SystemExit("the service did not become ready")
+        out = asyncio.run(_load(base, images, rounds, concurrency))
+        text = httpx.get(base + "/metrics", timeout=10).text
+        out["samples"] = _metric_sum(text, "posekd_shadow_samples_total")
+        out["dropped"] = _metric_sum(text, "posekd_shadow_dropped_total")
+        return out
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def agreement_on(paths: list[Path], store: Path, teacher: str) -> dict[Path, float | None]:
+    """Every photo through the served defaults, then through the shadow's comparison: the agreement
+    per photo (None where nobody was found or the teacher is sure of no point)."""
+    from service.composition import build
+    from service.images import decode_image
+    from service.pipeline import ImageTask
+    from service.settings import Settings
+    from service.shadow import Shadow, ShadowConfig
+    from service.shadow.log import MemoryLog
+
+    s = Settings(model_store=store, shadow_model=teacher, shadow_rate=1.0)
+    rt = build(s, "offline")
+    pose, det = rt.registry.get(s.default_pose_model), rt.registry.get(s.default_detector)
+    shadow = Shadow(ShadowConfig.from_settings(s), rt.registry, rt.pipeline, log_to=MemoryLog(len(paths) + 1))
+    out: dict[Path, float | None] = {}
+    for p in paths:
+        im, scale, size, _ = decode_image(p.read_bytes(), max_bytes=s.max_image_bytes, max_pixels=s.max_image_pixels,
+                                          max_side=s.decode_max_side)
+        task = ImageTask(im, min_score=s.min_score, max_people=s.max_people, scale=scale, size=size)
+        result = rt.pipeline.run(pose, det, [task])
+        out[p] = None
+        shadow.offer(pose, [task], result)
+        while shadow.pending():
+            out[p] = shadow.compare(shadow._queue.get_nowait())
+    return out
+
+
+def _stats(values: list[float]) -> str:
+    if not values:
+        return "| 0 | – | – | – |"
+    a = np.asarray(values)
+    return f"| {len(a)} | {a.mean():.3f} | {np.median(a):.3f} | {np.percentile(a, 10):.3f} |"
+
+
+def _latency_row(rate: float, r: dict) -> str:
+    lat = sorted(r["lat"])
+    p50 = statistics.median(lat) * 1000
+    p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000
+    return (f"| {rate:g} | {len(lat)} | {p50:.1f} | {p99:.1f} | {r['rps']:.2f} | {int(r['samples'])} | "
+            f"{int(r['dropped'])} | {r.get('errors', 0)} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="posekd bench shadow", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--store", type=Path, default=Path(os.environ.get("POSEKD_MODEL_STORE", ROOT / "model_store")))
+    ap.add_argument("--teacher", default="movenet-thunder", help="the shadow model (a store reference)")
+    ap.add_argument("--rates", default="0,0.1,1.0", help="shadow rates to serve at, comma-separated")
+    ap.add_argument("--photos", type=int, default=120, help="photos sent per latency run")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--concurrency", type=int, default=2, help="clients sending at once")
+    ap.add_argument("--queue-max", type=int, default=16, help="POSEKD_SHADOW_QUEUE_MAX of the served runs")
+    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--skip-agreement", action="store_true")
+    ap.add_argument("--no-record", action="store_true", help="print only; do not append to bench/RESULTS.md")
+    args = ap.parse_args(argv)
+
+    data = data_dir()
+    photos = photo_files(data)
+    if not photos:
+        raise SystemExit(f"no photos under {data}; set POSEKD_DATA")
+    store = store_with(args.store, args.teacher, teachers_dir())
+    parts = []
+    if not args.skip_latency:
+        images = [(p.name, p.read_bytes()) for p in photos[: args.photos]]
+        rows = [_latency_row(float(rate), serve_at(float(rate), store, args.teacher, images, args.rounds,
+                                                   args.concurrency, args.queue_max))
+                for rate in args.rates.split(",")]
+        parts.append(f"Request latency with the shadow teacher ({args.teacher}) on, {len(images)} photos × "
+                     f"{args.rounds}, {args.concurrency} clients, shadow queue {args.queue_max}:\n\n"
+                     "| shadow rate | requests | p50 ms | p99 ms | req/s | shadowed | dropped | errors |\n"
+                     "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+    if not args.skip_agreement:
+        from service.settings import Settings
+        from service.shadow import held_out_agreement
+        from service.store import ModelSpec, ModelStore
+
+        s = Settings(model_store=store)
+        st = ModelStore(store)
+        pose_version = st.resolve(ModelSpec.parse(s.default_pose_model))
+        held_out = held_out_agreement(st.manifest(s.default_pose_model, pose_version))
+        multi = sorted((data / "unlabeled" / "multi").glob("*.jpg"))
+        found = agreement_on(photos + multi, store, args.teacher)
+        groups: dict[str, list[float]] = defaultdict(list)
+        for p, v in found.items():
+            if v is not None:
+                groups[p.name.split("_")[0] if p in multi else "photos (all but multi)"].append(v)
+        lines = [f"| {g} {_stats(vals)}" for g, vals in sorted(groups.items(), key=lambda kv: np.median(kv[1]))
+                 if len(vals) >= 5]
+        parts.append(f"Agreement of {s.default_pose_model}:{pose_version} (with {s.default_detector}) with "
+                     f"{args.teacher} on the same people, per image (mean OKS over its people), groups of 5 "
+                     f"or more images, weakest first; held-out agreement in the manifest: {held_out}\n\n"
+                     "| photos | images | mean | median | p10 |\n|---|---|---|---|---|\n" + "\n".join(lines))
+    body = "\n\n".join(parts)
+    print(body)
+    if not args.no_record:
+        record("Shadow teacher: latency cost and live agreement", "posekd bench shadow " + " ".join(argv or []), body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
