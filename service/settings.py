@@ -77,9 +77,12 @@ class Settings(BaseSettings):
     # keeping the long side at least this long; results stay in original pixels. 0 turns it off.
     decode_max_side: int = 1280
     # Other formats whose long side passes 1.25 × decode_max_side are reduced right after decoding.
-    # Decoded pixels in flight across all concurrent decodes of this process (a 6300² PNG is 40 M):
-    # a decode that would pass it waits up to decode_wait_s, then gets 503. 0 turns the budget off.
-    max_decode_pixels: int = 80_000_000
+    # The memory budget of decoding, in pixels of 3 bytes, across all concurrent decodes of this process:
+    # each decode is charged its measured peak (a PNG 2.2× its pixels, service/images.py DECODE_PEAK), then
+    # the reduced image until its request is answered. A decode that would pass it waits up to
+    # decode_wait_s, then gets 503. It must hold the largest image allowed (2.5 × max_image_pixels) beside
+    # a full batch of reduced images (max_batch_images × (1.25 × decode_max_side)²). 0: off.
+    max_decode_pixels: int = 150_000_000
     decode_wait_s: float = 10.0
     max_batch_images: int = 16
     max_batch_bytes: int = 64 * 1024 * 1024  # a whole /v1/pose/batch body, checked while it streams in
@@ -197,6 +200,13 @@ class Settings(BaseSettings):
                              f"POSEKD_WORKER_HEARTBEAT_S = {reclaim:g} s after the crash, which is not before "
                              f"POSEKD_REQUEST_TIMEOUT_S ({self.request_timeout_s:g} s): their callers would "
                              "get 504s; lower the first two or raise the timeout")
+        kept = self.max_batch_images * (1.25 * self.decode_max_side) ** 2 if self.decode_max_side > 0 else 0
+        if 0 < self.max_decode_pixels < 2.5 * self.max_image_pixels + kept:
+            raise ValueError(f"POSEKD_MAX_DECODE_PIXELS ({self.max_decode_pixels}) must be at least 2.5 × "
+                             f"POSEKD_MAX_IMAGE_PIXELS + POSEKD_MAX_BATCH_IMAGES × (1.25 × POSEKD_DECODE_MAX_SIDE)² "
+                             f"= {2.5 * self.max_image_pixels + kept:.0f}: decoding the largest image allowed "
+                             "costs 2.5 × its pixels at the peak, beside the reduced images a batch already "
+                             "holds, and such a request would be refused")
         if self.shadow_rate > 0 and not self.shadow_model:
             raise ValueError("POSEKD_SHADOW_RATE is set but POSEKD_SHADOW_MODEL is not: name the teacher to shadow "
                              "with (a model in the store, e.g. movenet-thunder)")
@@ -274,7 +284,7 @@ class ImageLimits:
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
     decode_max_side: int = 1280
-    max_decode_pixels: int = 80_000_000
+    max_decode_pixels: int = 150_000_000
     decode_wait_s: float = 10.0
 
 

@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 
@@ -109,6 +110,23 @@ def test_the_pixel_budget_admits_waits_and_refuses():
     assert budget.in_use == 0 and budget.peak == 90
 
 
+def test_a_progressive_jpeg_is_charged_its_full_size_however_much_it_is_reduced():
+    from service.images import PixelBudget
+
+    img = blob_image(w=1600, h=1200, at=(800, 600), sigma=40)
+    baseline = encode(img, ".jpg")
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert ok
+    peaks = {}
+    for name, data in (("baseline", baseline), ("progressive", buf.tobytes())):
+        budget = PixelBudget(10_000_000)
+        d = decode_image(data, **LIMITS, max_side=400, budget=budget)
+        assert d.image.shape[:2] == (300, 400)  # libjpeg reduced it by 4
+        peaks[name] = budget.peak
+        budget.release(d.held)
+    assert peaks == {"baseline": 4 * 400 * 300, "progressive": int(1.25 * 1600 * 1200)}
+
+
 def test_decode_keeps_only_the_reduced_image_on_the_budget():
     from service.errors import InvalidImage
     from service.images import PixelBudget
@@ -116,7 +134,8 @@ def test_decode_keeps_only_the_reduced_image_on_the_budget():
     budget = PixelBudget(10_000_000)
     img = blob_image(w=1600, h=1000, at=(800, 500), sigma=40)
     d = decode_image(encode(img, ".png"), **LIMITS, max_side=400, budget=budget)
-    assert d.held == 400 * 250 and budget.in_use == d.held and budget.peak == 1600 * 1000
+    # charged the decode's measured peak (a PNG: 2.2 × its pixels) while it ran, the reduced image after
+    assert d.held == 400 * 250 and budget.in_use == d.held and budget.peak == int(2.2 * 1600 * 1000)
     budget.release(d.held)
     with pytest.raises(InvalidImage):
         decode_image(encode(img, ".png")[:200], **LIMITS, budget=budget)

@@ -47,17 +47,16 @@ async def read_body(request: Request, limit: int, timeout_s: float | None = None
         raise PayloadTooLarge(f"the request body has {declared} bytes; the limit is {limit}")
     if timeout_s is None:
         timeout_s = service_of(request).settings.body_timeout_s
-    chunks, size = [], 0
+    body = bytearray()  # grown in place: the body is never held twice while it arrives
     try:
         async with asyncio.timeout(timeout_s):
             async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
+                if len(body) + len(chunk) > limit:
                     raise PayloadTooLarge(f"the request body passes the limit of {limit} bytes")
-                chunks.append(chunk)
+                body += chunk
     except TimeoutError:
         raise BodyTimeout(f"the request body did not arrive within {timeout_s:g} s") from None
-    return b"".join(chunks)
+    return bytes(body)
 
 
 def is_multipart(request: Request) -> bool:

@@ -187,8 +187,7 @@ async def _one_image(request: Request) -> bytes:
     """The single image of a request: multipart field ``image`` or the raw body."""
     s = service_of(request).settings
     if is_multipart(request):
-        body = await read_body(request, s.max_image_bytes + 64 * 1024)
-        return (await form_files(request, body, "image", 1))[0]
+        return (await form_files(request, await read_body(request, s.max_image_bytes + 64 * 1024), "image", 1))[0]
     check_declared_type(request.headers.get("content-type"))
     return await read_body(request, s.max_image_bytes)
 
@@ -263,8 +262,8 @@ async def pose_batch(request: Request, model: str | None = ModelQ, detector: str
     if not is_multipart(request):
         raise PoseKDError("send the images as multipart/form-data, field 'images' (repeated)",
                           code="unsupported_media_type", status=415)
-    body = await read_body(request, s.max_batch_bytes)
-    files = await form_files(request, body, "images", s.max_batch_images)
+    # the body is parsed and dropped at once: only the files stay while the images are decoded
+    files = await form_files(request, await read_body(request, s.max_batch_bytes), "images", s.max_batch_images)
     ids = [int(v) for v in image_ids.split(",")] if image_ids else list(range(len(files)))
     if len(ids) != len(files):
         raise InvalidParameter(f"{len(ids)} image_ids for {len(files)} images")
