@@ -48,7 +48,7 @@ def _metric_sum(text: str, name: str) -> float:
 
 
 def serve_at(rate: float, store: Path, teacher: str, images, rounds: int, concurrency: int,  # noqa: PLR0913
-             queue_max: int) -> dict:
+             queue_max: int, keep: tuple[Path, int] | None = None) -> dict:
     import httpx
 
     port = _free_port()
@@ -56,6 +56,8 @@ def serve_at(rate: float, store: Path, teacher: str, images, rounds: int, concur
            "POSEKD_SHADOW_MODEL": teacher, "POSEKD_SHADOW_RATE": str(rate),
            "POSEKD_SHADOW_QUEUE_MAX": str(queue_max)}
     env.pop("POSEKD_SHADOW_DIR", None)
+    if keep is not None:
+        env["POSEKD_SHADOW_DIR"], env["POSEKD_SHADOW_KEEP_MAX"] = str(keep[0].resolve()), str(keep[1])
     proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
@@ -79,9 +81,10 @@ def serve_at(rate: float, store: Path, teacher: str, images, rounds: int, concur
         proc.wait(30)
 
 
-def agreement_on(paths: list[Path], store: Path, teacher: str) -> dict[Path, float | None]:
-    """Every photo through the served defaults, then through the shadow's comparison: the agreement
-    per photo (None where nobody was found or the teacher is sure of no point)."""
+def agreement_on(paths: list[Path], store: Path, teacher: str, pose_ref: str | None = None) -> dict[Path, float | None]:
+    """Every photo through the served pipeline (the default detector; ``pose_ref`` or the default pose
+    model), then through the shadow's comparison: the agreement per photo (None where nobody was found
+    or the teacher is sure of no point)."""
     from service.composition import build
     from service.images import decode_image
     from service.pipeline import ImageTask
@@ -91,7 +94,7 @@ def agreement_on(paths: list[Path], store: Path, teacher: str) -> dict[Path, flo
 
     s = Settings(model_store=store, shadow_model=teacher, shadow_rate=1.0)
     rt = build(s, "offline")
-    pose, det = rt.registry.get(s.default_pose_model), rt.registry.get(s.default_detector)
+    pose, det = rt.registry.get(pose_ref or s.default_pose_model), rt.registry.get(s.default_detector)
     shadow = Shadow(ShadowConfig.from_settings(s), rt.registry, rt.pipeline, log_to=MemoryLog(len(paths) + 1))
     out: dict[Path, float | None] = {}
     for p in paths:
@@ -104,6 +107,46 @@ def agreement_on(paths: list[Path], store: Path, teacher: str) -> dict[Path, flo
         while shadow.pending():
             out[p] = shadow.compare(shadow._queue.get_nowait())
     return out
+
+
+# the groups of unlabeled/multi where pose-s:4 agreed least with Thunder (this bench's first run, RESULTS.md):
+# dim rooms (zerodce, zerodcepp), crowds (shtb), streets (camvid, ulfd, paddledet)
+WEAK = "zerodcepp,zerodce,shtb,paddledet,ulfd,camvid"
+
+
+def agreement_tables(args, store: Path, photos: list[Path], multi: list[Path], weak: list[Path]) -> str:
+    from service.settings import Settings
+    from service.shadow import held_out_agreement
+    from service.store import ModelSpec, ModelStore
+
+    s = Settings(model_store=store)
+    st = ModelStore(store)
+    refs = args.pose or [s.default_pose_model]
+    sets = {"weak groups, odd half (held out)": weak[1::2], "weak groups, even half (traffic)": weak[0::2],
+            "other multi-person photos": [p for p in multi if p not in set(weak)],
+            "photos (all but multi)": photos}
+    rows, first = [], None
+    for ref in refs:
+        spec = ModelSpec.parse(ref)
+        version = st.resolve(spec)
+        held_out = held_out_agreement(st.manifest(spec.name, version))
+        found = agreement_on(photos + multi, store, args.teacher, f"{spec.name}:{version}")
+        first = first or found
+        for title, paths in sets.items():
+            vals = [v for p in paths if (v := found.get(p)) is not None]
+            rows.append(f"| {spec.name}:{version} | {title} {_stats(vals)}")
+        rows.append(f"| {spec.name}:{version} | manifest held-out agreement | | {held_out} | | |")
+    groups: dict[str, list[float]] = defaultdict(list)
+    for p, v in (first or {}).items():
+        if v is not None:
+            groups[p.name.split("_")[0] if p in multi else "photos (all but multi)"].append(v)
+    lines = [f"| {g} {_stats(vals)}" for g, vals in sorted(groups.items(), key=lambda kv: np.median(kv[1]))
+             if len(vals) >= 5]
+    return (f"Agreement with {args.teacher} on the same people (per image: mean OKS over its people), "
+            f"people found by {s.default_detector}:\n\n| student | photos | images | mean | median | p10 |\n"
+            "|---|---|---|---|---|---|\n" + "\n".join(rows) +
+            f"\n\nBy photo group, {refs[0]}, groups of 5 or more images, weakest first:\n\n"
+            "| photos | images | mean | median | p10 |\n|---|---|---|---|---|\n" + "\n".join(lines))
 
 
 def _stats(values: list[float]) -> str:
@@ -131,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--concurrency", type=int, default=2, help="clients sending at once")
     ap.add_argument("--queue-max", type=int, default=16, help="POSEKD_SHADOW_QUEUE_MAX of the served runs")
+    ap.add_argument("--pose", action="append", help="pose models to compare (default: the served default)")
+    ap.add_argument("--weak", default=WEAK, help="photo groups of unlabeled/multi the student is weak on: the even "
+                    "half is traffic (--collect), the odd half held out")
+    ap.add_argument("--collect", type=Path, help="serve the weak groups' even half and the photos with the shadow "
+                    "at rate 1 and keep the least agreed samples in this folder (a fine-tuning round's data)")
+    ap.add_argument("--keep-max", type=int, default=150, help="POSEKD_SHADOW_KEEP_MAX for --collect")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--skip-agreement", action="store_true")
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to bench/RESULTS.md")
@@ -140,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     photos = photo_files(data)
     if not photos:
         raise SystemExit(f"no photos under {data}; set POSEKD_DATA")
+    multi = sorted((data / "unlabeled" / "multi").glob("*.jpg"))
+    groups = set(args.weak.split(","))
+    weak = [p for p in multi if p.name.split("_")[0] in groups]
     store = store_with(args.store, args.teacher, teachers_dir())
     parts = []
     if not args.skip_latency:
@@ -151,27 +203,15 @@ def main(argv: list[str] | None = None) -> int:
                      f"{args.rounds}, {args.concurrency} clients, shadow queue {args.queue_max}:\n\n"
                      "| shadow rate | requests | p50 ms | p99 ms | req/s | shadowed | dropped | errors |\n"
                      "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+    if args.collect:
+        traffic = weak[0::2] + photos
+        r = serve_at(1.0, store, args.teacher, [(p.name, p.read_bytes()) for p in traffic], 1, 1, 256,
+                     keep=(args.collect, args.keep_max))
+        parts.append(f"Collected: {len(traffic)} images ({len(weak[0::2])} of the weak groups' even half, "
+                     f"{len(photos)} photos) served with the shadow at rate 1; {int(r['samples'])} shadowed, "
+                     f"{int(r['dropped'])} dropped; the {args.keep_max} least agreed kept in {args.collect}")
     if not args.skip_agreement:
-        from service.settings import Settings
-        from service.shadow import held_out_agreement
-        from service.store import ModelSpec, ModelStore
-
-        s = Settings(model_store=store)
-        st = ModelStore(store)
-        pose_version = st.resolve(ModelSpec.parse(s.default_pose_model))
-        held_out = held_out_agreement(st.manifest(s.default_pose_model, pose_version))
-        multi = sorted((data / "unlabeled" / "multi").glob("*.jpg"))
-        found = agreement_on(photos + multi, store, args.teacher)
-        groups: dict[str, list[float]] = defaultdict(list)
-        for p, v in found.items():
-            if v is not None:
-                groups[p.name.split("_")[0] if p in multi else "photos (all but multi)"].append(v)
-        lines = [f"| {g} {_stats(vals)}" for g, vals in sorted(groups.items(), key=lambda kv: np.median(kv[1]))
-                 if len(vals) >= 5]
-        parts.append(f"Agreement of {s.default_pose_model}:{pose_version} (with {s.default_detector}) with "
-                     f"{args.teacher} on the same people, per image (mean OKS over its people), groups of 5 "
-                     f"or more images, weakest first; held-out agreement in the manifest: {held_out}\n\n"
-                     "| photos | images | mean | median | p10 |\n|---|---|---|---|---|\n" + "\n".join(lines))
+        parts.append(agreement_tables(args, store, photos, multi, weak))
     body = "\n\n".join(parts)
     print(body)
     if not args.no_record:
