@@ -30,15 +30,15 @@ def load_images(data: Path, n: int) -> list[tuple[str, bytes]]:
 
 
 def bench_raw(images, store: Path, pose: str, det: str, rounds: int) -> dict:
+    from service.engine import pipeline_for, sessions_for
     from service.images import decode_image
-    from service.pipeline import ImageTask, PosePipeline
-    from service.pipeline.runtime import OnnxModel
+    from service.pipeline import ImageTask
     from service.settings import get_settings
     from service.store import ModelRegistry, ModelStore
 
     s = get_settings()
-    reg = ModelRegistry(ModelStore(store), lambda m, d: OnnxModel.from_settings(m, d, s))
-    pipe = PosePipeline.from_settings(s)
+    reg = ModelRegistry(ModelStore(store), sessions_for(s))
+    pipe = pipeline_for(s)
     pm, dm = reg.get(pose), reg.get(det)
 
     def one(data):

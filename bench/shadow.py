@@ -85,7 +85,7 @@ def agreement_on(paths: list[Path], store: Path, teacher: str, pose_ref: str | N
     """Every photo through the served pipeline (the default detector; ``pose_ref`` or the default pose
     model), then through the shadow's comparison: the agreement per photo (None where nobody was found
     or the teacher is sure of no point)."""
-    from service.composition import build
+    from service.engine import build_engine
     from service.images import decode_image
     from service.pipeline import ImageTask
     from service.settings import Settings
@@ -93,7 +93,7 @@ def agreement_on(paths: list[Path], store: Path, teacher: str, pose_ref: str | N
     from service.shadow.log import MemoryLog
 
     s = Settings(model_store=store, shadow_model=teacher, shadow_rate=1.0)
-    rt = build(s, "offline")
+    rt = build_engine(s)
     pose, det = rt.registry.get(pose_ref or s.default_pose_model), rt.registry.get(s.default_detector)
     shadow = Shadow(ShadowConfig.from_settings(s), rt.registry, rt.pipeline, log_to=MemoryLog(len(paths) + 1))
     out: dict[Path, float | None] = {}

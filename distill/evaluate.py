@@ -28,9 +28,10 @@ from .data import Record, read_coco
 def served_pipeline() -> PosePipeline:
     """The pipeline as the service runs it by default (its detector threshold and people ceiling); the
     person score threshold is left to the callers, which keep every person (AP ranks them by score)."""
+    from service.engine import pipeline_for
     from service.settings import Settings
 
-    return PosePipeline.from_settings(Settings())
+    return pipeline_for(Settings())
 
 
 def predict(model: ServedModel, records: list[Record], detector: ServedModel | None = None,

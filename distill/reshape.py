@@ -62,7 +62,7 @@ def box_agreement(source, candidate, images: list[np.ndarray], pipeline) -> dict
 
 def cmd_reshape(args) -> int:
     """Load → free the input size → check parity → compare boxes → evaluate → register, gated."""
-    from service.pipeline.pipeline import PosePipeline
+    from service.engine import pipeline_for
     from service.settings import Settings, get_settings
     from service.store import ModelStore
     from service.store.store import ModelSpec
@@ -91,7 +91,7 @@ def cmd_reshape(args) -> int:
     if diff > 1e-4:
         print(f"the re-shaped graph disagrees with the source on full-size input (max abs diff {diff:g})")
         return 1
-    pipeline = PosePipeline.from_settings(Settings())
+    pipeline = pipeline_for(Settings())
     images = [r.load() for spec in args.check for r in read_source(spec)][: args.check_images]
     agreement = box_agreement(src_model, new_model, images, pipeline)
     print(json.dumps({"parity_max_abs_diff": diff, "boxes_vs_source": agreement}, indent=2))

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from .errors import InvalidImage, Overloaded, PayloadTooLarge, UnsupportedMediaType
+from .mediatypes import sniff
 
 if TYPE_CHECKING:
     from .settings import ImageLimits
@@ -90,22 +91,6 @@ class Decoded(NamedTuple):
 SUPPORTED = ("jpeg", "png", "webp", "bmp")
 DECLARED_TYPES = {"image/jpeg", "image/jpg", "image/pjpeg", "image/png", "image/webp", "image/bmp",
                   "image/x-bmp", "image/x-ms-bmp", "application/octet-stream"}
-
-
-def sniff(data: bytes) -> str | None:
-    if data[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    if data[:2] == b"BM":
-        return "bmp"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
-    return None
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:

@@ -14,11 +14,9 @@ import socket
 import threading
 
 from . import composition, metrics, scratch
-from .broker.consumer import StreamConsumer
+from .composition import WorkerRuntime
 from .settings import Settings
 from .store import ModelRegistry
-from .video.jobs import RedisJobStore
-from .video.runner import VideoConfig, VideoConsumer
 
 log = logging.getLogger("posekd.worker")
 
@@ -40,23 +38,19 @@ def report_device(settings: Settings, registry: ModelRegistry) -> None:
             log.log(level, "falling back to the CPU for %s:%d: %s", served.name, served.version, why)
 
 
-def build(settings: Settings) -> tuple[StreamConsumer, VideoConsumer]:
-    rt = composition.build(settings, "worker")
-    registry, pipeline = rt.registry, rt.pipeline
-    assert isinstance(rt.jobs, RedisJobStore) and settings.redis_url  # the worker role is Redis mode
-    errors = registry.preload([settings.default_pose_model, settings.default_detector])
+def build(settings: Settings) -> WorkerRuntime:
+    """The worker's runtime, its default models loaded and its shadow teacher (if any) started."""
+    name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
+    rt = composition.build_worker(settings, name)
+    errors = rt.registry.preload([settings.default_pose_model, settings.default_detector])
     for spec, err in errors.items():
         log.error("default model %s is not loaded: %s (requests for it will fail)", spec, err)
-    metrics.publish_models(registry)
-    report_device(settings, registry)
-    name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
-    videos = VideoConsumer(rt.jobs, name, VideoConfig.from_settings(settings), registry, pipeline, settings.delivery)
+    metrics.publish_models(rt.registry)
+    report_device(settings, rt.registry)
     if rt.shadow is not None:
         rt.shadow.start()
         log.info("shadowing %.0f%% of images with %s", rt.shadow.config.rate * 100, rt.shadow.config.model)
-    return StreamConsumer(settings.redis, name, pipeline, registry, batching=settings.batching,
-                          delivery=settings.delivery, images=settings.image_limits,
-                          observe=rt.shadow.offer if rt.shadow is not None else None), videos
+    return rt
 
 
 def serve(settings: Settings, metrics_port: int | None = None) -> int:
@@ -69,7 +63,8 @@ def serve(settings: Settings, metrics_port: int | None = None) -> int:
     if port:
         start_http_server(port, addr="0.0.0.0", registry=metrics.REGISTRY)
         log.info("metrics on :%d/metrics", port)
-    consumer, videos = build(settings)
+    rt = build(settings)
+    consumer, videos = rt.consumer, rt.videos
     video_thread = threading.Thread(target=videos.run, name="posekd-video", daemon=True)
 
     async def main() -> None:

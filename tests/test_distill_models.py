@@ -103,12 +103,12 @@ def test_eval_harness_reproduces_the_teachers_readme_numbers():
     decoding, OKS) against silent drift; the service's own person score ranks better (0.327 there)."""
     from distill.evaluate import coco_ap, predict
     from distill.teachers import load_model
-    from service.pipeline import PosePipeline
+    from service.engine import pipeline_for
     from service.settings import Settings
 
     ann = DATA / "labeled" / "coco_mini_train" / "annotations" / "person_keypoints_train2017.json"
     records = read_coco(ann)
-    readme_scoring = PosePipeline.from_settings(Settings(person_score="keypoints"))
+    readme_scoring = pipeline_for(Settings(person_score="keypoints"))
     results, _ = predict(load_model("movenet-lightning"), records, pipeline=readme_scoring)
     assert coco_ap(ann, results, [r.image_id for r in records])["AP"] == pytest.approx(0.306, abs=0.005)
     scored, _ = predict(load_model("movenet-lightning"), records)

@@ -133,13 +133,14 @@ def test_pipeline_requires_detector_without_boxes(store):
 def test_thread_spinning_follows_the_setting(store, spinning, value, monkeypatch):
     """Pool threads busy-wait only when asked: off by default, so the detector's and the pose model's
     sessions do not take cores from each other between their turns."""
+    from service.engine import sessions_for
     from service.settings import Settings
 
     monkeypatch.setenv("POSEKD_ORT_SPINNING", "true" if spinning else "false")
     settings = Settings(device="cpu", ort_intra_threads=1)
     assert settings.ort_spinning is spinning
     manifest_, data = store.read_verified("tiny-pose", store.versions("tiny-pose")[0])
-    model = OnnxModel.from_settings(manifest_, data, settings)
+    model = sessions_for(settings)(manifest_, data)
     opts = model.session.get_session_options()
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == value
     assert OnnxModel(manifest_, data, device="cpu", intra_threads=1).session.get_session_options() \

@@ -227,7 +227,7 @@ def test_in_redis_mode_the_worker_shadows_and_the_api_answers_for_it(settings, s
     from service import worker
 
     s = _shadowed(settings, store, tmp_path, redis_url=redis_url, redis_prefix=redis_prefix, shadow_dir=None)
-    consumer, _videos = worker.build(s)
+    consumer = worker.build(s).consumer
     stop = asyncio.Event()
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(consumer.run(stop),), daemon=True)

@@ -341,7 +341,7 @@ def test_a_job_belongs_to_the_key_that_created_it(settings, store, tmp_path):
 def test_labels_of_people_at_the_top_edge_are_drawn_whole():
     """A person whose box touches the top of a large picture: the score label sits inside the box, not
     cut off above the frame."""
-    from service.video.render import draw
+    from service.drawing import draw
 
     image = np.zeros((1600, 1200, 3), np.uint8)
     kps = [[600.0, 100.0 + 40 * k, 0.9] for k in range(17)]

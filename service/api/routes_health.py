@@ -1,8 +1,6 @@
 """Liveness, readiness and the Open Inference Protocol (KServe V2) health and metadata routes."""
 from __future__ import annotations
 
-import contextlib
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -39,15 +37,8 @@ async def _readiness(request: Request) -> tuple[bool, dict]:
     broker_ok = await state.broker.ready()
     models_ok = state.models_ready()
     detail = {"broker": broker_ok, "models": models_ok, "default_models": state.default_specs()}
-    workers_ok = True
-    if not state.broker.runs_models:  # Redis mode: the live worker processes, asked now when none is known
-        workers = state.broker.workers
-        if not workers and broker_ok:
-            with contextlib.suppress(Exception):
-                workers = await state.broker.workers_now()
-        detail["workers"] = workers or 0
-        # no worker means every request would get 503 no_workers: not ready (unless scale-to-zero)
-        workers_ok = bool(workers) or not state.settings.require_workers
+    workers_ok, about_workers = await state.broker.readiness(state.settings.require_workers)
+    detail.update(about_workers)
     if state.preload_errors:
         detail["errors"] = state.preload_errors
     return broker_ok and models_ok and workers_ok, detail

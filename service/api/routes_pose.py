@@ -6,7 +6,7 @@ import contextlib
 import json
 import time
 import uuid
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
@@ -14,9 +14,10 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ..broker import PoseAnswer, PoseRequest
+from ..broker.base import Admitted
 from ..errors import InvalidParameter, PoseKDError
 from ..formats import coco_results
-from ..images import budget_for, check_declared_type, decode_upload, inspect_image
+from ..images import budget_for, check_declared_type
 from ..keypoints import COCO17
 from ..names import MODEL_REF
 from ..pipeline import ImageTask
@@ -97,25 +98,20 @@ async def _resolve(state, spec: str, task: str) -> tuple[str, dict]:
     return f"{served.name}:{served.version}", {"name": served.name, "version": served.version}
 
 
-async def _read_images(state, images: list[bytes], held: list[int]) -> list[tuple]:
-    """(pixels, scale, data, size) per upload. A broker whose workers decode elsewhere (Redis, ``encoded``
-    payload) gets the checked bytes: the header is read here, the pixels by the worker."""
-    s = state.settings
-    decode = state.broker.wants_pixels
-    out: list[tuple[Any, float, bytes | None, tuple[int, int] | None]] = []
+async def _read_images(state, images: list[bytes], held: list[int]) -> list[Admitted]:
+    """Each upload admitted by the broker (decoded here, or checked for a worker that decodes it), one
+    after the other: a batch holds at most one full-size image at a time."""
+    limits = state.settings.image_limits
+    out = []
     for i, data in enumerate(images):
         try:
-            if decode:  # one image after the other: a batch holds at most one full-size image at a time
-                d = await run_in_threadpool(decode_upload, data, s.image_limits)
-                held.append(d.held)
-                out.append((d.image, d.scale, None, d.size))
-            else:  # the worker decodes, under its own process's budget, and knows the size then
-                inspect_image(data, max_bytes=s.image_limits.max_bytes, max_pixels=s.image_limits.max_pixels)
-                out.append((None, 1.0, data, None))
+            admitted = await run_in_threadpool(state.broker.admit, data, limits)
         except PoseKDError as exc:
             if len(images) > 1:
                 exc.message = f"image {i}: {exc.message}"
             raise
+        held.append(admitted.held)
+        out.append(admitted)
     return out
 
 
@@ -160,26 +156,20 @@ async def _run(request: Request, images: list[bytes], model, detector, min_score
         det_ref, det_info = await _resolve(state, detector or s.default_detector, "person_detection")
     held: list[int] = []  # decoded pixels this request keeps in flight (the budget) until it is answered
     try:
-        decoded = await _read_images(state, images, held)
-        tasks = [ImageTask(im, parsed_boxes, min_score, max_people, scale, data, size)
-                 for im, scale, data, size in decoded]
+        admitted = await _read_images(state, images, held)
+        tasks = [ImageTask(a.image, parsed_boxes, min_score, max_people, a.scale, a.data, a.size) for a in admitted]
         result = await _submit(request, PoseRequest(pose_ref, det_ref, tasks), s.request_timeout_s)
         if draw_on is not None:  # the annotated picture, drawn while the pixels are still admitted
-            draw_on.append(await run_in_threadpool(_draw, s, tasks[0], images[0], result.results[0]))
+            draw_on.append(await run_in_threadpool(_draw, state, tasks[0], images[0], result.results[0]))
     finally:
         budget_for(s.image_limits).release(sum(held))
     return pose_info, det_info, result
 
 
-def _draw(s, task: ImageTask, data: bytes, res) -> np.ndarray:
-    """The picture with the people drawn (reduced like the pipeline saw it; in Redis mode the API did
-    not decode the upload, so it does here, under the same budget)."""
-    from ..video.render import draw
-    image, scale = task.image, task.scale
-    if image is None:
-        d = decode_upload(data, s.image_limits)
-        budget_for(s.image_limits).release(d.held)
-        image, scale = d.image, d.scale
+def _draw(state, task: ImageTask, data: bytes, res) -> np.ndarray:
+    """The picture with the people drawn, reduced like the pipeline saw it."""
+    from ..drawing import draw
+    image, scale = state.broker.picture(task, data, state.settings.image_limits)
     return draw(image, [p.as_dict() for p in res.people], min_score=0.2, scale=scale)
 
 

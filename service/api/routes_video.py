@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -77,7 +77,7 @@ async def create_video_job(request: Request,
                            smoothing: bool | None = Query(None, description="One-Euro smoothing of keypoints")):
     state = service_of(request)
     s = state.settings
-    await state.broker.require_a_worker()  # Redis mode: never queue a job nobody runs
+    await run_in_threadpool(state.videos.require_a_worker)  # never queue a job nobody runs
     refs = []  # exact name:version, resolved once here (404 before the upload is kept): the job runs these
     for spec, task in ((model or s.default_pose_model, "pose"), (detector or s.default_detector, "person_detection")):
         served = await run_in_threadpool(state.registry.get, ModelSpec.parse(spec), task)
@@ -160,10 +160,9 @@ async def job_video(request: Request, job_id: str):
     overlay = await run_in_threadpool(service_of(request).jobs.overlay, job_id)
     if overlay is None:
         raise PoseKDError("the overlay has expired", code="no_overlay", status=404)
-    if isinstance(overlay, Path):
-        return FileResponse(overlay, media_type="video/mp4", filename=f"{job_id}.mp4")
-    return Response(overlay, media_type="video/mp4",
-                    headers={"Content-Disposition": f'attachment; filename="{job_id}.mp4"'})
+    return StreamingResponse(iter(overlay.chunks), media_type="video/mp4",
+                             headers={"Content-Length": str(overlay.size),
+                                      "Content-Disposition": f'attachment; filename="{job_id}.mp4"'})
 
 
 @router.delete("/jobs/{job_id}", response_model=JobDeleted, responses={**_JOB_ERRORS, 202: {

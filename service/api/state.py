@@ -9,7 +9,7 @@ from fastapi import Request
 
 from ..broker import Broker
 from ..broker.videos import VideoQueue
-from ..composition import Runtime, build
+from ..composition import ApiRuntime, build_api
 from ..errors import PoseKDError
 from ..pipeline import PosePipeline
 from ..settings import Settings
@@ -27,13 +27,13 @@ def service_of(request: Request) -> ServiceState:
 
 @dataclass
 class ServiceState:
-    runtime: Runtime
+    runtime: ApiRuntime
     preload_errors: dict[str, str] = field(default_factory=dict)
     warmed: list[str] = field(default_factory=list)  # name:version of the models run once at start
 
     @classmethod
     def build(cls, settings: Settings) -> ServiceState:
-        return cls(build(settings, "api"))
+        return cls(build_api(settings))
 
     # the parts, typed, for the routes
     @property
@@ -54,17 +54,14 @@ class ServiceState:
 
     @property
     def broker(self) -> Broker:
-        assert self.runtime.broker is not None  # the api role always has one
         return self.runtime.broker
 
     @property
     def videos(self) -> VideoQueue:
-        assert self.runtime.videos is not None
         return self.runtime.videos
 
     @property
     def jobs(self) -> JobStore:
-        assert self.runtime.jobs is not None
         return self.runtime.jobs
 
     @property

@@ -9,7 +9,22 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from ..images import decode_upload
 from ..pipeline import ImageResult, ImageTask
+from ..settings import ImageLimits
+
+
+@dataclass
+class Admitted:
+    """An upload made ready to submit: decoded pixels (and the budget they hold until the request is
+    answered), or the checked bytes a worker elsewhere decodes."""
+    image: np.ndarray | None
+    scale: float
+    data: bytes | None
+    size: tuple[int, int] | None
+    held: int = 0
 
 
 @dataclass
@@ -61,6 +76,23 @@ class Broker(abc.ABC):
     async def require_a_worker(self) -> None:
         """Raise Overloaded (503 ``no_workers``) when no worker would run queued work; no-op here."""
         return None
+
+    def admit(self, data: bytes, limits: ImageLimits) -> Admitted:
+        """An upload made ready for :meth:`submit` (called in a thread): decoded here, under the
+        process's pixel budget (the caller releases ``held`` once the request is answered)."""
+        d = decode_upload(data, limits)
+        return Admitted(d.image, d.scale, None, d.size, d.held)
+
+    def picture(self, task: ImageTask, data: bytes, limits: ImageLimits) -> tuple[np.ndarray, float]:
+        """The pixels of an admitted upload and their scale, to draw on (decoded already here)."""
+        if task.image is None:
+            raise ValueError("this broker decodes every upload it admits")
+        return task.image, task.scale
+
+    async def readiness(self, require_workers: bool) -> tuple[bool, dict]:
+        """Whether there are workers to run what is queued, and what to say about them in /readyz (the
+        in-process threads are counted by :meth:`ready`)."""
+        return True, {}
 
     @abc.abstractmethod
     async def start(self) -> None: ...

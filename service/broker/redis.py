@@ -17,12 +17,15 @@ import time
 import uuid
 from typing import Any
 
+import numpy as np
+
 from .. import metrics
 from ..errors import Overloaded, PoseKDError, Timeout
-from ..pipeline import ImageResult
-from ..settings import Delivery, RedisConfig
+from ..images import budget_for, decode_upload, inspect_image
+from ..pipeline import ImageResult, ImageTask
+from ..settings import Delivery, ImageLimits, RedisConfig
 from . import codec
-from .base import Broker, PoseAnswer, PoseRequest
+from .base import Admitted, Broker, PoseAnswer, PoseRequest
 from .keys import RedisKeys
 
 log = logging.getLogger("posekd.broker.redis")
@@ -162,6 +165,32 @@ class RedisBroker(Broker):
 
     async def ready(self) -> bool:
         return self._accepting and await self._reachable()
+
+    def admit(self, data: bytes, limits: ImageLimits) -> Admitted:
+        """``encoded`` payload: only the header is read here (every limit checked); the worker decodes,
+        under its own process's budget, and knows the size then."""
+        if self.wants_pixels:
+            return super().admit(data, limits)
+        inspect_image(data, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels)
+        return Admitted(None, 1.0, data, None)
+
+    def picture(self, task: ImageTask, data: bytes, limits: ImageLimits) -> tuple[np.ndarray, float]:
+        """An upload the workers decoded is decoded here too when it is to be drawn on (the budget is
+        held only while decoding: the caller's request holds none for it)."""
+        if task.image is not None:
+            return task.image, task.scale
+        d = decode_upload(data, limits)
+        budget_for(limits).release(d.held)
+        return d.image, d.scale
+
+    async def readiness(self, require_workers: bool) -> tuple[bool, dict]:
+        """The live worker processes, asked of Redis now when none is known yet; none means every request
+        would get 503 ``no_workers``: not ready, unless workers may scale to zero."""
+        workers = self._workers
+        if not workers and await self._reachable():
+            with contextlib.suppress(Exception):
+                workers = await self.workers_now()
+        return bool(workers) or not require_workers, {"workers": workers or 0}
 
     async def _reachable(self) -> bool:
         try:

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from ..mediatypes import sniff
 from .types import PoseResult, VideoResult
 
 ImageInput = str | Path | bytes | np.ndarray
@@ -40,7 +41,6 @@ def image_bytes(image: ImageInput) -> tuple[bytes, str]:
             raise ValueError("the array could not be encoded as PNG (expected H×W×3 uint8 BGR)")
         return buf.tobytes(), "image/png"
     data = Path(image).read_bytes() if isinstance(image, (str, Path)) else bytes(image)
-    from ..images import sniff
     kind = sniff(data)
     return data, f"image/{kind}" if kind in ("jpeg", "png", "webp", "bmp") else "application/octet-stream"
 

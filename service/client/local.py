@@ -18,14 +18,14 @@ class Estimator:
 
     def __init__(self, model: str | None = None, detector: str | None = None, *, store: str | Path | None = None,
                  settings=None):
-        from ..composition import build
+        from ..engine import build_engine
         from ..settings import get_settings
 
         s = settings or get_settings()
         if store is not None:
             s = s.model_copy(update={"model_store": Path(store)})
         self.settings = s
-        rt = build(s, "offline")
+        rt = build_engine(s)
         self.registry, self.pipeline = rt.registry, rt.pipeline
         try:
             self.pose_model = self.registry.get(model or s.default_pose_model, task="pose")

@@ -68,7 +68,7 @@ class PoseResult:
 
     def draw(self, image: np.ndarray, min_score: float = 0.2) -> np.ndarray:
         """A copy of ``image`` (BGR, the original size) with boxes, skeletons and scores drawn."""
-        from ..video.render import draw
+        from ..drawing import draw
         return draw(image, [p.to_dict() for p in self.people], min_score=min_score)
 
 

@@ -70,13 +70,6 @@ class PosePipeline:
         self.pose_nms = pose_nms
         self.scoring = scoring or PersonScoring(legacy=True)
 
-    @classmethod
-    def from_settings(cls, settings) -> PosePipeline:
-        scoring = PersonScoring(legacy=settings.person_score == "keypoints")
-        return cls(detector_threshold=settings.detector_threshold, max_boxes=settings.max_people,
-                   pose_chunk=settings.pose_max_batch, detector_size=settings.detector_size,
-                   pose_nms=settings.pose_nms_oks, scoring=scoring)
-
     def detector_input(self, detector: ServedModel):
         """The detector's input spec, at ``detector_size`` where its graph takes any multiple of N px."""
         spec = detector.manifest.input

@@ -3,14 +3,10 @@ batched calls that respect a graph's fixed batch size."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..store.manifest import Manifest, graph_outputs
-
-if TYPE_CHECKING:
-    from ..settings import Settings
 
 log = logging.getLogger("posekd.runtime")
 
@@ -65,11 +61,6 @@ class OnnxModel:
         return [(o.name, o.type, [d if isinstance(d, int) else -1 for d in o.shape])
                 for o in self.session.get_outputs() if o.name in self.output_names]
 
-    @classmethod
-    def from_settings(cls, manifest: Manifest, data: bytes, settings: Settings) -> OnnxModel:
-        return cls(manifest, data, device=settings.device, cuda_device_id=settings.cuda_device_id,
-                   intra_threads=settings.ort_intra_threads, inter_threads=settings.ort_inter_threads,
-                   spinning=settings.ort_spinning)
 
     def run(self, batch: np.ndarray, chunk: int = 0) -> dict[str, np.ndarray]:
         """Run a batch of any size: split into calls of at most ``max_batch`` (and ``chunk``) items."""

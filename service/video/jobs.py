@@ -15,6 +15,7 @@ import json
 import shutil
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,21 @@ class Job:
                 "render": self.render, "created": self.created, "finished": self.finished}
 
 
+@dataclass(frozen=True)
+class Blob:
+    """A stored file as a route sends it: its size and its bytes in chunks (read as they are sent)."""
+    size: int
+    chunks: Iterable[bytes]
+
+    @classmethod
+    def of_file(cls, path: Path, chunk: int = 1 << 20) -> Blob:
+        def read() -> Iterator[bytes]:
+            with open(path, "rb") as f:
+                while block := f.read(chunk):
+                    yield block
+        return cls(path.stat().st_size, read())
+
+
 class JobStore(abc.ABC):
     ttl_s: float
 
@@ -78,7 +94,8 @@ class JobStore(abc.ABC):
     def result(self, job_id: str) -> bytes: ...
 
     @abc.abstractmethod
-    def overlay(self, job_id: str) -> Path | bytes | None: ...
+    def overlay(self, job_id: str) -> Blob | None:
+        """The overlay MP4, to stream; None when the job has none (or it expired)."""
 
     @abc.abstractmethod
     def delete(self, job_id: str) -> None: ...
@@ -189,9 +206,9 @@ class LocalJobStore(JobStore):
     def result(self, job_id: str) -> bytes:
         return (self._dir(job_id) / "result.json").read_bytes()
 
-    def overlay(self, job_id: str) -> Path | None:
+    def overlay(self, job_id: str) -> Blob | None:
         path = self._dir(job_id) / "overlay.mp4"
-        return path if path.exists() else None
+        return Blob.of_file(path) if path.exists() else None
 
 
     def delete(self, job_id: str) -> None:
@@ -300,8 +317,9 @@ class RedisJobStore(JobStore):
             raise JobNotFound(f"job {job_id} has no result (expired)")
         return data
 
-    def overlay(self, job_id: str) -> bytes | None:
-        return self.redis.get(self._key(job_id, "overlay"))
+    def overlay(self, job_id: str) -> Blob | None:
+        data = self.redis.get(self._key(job_id, "overlay"))
+        return Blob(len(data), [data]) if data is not None else None
 
     def delete(self, job_id: str) -> None:
         self.redis.delete(*(self._key(job_id, p) for p in self.PARTS))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..composition import build
+from ..engine import build_engine
 from ..progress import Progress
 from ..settings import Settings
 from .processor import VideoProcessor
@@ -12,7 +12,7 @@ from .runner import VideoConfig
 
 
 def load(settings: Settings, model: str | None, detector: str | None):
-    rt = build(settings, "offline")
+    rt = build_engine(settings)
     pose = rt.registry.get(model or settings.default_pose_model, task="pose")
     det = rt.registry.get(detector or settings.default_detector, task="person_detection")
     return rt.pipeline, pose, det

@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from .. import metrics
+from ..drawing import draw
 from ..geometry import iou
 from ..keypoints import COCO17
 from ..pipeline import PosePipeline
 from ..pipeline.people import oks_nms
 from ..store.registry import ServedModel
 from . import decode
-from .render import Mp4Writer, draw
+from .render import Mp4Writer
 from .smoothing import TrackSmoother
 from .tracker import Tracker, appearance
 
