@@ -206,10 +206,23 @@ def cmd_bench(args, rest: list[str]) -> int:
     if not (bench_dir / "__init__.py").is_file():
         print(f"benchmarks live in {bench_dir}, which needs a source checkout", file=sys.stderr)
         return 2
-    sys.path.insert(0, str(root))
+    return _load_bench(bench_dir, args.what).main(rest)
+
+
+def _load_bench(folder: Path, name: str):
+    """``bench.<name>`` from the checkout's ``bench/`` folder, loaded as the package ``bench`` (it is not
+    installed; the import search path stays as it is)."""
     import importlib
-    module = importlib.import_module(f"bench.{args.what}")
-    return module.main(rest)
+    import importlib.util
+    if "bench" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("bench", folder / "__init__.py",
+                                                      submodule_search_locations=[str(folder)])
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {folder}")
+        package = importlib.util.module_from_spec(spec)
+        sys.modules["bench"] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module(f"bench.{name}")
 
 
 def _add_models_parser(sub) -> None:

@@ -34,16 +34,3 @@ def is_job_id(job_id: object) -> bool:
 
 def is_version(version: object) -> bool:
     return isinstance(version, int) and not isinstance(version, bool) and 1 <= version <= MAX_VERSION
-
-
-def path_params():
-    """FastAPI ``Path`` declarations for model names, aliases and versions (422 ``invalid_parameter``
-    at the edge, documented in the OpenAPI schema)."""
-    from fastapi import Path as P
-    name = P(pattern=MODEL_NAME, max_length=64, description=f"model name: {MODEL_NAME_RULE}")
-    alias = P(pattern=ALIAS, max_length=64, description=f"alias: {ALIAS_RULE}")
-    version = P(ge=1, le=MAX_VERSION, description="model version")
-    return name, alias, version
-
-
-NamePath, AliasPath, VersionPath = path_params()

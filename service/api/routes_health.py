@@ -7,8 +7,8 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..errors import ModelNotFound
-from ..names import NamePath, VersionPath
 from ..store import ModelSpec
+from .params import NamePath, VersionPath
 from .schemas import (
     ErrorResponse,
     Health,

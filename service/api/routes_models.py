@@ -6,8 +6,8 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import InvalidParameter, ManifestError, ModelNotFound
-from ..names import AliasPath, NamePath
 from .bodies import read_body
+from .params import AliasPath, NamePath
 from .schemas import (
     AgreementSummary,
     AliasTable,
