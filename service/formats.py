@@ -16,14 +16,12 @@ PERSON_CATEGORY = 1
 
 
 def coco_person(person: Mapping[str, Any], image_id: int) -> dict:
-    """One person (``bbox`` x1,y1,x2,y2, ``keypoints`` 17×[x,y,s], ``score``) as a COCO result."""
+    """One person in its JSON form (``Person.to_dict``: ``bbox`` x1,y1,x2,y2, ``keypoints`` 17×[x,y,s],
+    ``score``, already rounded) as a COCO result; only the box's width and height are computed."""
     x1, y1, x2, y2 = (float(v) for v in person["bbox"])
-    flat: list[float] = []
-    for x, y, s in person["keypoints"]:
-        flat += [round(float(x), 2), round(float(y), 2), round(float(s), 4)]
+    flat = [float(v) for kp in person["keypoints"] for v in kp]
     out = {"image_id": int(image_id), "category_id": PERSON_CATEGORY, "keypoints": flat,
-           "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-           "score": round(float(person["score"]), 4)}
+           "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)], "score": float(person["score"])}
     if "track_id" in person:
         out["track_id"] = int(person["track_id"])
     return out

@@ -170,7 +170,7 @@ def _draw(state, task: ImageTask, data: bytes, res) -> np.ndarray:
     """The picture with the people drawn, reduced like the pipeline saw it."""
     from ..drawing import draw
     image, scale = state.broker.picture(task, data, state.settings.image_limits)
-    return draw(image, [p.as_dict() for p in res.people], min_score=0.2, scale=scale)
+    return draw(image, [p.to_dict() for p in res.people], min_score=0.2, scale=scale)
 
 
 async def _one_image(request: Request) -> bytes:
@@ -189,7 +189,7 @@ def _image_response(res, pose_info, det_info, queue_s, t0) -> dict:
         "detector": det_info,
         "image": {"width": res.size[0], "height": res.size[1]},
         "keypoint_names": list(COCO17),
-        "people": [p.as_dict() for p in res.people],
+        "people": [p.to_dict() for p in res.people],
         "timing_ms": {"queue": round(queue_s * 1000, 2), "inference": round(res.timing_ms["inference"], 2),
                       "total": round((time.perf_counter() - t0) * 1000, 2)},
     }
@@ -206,7 +206,7 @@ async def pose(request: Request, model: str | None = ModelQ, detector: str | Non
     data = await _one_image(request)
     pose_info, det_info, result = await _run(request, [data], model, detector, min_score, max_people, boxes)
     if format == "coco":
-        return JSONResponse(coco_results((p.as_dict() for p in result.results[0].people), image_id))
+        return JSONResponse(coco_results((p.to_dict() for p in result.results[0].people), image_id))
     return JSONResponse(_image_response(result.results[0], pose_info, det_info, result.queue_s, t0))
 
 
@@ -260,7 +260,7 @@ async def pose_batch(request: Request, model: str | None = ModelQ, detector: str
     pose_info, det_info, result = await _run(request, files, model, detector, min_score, max_people, boxes)
     if format == "coco":
         return JSONResponse([r for res, i in zip(result.results, ids)
-                             for r in coco_results((p.as_dict() for p in res.people), i)])
+                             for r in coco_results((p.to_dict() for p in res.people), i)])
     results = [_image_response(res, pose_info, det_info, result.queue_s, t0) for res in result.results]
     return JSONResponse({"results": results,
                          "timing_ms": {"total": round((time.perf_counter() - t0) * 1000, 2)}})

@@ -100,7 +100,7 @@ class Request:
 
 
 def reply_ok(req: Request, result: ImageResult, queue_s: float, batch: int, worker: str) -> dict[str, str]:
-    body = {"ok": True, "people": [p.as_dict() for p in result.people], "timing": result.timing_ms,
+    body = {"ok": True, "people": [p.to_dict() for p in result.people], "timing": result.timing_ms,
             "size": list(result.size), "queue_s": queue_s, "batch": batch, "worker": worker}
     return {k.F_JOB: req.job_id, k.F_INDEX: str(req.index), k.F_BODY: json.dumps(body, separators=(",", ":"))}
 

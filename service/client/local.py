@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import ModelNotFound
 from .http import ImageInput
-from .types import Person, PoseResult
+from .types import PoseResult
 
 
 class Estimator:
@@ -60,7 +60,7 @@ class Estimator:
                          min(max_people or s.max_people, s.max_people), scale, size=size)
         res = self.pipeline.run(self.pose_model, None if given is not None else self.detector, [task])[0]
         pose_ref, det_ref = self.names
-        return PoseResult([Person.from_dict(p.as_dict()) for p in res.people], res.size[0], res.size[1],
+        return PoseResult(list(res.people), res.size[0], res.size[1],
                           pose_ref, None if given is not None else det_ref,
                           {k: round(v, 2) for k, v in res.timing_ms.items()})
 

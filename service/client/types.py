@@ -9,34 +9,9 @@ import numpy as np
 
 from ..formats import coco_results
 from ..keypoints import COCO17
+from ..person import Person
 
-
-@dataclass(frozen=True)
-class Person:
-    """One person: ``bbox`` (x1, y1, x2, y2), ``score`` (mean keypoint score) and ``keypoints``, a
-    (17, 3) array of x, y, score in COCO-17 order, in the original image's pixels."""
-    bbox: tuple[float, float, float, float]
-    score: float
-    keypoints: np.ndarray
-    track_id: int | None = None
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Person:
-        return cls(tuple(float(v) for v in d["bbox"]), float(d["score"]),  # type: ignore[arg-type]
-                   np.asarray(d["keypoints"], np.float32).reshape(17, 3), d.get("track_id"))
-
-    def keypoint(self, name: str) -> tuple[float, float, float]:
-        """(x, y, score) of a keypoint by its COCO name, e.g. ``"left_wrist"``."""
-        x, y, s = self.keypoints[COCO17.index(name)]
-        return float(x), float(y), float(s)
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"bbox": [round(v, 2) for v in self.bbox], "score": round(self.score, 4),
-                               "keypoints": [[round(float(x), 2), round(float(y), 2), round(float(s), 4)]
-                                             for x, y, s in self.keypoints]}
-        if self.track_id is not None:
-            out["track_id"] = self.track_id
-        return out
+__all__ = ["Person", "PoseResult", "VideoResult"]
 
 
 @dataclass

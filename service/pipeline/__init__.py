@@ -1,4 +1,5 @@
 """Inference pipeline: ONNX Runtime models, pre-processing, decoders and the top-down pipeline."""
-from .pipeline import ImageResult, ImageTask, Person, PosePipeline
+from ..person import Person
+from .pipeline import ImageResult, ImageTask, PosePipeline
 
 __all__ = ["ImageResult", "ImageTask", "Person", "PosePipeline"]

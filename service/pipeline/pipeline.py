@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import metrics
 from ..geometry import nms
+from ..person import Person
 from ..store.registry import ServedModel
 from . import preprocess as pp
 from .decoders import DETECTION_DECODERS, POSE_DECODERS
@@ -27,24 +28,6 @@ class ImageTask:
     # results are in original pixels
     data: bytes | None = None  # the uploaded bytes, when a worker elsewhere decodes them (Redis broker)
     size: tuple[int, int] | None = None  # the original (width, height); default: the image's size × scale
-
-
-@dataclass
-class Person:
-    bbox: list[float]
-    score: float
-    keypoints: np.ndarray  # (17, 3) x, y, score in image pixels
-
-    def as_dict(self) -> dict:
-        """The public JSON form (also the wire form between worker and API; rounding twice changes nothing)."""
-        return {"bbox": [round(float(v), 2) for v in self.bbox], "score": round(float(self.score), 4),
-                "keypoints": [[round(float(x), 2), round(float(y), 2), round(float(s), 4)]
-                              for x, y, s in self.keypoints]}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Person:
-        """Back from :meth:`as_dict` (a worker's reply read by the API)."""
-        return cls(d["bbox"], d["score"], np.asarray(d["keypoints"], np.float32))
 
 
 @dataclass
@@ -156,7 +139,7 @@ class PosePipeline:
         order = np.argsort(-scores, kind="stable")
         if detected and self.pose_nms > 0:
             order = oks_nms(kps, boxes[:, :4], scores, self.pose_nms)
-        return [Person(bbox=boxes[i, :4].tolist(), score=float(scores[i]), keypoints=kps[i]) for i in order]
+        return [Person.of(boxes[i, :4], scores[i], kps[i]) for i in order]
 
     # ---- whole pipeline ---------------------------------------------------------------------
     def run(self, model: ServedModel, detector: ServedModel | None, tasks: list[ImageTask]) -> list[ImageResult]:
@@ -182,11 +165,7 @@ class PosePipeline:
         results = []
         for task, image, given, kps in zip(tasks, pixels, boxes, keypoints):
             bxs = given if given is not None else np.zeros((0, 5), np.float32)
-            people = self.people(bxs, kps, detected=task.boxes is None)
-            if task.scale != 1.0:
-                for p in people:
-                    p.bbox = [v * task.scale for v in p.bbox]
-                    p.keypoints = p.keypoints * np.array([task.scale, task.scale, 1.0], np.float32)
+            people = [p.scaled(task.scale) for p in self.people(bxs, kps, detected=task.boxes is None)]
             people = [p for p in people if p.score >= task.min_score][: task.max_people]
             metrics.PEOPLE.observe(len(people))
             size = task.size or (round(image.shape[1] * task.scale), round(image.shape[0] * task.scale))

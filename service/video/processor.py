@@ -20,6 +20,7 @@ from .. import metrics
 from ..drawing import draw
 from ..geometry import iou
 from ..keypoints import COCO17
+from ..person import Person
 from ..pipeline import PosePipeline
 from ..pipeline.people import oks_nms
 from ..store.registry import ServedModel
@@ -249,10 +250,7 @@ class _ClipRun:
             if tid is None:
                 continue
             xy = self.smoother(tid, kp, t) if self.smoother else kp
-            shown.append({"track_id": tid, "bbox": [round(float(v), 2) for v in box],
-                          "score": round(float(score), 4),
-                          "keypoints": [[round(float(x), 2), round(float(y), 2), round(float(s), 4)]
-                                        for (x, y, _), s in zip(xy, kp[:, 2])]})
+            shown.append(Person.of(box, score, np.column_stack([xy[:, :2], kp[:, 2]]), tid).to_dict())
         self.frames.append({"frame": idx, "time": round(t, 4), "people": shown})
         if self.writer is not None:
             self.writer.write(draw(image, shown))
