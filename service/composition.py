@@ -29,8 +29,8 @@ from .video.jobs import JobStore
 
 if TYPE_CHECKING:
     from .broker.consumer import StreamConsumer
+    from .video.consumer import VideoConsumer
     from .video.jobs import RedisJobStore
-    from .video.runner import VideoConsumer
 
 
 @dataclass
@@ -82,8 +82,9 @@ def build_api(settings: Settings) -> ApiRuntime:
                           settings.redis_op_timeout_s)
         return ApiRuntime(*common, broker=queue, videos=RedisVideoQueue(settings.redis, settings.delivery),
                           jobs=RedisJobStore(settings.redis, settings.job_ttl_s), agreements=shared)
+    from .video.job import VideoConfig
     from .video.jobs import LocalJobStore
-    from .video.runner import LocalRunner, VideoConfig
+    from .video.local import LocalRunner
     record = MemoryLog(settings.shadow_window)
     shadow = _shadow(settings, parts, record)
     jobs = LocalJobStore(settings.video_dir, settings.job_ttl_s)
@@ -100,8 +101,9 @@ def build_worker(settings: Settings, name: str) -> WorkerRuntime:
         raise ValueError("a worker needs POSEKD_REDIS_URL (the embedded service runs its own inference threads)")
     from .broker.consumer import StreamConsumer
     from .shadow import RedisLog
+    from .video.consumer import VideoConsumer
+    from .video.job import VideoConfig
     from .video.jobs import RedisJobStore
-    from .video.runner import VideoConfig, VideoConsumer
     parts = _serving(settings, runs_models=True)
     shadow = _shadow(settings, parts, RedisLog(settings.redis_url, settings.redis_prefix, settings.shadow_window,
                                                settings.redis_op_timeout_s))

@@ -1,6 +1,6 @@
 """The video job queue contract, beside the image brokers: the API creates a job in its
 :class:`~service.video.jobs.JobStore` (state and files) and hands the id to a ``VideoQueue``, which
-gets it run — on threads of the API process (:class:`~service.video.runner.LocalRunner`, embedded
+gets it run — on threads of the API process (:class:`~service.video.local.LocalRunner`, embedded
 mode) or by `posekd worker`s reading the ``videos`` stream (:class:`RedisVideoQueue`)."""
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class VideoQueue(abc.ABC):
 
 class RedisVideoQueue(VideoQueue):
     """One entry per job on ``<prefix>:videos``; workers read it as the ``video-workers`` group and a
-    job whose worker died is taken over (see :mod:`service.video.runner`)."""
+    job whose worker died is taken over (see :mod:`service.video.consumer`)."""
 
     GROUP = "video-workers"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from ..engine import build_engine
 from ..progress import Progress
 from ..settings import Settings
+from .job import VideoConfig
 from .processor import VideoProcessor
-from .runner import VideoConfig
 
 
 def load(settings: Settings, model: str | None, detector: str | None):
