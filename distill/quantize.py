@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -169,10 +170,14 @@ def cmd_quantize(args) -> int:
     from service.store.store import ModelSpec
 
     from .data import read_source
-    from .export import Gates, git_commit
+    from .export import Gates, dirty_refusal, git_commit
     from .publish import _served, command_line, data_relative, evaluate_candidate, register_and_promote
 
     store = ModelStore(args.store or get_settings().model_store)
+    refused = dirty_refusal(args.to_store or store.root, args.allow_dirty)
+    if refused:
+        print(refused, file=sys.stderr)
+        return 2
     ref = ModelSpec.parse(args.model)
     version = store.resolve(ref)
     spec = ModelSpec(ref.name, version)

@@ -10,6 +10,7 @@ as the source on full-size input, measures how far the boxes move on real pictur
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -68,10 +69,14 @@ def cmd_reshape(args) -> int:
     from service.store.store import ModelSpec
 
     from .data import read_source
-    from .export import Gates, git_commit
+    from .export import Gates, dirty_refusal, git_commit
     from .publish import _served, command_line, data_relative, evaluate_candidate, register_and_promote
 
     store = ModelStore(args.store or get_settings().model_store)
+    refused = dirty_refusal(store.root, args.allow_dirty)
+    if refused:
+        print(refused, file=sys.stderr)
+        return 2
     ref = ModelSpec.parse(args.model)
     version = store.resolve(ref)
     source, data = store.read_verified(ref.name, version)

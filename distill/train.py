@@ -50,7 +50,9 @@ class TrainConfig:
     #                                  when on, the average is what is evaluated, kept as best and exported
     threads: int = 0                 # torch threads (0: leave torch's default)
     max_minutes: float = 0.0         # stop (with a checkpoint) after this much wall time in this run (0: no cap);
-    #                                  equal-CPU-time comparisons of recipes
+    #                                  equal-CPU-time comparisons; not reproducible, so never in a recorded recipe
+    stop_after: int = 0              # stop (with a checkpoint) at this step (0: at ``steps``): a budget of steps
+    #                                  that leaves the schedule, defined over ``steps``, as it is
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -227,6 +229,8 @@ class TrainingRun:
     @property
     def running(self) -> bool:
         if self.tc.max_minutes and time.time() - self.started > self.tc.max_minutes * 60:
+            return False
+        if self.tc.stop_after and self.step >= self.tc.stop_after:
             return False
         return self.step < self.tc.steps
 

@@ -258,6 +258,7 @@ def test_smoke_distillation_end_to_end(tmp_path, store):
     assert "posekd distill train pose-s" in m.lineage.command and "posekd distill cache pose" in m.lineage.command
     assert "--steps 4" in m.lineage.command and "--steps 6" in m.lineage.command  # both training commands
     assert m.lineage.model_dump()["train_resumed_at"] == [4]
+    assert {"python", "torch", "onnx", "onnxruntime"} <= set(m.lineage.model_dump()["libraries"])
     assert {"AP", "AR"} <= set(m.metrics["gt_boxes"]) and m.metrics["export_max_abs_diff"] < 1e-3
     assert m.metrics["params"] > 0 and m.metrics["gflops"] > 0 and m.metrics["ms_b1"] > 0
     # a second export must pass the gates against the first; an impossible gate keeps it out
