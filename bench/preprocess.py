@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if pose.manifest.output.decoder != "movenet_heads":
         print(f"{pose.manifest.name} is not decoded as MoveNet heads", file=sys.stderr)
         return 2
-    outputs = [pose.runner.run(pp.to_tensor(c, pspec)) for c in crops]
+    outputs = [pose.session.run(pp.to_tensor(c, pspec)) for c in crops]
     for outs in outputs[:3]:
         if not np.array_equal(decode_movenet_heads(pose.manifest, outs), decode_full_grids(pose.manifest, outs)):
             print("the two MoveNet-head decoders disagree", file=sys.stderr)

@@ -36,7 +36,7 @@ def multipose_alone(model, records) -> tuple[list, float]:
         image = r.load()
         t0 = time.perf_counter()
         view, (sx, sy) = pp.resize_for_detector(image, spec)
-        out = model.runner.run(pp.to_tensor([view], spec))[model.manifest.output.names[0]][0]
+        out = model.session.run(pp.to_tensor([view], spec))[model.manifest.output.names[0]][0]
         elapsed += time.perf_counter() - t0
         for row in out:
             if row[55] < 0.05:

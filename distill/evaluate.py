@@ -210,11 +210,11 @@ def latency(model: ServedModel, batch: int, runs: int = 30, seed: int = 0) -> fl
     images = rng.integers(0, 256, (batch, spec.height, spec.width, 3), dtype=np.uint8)
     x = pp.to_tensor(images, spec)
     for _ in range(5):
-        model.runner.run(x)
+        model.session.run(x)
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        model.runner.run(x)
+        model.session.run(x)
         times.append(time.perf_counter() - t0)
     return round(float(np.median(times)) * 1000 / batch, 3)
 

@@ -141,8 +141,8 @@ def fidelity(reference, quantized, batches: list[np.ndarray]) -> dict:
         decode = POSE_DECODERS[m.output.decoder]
         dist, dscore = [], []
         for x in batches:
-            a = decode(m, reference.runner.run(x))
-            b = decode(quantized.manifest, quantized.runner.run(x))
+            a = decode(m, reference.session.run(x))
+            b = decode(quantized.manifest, quantized.session.run(x))
             sure = a[..., 2] > 0.3
             dist.append(np.linalg.norm(a[..., :2] - b[..., :2], axis=-1)[sure])
             dscore.append(np.abs(a[..., 2] - b[..., 2]).ravel())
@@ -153,7 +153,7 @@ def fidelity(reference, quantized, batches: list[np.ndarray]) -> dict:
     find = DETECTION_DECODERS[m.output.decoder]
     changes = []
     for x in batches:
-        for ba, bb in zip(find(m, reference.runner.run(x)), find(quantized.manifest, quantized.runner.run(x))):
+        for ba, bb in zip(find(m, reference.session.run(x)), find(quantized.manifest, quantized.session.run(x))):
             for box in ba[ba[:, 4] > 0.3]:
                 if len(bb) == 0:
                     changes.append(box[4])

@@ -91,8 +91,8 @@ def cmd_reshape(args) -> int:
     x = np.random.default_rng(0).normal(size=(2, 3, source.input.height, source.input.width)).astype(np.float32)
     if source.input.layout == "NHWC":
         x = x.transpose(0, 2, 3, 1).copy()
-    diff = max(float(np.abs(a - b).max()) for a, b in zip(src_model.runner.run(x).values(),
-                                                          new_model.runner.run(x).values()))
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(src_model.session.run(x).values(),
+                                                          new_model.session.run(x).values()))
     if diff > 1e-4:
         print(f"the re-shaped graph disagrees with the source on full-size input (max abs diff {diff:g})")
         return 1

@@ -96,7 +96,7 @@ class PoseTeacher:
         m = self.model.manifest
         kps, hms, centers = [], [], []
         for i in range(0, len(crops), self.batch):
-            outs = self.model.runner.run(pp.to_tensor(crops[i:i + self.batch], m.input))
+            outs = self.model.session.run(pp.to_tensor(crops[i:i + self.batch], m.input))
             kps.append(POSE_DECODERS[m.output.decoder](m, outs))
             if self.heatmap_name:
                 hm = outs[self.heatmap_name]

@@ -88,7 +88,7 @@ def build_api(settings: Settings) -> ApiRuntime:
     record = MemoryLog(settings.shadow_window)
     shadow = _shadow(settings, parts, record)
     jobs = LocalJobStore(settings.video_dir, settings.job_ttl_s)
-    broker = LocalBroker(parts.pipeline, parts.registry, settings.batching, workers=settings.workers,
+    broker = LocalBroker(parts.pipeline, parts.registry, settings.batching, threads=settings.inference_threads,
                          observe=shadow.offer if shadow is not None else None)
     videos = LocalRunner(jobs, VideoConfig.from_settings(settings), parts.registry, parts.pipeline,
                          settings.video_workers)

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     max_delay_ms: float = 5.0  # how long the first request of a batch waits for company
     queue_max: int = 256  # images waiting in the queue before new work gets 503
     request_timeout_s: float = 30.0
-    workers: int = 1  # in-process inference threads
+    inference_threads: int = 1  # embedded mode: threads that take batches from the queue and run the models
 
     # --- Redis mode (POSEKD_REDIS_URL set): API replicas and `posekd worker` processes ---------------
     redis_prefix: str = "posekd"  # every key starts with it (service/broker/keys.py)
@@ -178,9 +178,9 @@ class Settings(BaseSettings):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
 
-    @field_validator("max_batch", "queue_max", "max_batch_images", "pose_max_batch", "workers", "max_deliveries",
-                     "video_workers", "video_keyframe_interval", "video_window", "shadow_queue_max", "shadow_keep_max",
-                     "shadow_window")
+    @field_validator("max_batch", "queue_max", "max_batch_images", "pose_max_batch", "inference_threads",
+                     "max_deliveries", "video_workers", "video_keyframe_interval", "video_window", "shadow_queue_max",
+                     "shadow_keep_max", "shadow_window")
     @classmethod
     def _positive(cls, value: int) -> int:
         if value < 1:

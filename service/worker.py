@@ -28,7 +28,7 @@ def report_device(settings: Settings, registry: ModelRegistry) -> None:
 
     available = ort.get_available_providers()
     for served in registry.loaded():
-        provider = served.runner.provider
+        provider = served.session.provider
         log.info("%s:%d runs on %s", served.name, served.version, provider)
         if settings.device != "cpu" and provider != "CUDAExecutionProvider":
             why = ("onnxruntime has no CUDA provider here (install onnxruntime-gpu)"

@@ -111,7 +111,7 @@ def test_client_boxes_skip_the_detector_and_fixed_batch_models_chunk(store, tmp_
                         {**POSE_FIELDS, "name": "tiny-pose-b1"})
     reg = registry(store)
     fixed, dynamic = reg.get("tiny-pose-b1"), reg.get("tiny-pose")
-    assert fixed.runner.max_batch == 1 and dynamic.runner.max_batch == 0
+    assert fixed.session.max_batch == 1 and dynamic.session.max_batch == 0
     img = blob_image(w=500, h=300, at=(100, 100))
     img[:, 250:] = blob_image(w=250, h=300, at=(120, 200))  # second blob at (370, 200)
     boxes = np.array([[40, 40, 160, 160], [300, 120, 440, 280]], np.float32)
@@ -141,9 +141,9 @@ def test_thread_spinning_follows_the_setting(store, spinning, value, monkeypatch
     assert settings.ort_spinning is spinning
     manifest_, data = store.read_verified("tiny-pose", store.versions("tiny-pose")[0])
     model = sessions_for(settings)(manifest_, data)
-    opts = model.session.get_session_options()
+    opts = model.ort.get_session_options()
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == value
-    assert OnnxModel(manifest_, data, device="cpu", intra_threads=1).session.get_session_options() \
+    assert OnnxModel(manifest_, data, device="cpu", intra_threads=1).ort.get_session_options() \
         .get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 

@@ -93,7 +93,7 @@ def test_heads_decoder_matches_movenet_own_decoder(teacher_store):
         crop = pp.warp_crop(image, m, 256, 256)
         x = pp.to_tensor([crop], heads.manifest.input)
         ref = full.run(None, {"input:0": x})[0][0, 0]  # (y, x, score) normalised
-        ours = heads.runner.run(x)
+        ours = heads.session.run(x)
         from service.pipeline.decoders import decode_movenet_heads
         kp = decode_movenet_heads(heads.manifest, ours)[0]
         assert np.allclose(kp[:, 0] / 256, ref[:, 1], atol=1e-4)

@@ -129,7 +129,7 @@ def test_a_hanging_teacher_never_holds_a_request(settings, store, tmp_path):
             release.wait(60)
             raise RuntimeError("released")
 
-        teacher.runner.run = hang  # type: ignore[method-assign]
+        teacher.session.run = hang  # type: ignore[method-assign]
         before = c.get("/metrics").text
         try:
             answers = []

@@ -88,9 +88,9 @@ def _metadata(state, name: str, version: int | None) -> dict:
     served = next((s for s in state.registry.loaded() if s.name == name and s.version == version), None)
     spec = m.input
     shape = [-1, 3, spec.height, spec.width] if spec.layout == "NCHW" else [-1, spec.height, spec.width, 3]
-    if served is not None and served.runner is not None:
+    if served is not None and served.session is not None:
         outputs = [{"name": n, "datatype": _ORT_DTYPES.get(t, t), "shape": shape}
-                   for n, t, shape in served.runner.outputs()]
+                   for n, t, shape in served.session.outputs()]
     else:
         outputs = [{"name": n, "datatype": "FP32", "shape": [-1]} for n in m.output.names]
     return {"name": name, "versions": [str(v) for v in versions], "platform": "onnxruntime_onnx",

@@ -123,11 +123,11 @@ async def _until_disconnect(request: Request) -> None:
             return
 
 
-async def _submit(request: Request, job: PoseRequest, timeout: float) -> PoseAnswer:
+async def _submit(request: Request, pose_request: PoseRequest, timeout: float) -> PoseAnswer:
     """The broker's answer, unless the client disconnects first: then the wait is cancelled and the
-    broker drops the job (workers skip it), so no work is done for nobody."""
+    broker drops the request (workers skip it), so no work is done for nobody."""
     broker = service_of(request).broker
-    answer = asyncio.ensure_future(broker.submit(job, timeout))
+    answer = asyncio.ensure_future(broker.submit(pose_request, timeout))
     gone = asyncio.ensure_future(_until_disconnect(request))
     try:
         await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)

@@ -1,4 +1,4 @@
-"""The broker contract: the API submits pose jobs and awaits their results; workers batch them.
+"""The broker contract: the API submits pose requests and awaits their results; workers batch them.
 
 Two implementations share it: :class:`~service.broker.local.LocalBroker` (in-process, the default)
 and the Redis Streams broker (scale-out)."""
@@ -46,7 +46,7 @@ class PoseRequest:
 class PoseAnswer:
     results: list[ImageResult]
     queue_s: float  # time from enqueue to the start of the batch that ran it
-    batch_images: int  # images in that batch, all jobs together
+    batch_images: int  # images in that batch, all requests together
 
 
 class Broker(abc.ABC):
@@ -102,8 +102,8 @@ class Broker(abc.ABC):
         """Stop taking work and finish what was accepted."""
 
     @abc.abstractmethod
-    async def submit(self, job: PoseRequest, timeout: float) -> PoseAnswer:
-        """Queue a job and wait for its result. Raises Overloaded when the queue is full or the
+    async def submit(self, request: PoseRequest, timeout: float) -> PoseAnswer:
+        """Queue a request and wait for its result. Raises Overloaded when the queue is full or the
         broker is stopping, Timeout when no result came within ``timeout`` seconds."""
 
     @abc.abstractmethod

@@ -1,5 +1,5 @@
-"""Dynamic batching shared by every worker: gather jobs until ``max_batch`` images or
-``max_delay`` seconds, then run each group of jobs that share models through the pipeline once."""
+"""Dynamic batching shared by every worker: gather requests until ``max_batch`` images or
+``max_delay`` seconds, then run each group of requests that share models through the pipeline once."""
 from __future__ import annotations
 
 import logging
@@ -27,32 +27,32 @@ def gather(first: PoseRequest, take: Callable[[float], PoseRequest | None], max_
     batch, images = [first], first.size
     deadline = time.perf_counter() + max_delay
     while images < max_batch:
-        job = take(max(deadline - time.perf_counter(), 0.0))
-        if job is None:  # the wait ran out (or the worker is stopping)
+        request = take(max(deadline - time.perf_counter(), 0.0))
+        if request is None:  # the wait ran out (or the worker is stopping)
             break
-        batch.append(job)
-        images += job.size
+        batch.append(request)
+        images += request.size
     return batch
 
 
-def execute(pipeline: PosePipeline, registry: ModelRegistry, jobs: list[PoseRequest],
+def execute(pipeline: PosePipeline, registry: ModelRegistry, requests: list[PoseRequest],
             clock: Callable[[], float] = time.perf_counter,
             observe: Observer | None = None) -> list[PoseAnswer | Exception]:
-    """Run a batch; one outcome per job, in order. A job whose models fail gets its exception,
-    the rest of the batch still runs. ``clock`` is the one ``job.enqueued_at`` was read from
-    (``time.time`` when the job crossed machines); ``observe`` sees each group's images and results
+    """Run a batch; one outcome per request, in order. A request whose models fail gets its exception,
+    the rest of the batch still runs. ``clock`` is the one ``request.enqueued_at`` was read from
+    (``time.time`` when the request crossed machines); ``observe`` sees each group's images and results
     (its failure is logged, never the batch's)."""
     start = clock()
-    outcomes: list[PoseAnswer | Exception | None] = [None] * len(jobs)
+    outcomes: list[PoseAnswer | Exception | None] = [None] * len(requests)
     groups: dict[tuple[str, str | None], list[int]] = defaultdict(list)
-    for i, job in enumerate(jobs):
-        groups[(job.pose_ref, job.detector_ref)].append(i)
-    total = sum(j.size for j in jobs)
+    for i, request in enumerate(requests):
+        groups[(request.pose_ref, request.detector_ref)].append(i)
+    total = sum(j.size for j in requests)
     for (pose_ref, det_ref), members in groups.items():
         try:
             pose = registry.get(pose_ref, task="pose")
             det = registry.get(det_ref, task="person_detection") if det_ref else None
-            tasks = [t for i in members for t in jobs[i].tasks]
+            tasks = [t for i in members for t in requests[i].tasks]
             results = pipeline.run(pose, det, tasks)
         except PoseKDError as exc:
             for i in members:
@@ -64,8 +64,8 @@ def execute(pipeline: PosePipeline, registry: ModelRegistry, jobs: list[PoseRequ
             continue
         k = 0
         for i in members:
-            n = jobs[i].size
-            queue_s = start - jobs[i].enqueued_at
+            n = requests[i].size
+            queue_s = start - requests[i].enqueued_at
             metrics.QUEUE_WAIT.labels(pose.name).observe(queue_s)
             outcomes[i] = PoseAnswer(results[k:k + n], queue_s, total)
             k += n
@@ -74,4 +74,4 @@ def execute(pipeline: PosePipeline, registry: ModelRegistry, jobs: list[PoseRequ
                 observe(pose, tasks, results)
             except Exception:
                 log.exception("batch observer failed")
-    return [o if o is not None else RuntimeError("the batch gave this job no result") for o in outcomes]
+    return [o if o is not None else RuntimeError("the batch gave this request no result") for o in outcomes]

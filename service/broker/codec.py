@@ -29,18 +29,18 @@ def _pair(values) -> tuple[int, int]:
     return a, b
 
 
-def request_fields(job: PoseRequest, index: int, reply: str, deadline: float, enqueued: float,
+def request_fields(request: PoseRequest, index: int, reply: str, deadline: float, enqueued: float,
                    fmt: str) -> dict[str, bytes | str]:
-    """The stream entry of image ``index`` of ``job``; its answer goes to the ``reply`` stream."""
-    task = job.tasks[index]
+    """The stream entry of image ``index`` of ``request``; its answer goes to the ``reply`` stream."""
+    task = request.tasks[index]
     if task.data is None:  # only pixels at hand (a caller that decoded itself): send those
         fmt = "raw"
     params = {"min_score": task.min_score, "max_people": task.max_people, "scale": task.scale,
               "size": list(task.size) if task.size else None,
               "boxes": None if task.boxes is None else np.asarray(task.boxes, np.float32).tolist()}
     fields: dict[str, bytes | str] = {
-        k.F_JOB: job.id, k.F_INDEX: str(index), k.F_COUNT: str(job.size), k.F_POSE: job.pose_ref,
-        k.F_DETECTOR: job.detector_ref or "", k.F_REPLY: reply, k.F_DEADLINE: repr(deadline),
+        k.F_REQUEST: request.id, k.F_INDEX: str(index), k.F_COUNT: str(request.size), k.F_POSE: request.pose_ref,
+        k.F_DETECTOR: request.detector_ref or "", k.F_REPLY: reply, k.F_DEADLINE: repr(deadline),
         k.F_ENQUEUED: repr(enqueued), k.F_PARAMS: json.dumps(params, separators=(",", ":")), k.F_FORMAT: fmt,
     }
     if fmt == "raw":
@@ -56,7 +56,7 @@ def request_fields(job: PoseRequest, index: int, reply: str, deadline: float, en
 class Request:
     """A request entry as a worker reads it; ``task.image`` is filled by :meth:`decode`."""
     entry_id: str
-    job_id: str
+    request_id: str
     index: int
     count: int
     pose_ref: str
@@ -78,7 +78,7 @@ class Request:
                          float(params["scale"]), data=f[k.F_IMAGE],
                          size=_pair(params["size"]) if params.get("size") else None)
         shape = _pair(_s(f[k.F_SHAPE]).split(",")) if fmt == "raw" else None
-        return cls(_s(entry_id), _s(f[k.F_JOB]), int(_s(f[k.F_INDEX])), int(_s(f[k.F_COUNT])), _s(f[k.F_POSE]),
+        return cls(_s(entry_id), _s(f[k.F_REQUEST]), int(_s(f[k.F_INDEX])), int(_s(f[k.F_COUNT])), _s(f[k.F_POSE]),
                    _s(f[k.F_DETECTOR]) or None, _s(f[k.F_REPLY]), float(_s(f[k.F_DEADLINE])),
                    float(_s(f[k.F_ENQUEUED])), fmt, task, shape)
 
@@ -102,7 +102,7 @@ class Request:
 def reply_ok(req: Request, result: ImageResult, queue_s: float, batch: int, worker: str) -> dict[str, str]:
     body = {"ok": True, "people": [p.to_dict() for p in result.people], "timing": result.timing_ms,
             "size": list(result.size), "queue_s": queue_s, "batch": batch, "worker": worker}
-    return {k.F_JOB: req.job_id, k.F_INDEX: str(req.index), k.F_BODY: json.dumps(body, separators=(",", ":"))}
+    return {k.F_REQUEST: req.request_id, k.F_INDEX: str(req.index), k.F_BODY: json.dumps(body, separators=(",", ":"))}
 
 
 def reply_error(req: Request, exc: BaseException, worker: str) -> dict[str, str]:
@@ -111,19 +111,19 @@ def reply_error(req: Request, exc: BaseException, worker: str) -> dict[str, str]
     else:
         err = {"code": "internal_error", "status": 500, "message": f"inference failed: {exc}", "retry_after": None}
     body = {"ok": False, "error": err, "worker": worker}
-    return {k.F_JOB: req.job_id, k.F_INDEX: str(req.index), k.F_BODY: json.dumps(body, separators=(",", ":"))}
+    return {k.F_REQUEST: req.request_id, k.F_INDEX: str(req.index), k.F_BODY: json.dumps(body, separators=(",", ":"))}
 
 
 @dataclass
 class Reply:
-    job_id: str
+    request_id: str
     index: int
     body: dict
 
     @classmethod
     def parse(cls, fields: dict) -> Reply:
         f = {_s(key): value for key, value in fields.items()}
-        return cls(_s(f[k.F_JOB]), int(_s(f[k.F_INDEX])), json.loads(_s(f[k.F_BODY])))
+        return cls(_s(f[k.F_REQUEST]), int(_s(f[k.F_INDEX])), json.loads(_s(f[k.F_BODY])))
 
     def outcome(self) -> ImageResult | PoseKDError:
         b = self.body

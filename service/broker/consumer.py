@@ -8,7 +8,7 @@ as the holder's heartbeat is older than ``stale_s`` (see :mod:`.liveness`), so a
 seconds. A live worker's entries are taken only when it has held one for ``visibility_timeout_s`` (a
 hung worker; 0: never). A worker restarted under the same name first serves what its predecessor held.
 An entry delivered ``max_deliveries`` times is answered
-with an error instead of being tried again (it may be what kills workers). Entries of a cancelled job
+with an error instead of being tried again (it may be what kills workers). Entries of a cancelled request
 or past their deadline are acknowledged without running."""
 from __future__ import annotations
 
@@ -220,8 +220,8 @@ class StreamConsumer:
             except (KeyError, ValueError):
                 replies.append((entry_id, None))
                 continue
-            log.error("entry %s of job %s failed on %d deliveries; answering with an error", req.entry_id,
-                      req.job_id, self.max_deliveries)
+            log.error("entry %s of request %s failed on %d deliveries; answering with an error", req.entry_id,
+                      req.request_id, self.max_deliveries)
             exc = PoseKDError(f"the request failed on {self.max_deliveries} workers and was given up",
                               code="worker_failed", status=500)
             replies.append((entry_id, (req.reply, codec.reply_error(req, exc, self.name))))
@@ -230,7 +230,7 @@ class StreamConsumer:
 
     # ---- processing --------------------------------------------------------------------------
     async def _prepare(self, entries: list) -> tuple[list[codec.Request], list]:
-        """Parse, drop what nobody waits for (cancelled jobs, passed deadlines) and decode the uploads
+        """Parse, drop what nobody waits for (cancelled requests, passed deadlines) and decode the uploads
         (in parallel threads, while the previous batch is on the models). Returns the requests ready to
         run and the entries already finished, with their replies where one is owed."""
         requests: list[codec.Request] = []
@@ -255,13 +255,13 @@ class StreamConsumer:
         return live, finished
 
     async def _unwanted(self, requests: list[codec.Request]) -> tuple[list[codec.Request], list]:
-        """Split off what nobody waits for any more: cancelled jobs and passed deadlines."""
+        """Split off what nobody waits for any more: cancelled requests and passed deadlines."""
         now = time.time()
-        jobs = sorted({r.job_id for r in requests})
-        flags = dict(zip(jobs, await self._redis.mget([self.keys.cancelled(j) for j in jobs]))) if jobs else {}
+        ids = sorted({r.request_id for r in requests})
+        flags = dict(zip(ids, await self._redis.mget([self.keys.cancelled(j) for j in ids]))) if ids else {}
         wanted, skipped = [], []
         for req in requests:
-            if flags.get(req.job_id) or req.deadline < now:
+            if flags.get(req.request_id) or req.deadline < now:
                 skipped.append((req.entry_id, None))
                 metrics.WORKER_ENTRIES.labels("skipped").inc()
             else:
@@ -296,13 +296,13 @@ class StreamConsumer:
     def _run(self, requests: list[codec.Request]) -> list:
         """Run one decoded batch (in a thread: ONNX Runtime releases the GIL); a reply per request."""
         out = []
-        jobs = [PoseRequest(r.pose_ref, r.detector_ref, [r.task], id=r.entry_id, enqueued_at=r.enqueued)
+        pose_requests = [PoseRequest(r.pose_ref, r.detector_ref, [r.task], id=r.entry_id, enqueued_at=r.enqueued)
                 for r in requests]
         try:
-            outcomes = execute(self.pipeline, self.registry, jobs, clock=time.time, observe=self.observe)
+            outcomes = execute(self.pipeline, self.registry, pose_requests, clock=time.time, observe=self.observe)
         except Exception as exc:  # never lose the batch: answer every request with the error
             log.exception("batch failed")
-            outcomes = [exc] * len(jobs)
+            outcomes = [exc] * len(pose_requests)
         for req, outcome in zip(requests, outcomes):
             if isinstance(outcome, BaseException):
                 reply = codec.reply_error(req, outcome, self.name)

@@ -21,9 +21,9 @@ class RedisKeys:
         """One reply stream per API replica; it expires when the replica is gone."""
         return f"{self.prefix}:replies:{replica}"
 
-    def cancelled(self, job_id: str) -> str:
-        """Set (with expiry) when the API stopped waiting for a job: workers skip its entries."""
-        return f"{self.prefix}:cancelled:{job_id}"
+    def cancelled(self, request_id: str) -> str:
+        """Set (with expiry) when the API stopped waiting for a request: workers skip its entries."""
+        return f"{self.prefix}:cancelled:{request_id}"
 
     @property
     def videos(self) -> str:
@@ -37,7 +37,7 @@ class RedisKeys:
 
 
 # fields of a request entry
-F_JOB, F_INDEX, F_COUNT = "job", "i", "n"
+F_REQUEST, F_INDEX, F_COUNT = "request", "i", "n"
 F_POSE, F_DETECTOR = "pose", "det"
 F_REPLY, F_DEADLINE, F_ENQUEUED = "reply", "deadline", "enq"
 F_PARAMS, F_FORMAT, F_SHAPE, F_IMAGE = "params", "fmt", "shape", "img"

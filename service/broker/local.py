@@ -23,14 +23,14 @@ class LocalBroker(Broker):
     name = "local"
 
     def __init__(self, pipeline: PosePipeline, registry: ModelRegistry, batching: Batching = Batching(), *,
-                 workers: int = 1, observe: Observer | None = None):
+                 threads: int = 1, observe: Observer | None = None):
         self.pipeline = pipeline
         self.observe = observe  # the shadow teacher's sampler, when one is on
         self.registry = registry
         self.max_batch = batching.max_batch
         self.max_delay = batching.max_delay_ms / 1000.0
         self.queue_max = batching.queue_max
-        self.n_threads = workers
+        self.n_threads = threads
         self._queue: queue.Queue = queue.Queue()
         self._waiting: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
         self._depth = 0  # images queued, not yet taken by a worker
@@ -47,7 +47,7 @@ class LocalBroker(Broker):
         metrics.WORKERS.set(self.n_threads)  # the in-process inference threads: ready as they start
 
     async def stop(self) -> None:
-        """Refuse new jobs, let the workers finish every accepted one, then end the threads."""
+        """Refuse new requests, let the workers finish every accepted one, then end the threads."""
         self._accepting = False
         for _ in self._threads:
             self._queue.put(_STOP)
@@ -69,26 +69,26 @@ class LocalBroker(Broker):
     async def ready(self) -> bool:
         return self._accepting and any(t.is_alive() for t in self._threads)
 
-    async def submit(self, job: PoseRequest, timeout: float) -> PoseAnswer:
+    async def submit(self, request: PoseRequest, timeout: float) -> PoseAnswer:
         if not self._accepting:
             raise Overloaded("the service is shutting down", retry_after=5)
         with self._lock:
-            if self._depth + job.size > self.queue_max:
+            if self._depth + request.size > self.queue_max:
                 raise Overloaded(f"queue full ({self._depth} images waiting)", retry_after=1)
-            self._depth += job.size
+            self._depth += request.size
             metrics.QUEUE_DEPTH.labels(self.name).set(self._depth)
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self._waiting[job.id] = (loop, fut)
-        self._queue.put(job)
+        self._waiting[request.id] = (loop, fut)
+        self._queue.put(request)
         try:
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
             raise Timeout(f"no result within {timeout:g} s") from None
         finally:
             # a caller that stopped waiting (timeout, client gone) leaves no work behind
-            job.cancelled = True
-            self._waiting.pop(job.id, None)
+            request.cancelled = True
+            self._waiting.pop(request.id, None)
 
     # ---- worker threads ---------------------------------------------------------------------
     def _take(self, timeout: float) -> PoseRequest | None:
@@ -101,11 +101,11 @@ class LocalBroker(Broker):
             return None
         return self._taken(item)
 
-    def _taken(self, job: PoseRequest) -> PoseRequest:
+    def _taken(self, request: PoseRequest) -> PoseRequest:
         with self._lock:
-            self._depth -= job.size
+            self._depth -= request.size
             metrics.QUEUE_DEPTH.labels(self.name).set(self._depth)
-        return job
+        return request
 
     def _work(self) -> None:
         while True:
@@ -121,11 +121,11 @@ class LocalBroker(Broker):
             except Exception as exc:  # keep the worker alive whatever happens
                 log.exception("batch failed")
                 outcomes = [exc] * len(live)
-            for job, outcome in zip(live, outcomes):
-                self._deliver(job, outcome)
+            for request, outcome in zip(live, outcomes):
+                self._deliver(request, outcome)
 
-    def _deliver(self, job: PoseRequest, outcome) -> None:
-        waiting = self._waiting.get(job.id)
+    def _deliver(self, request: PoseRequest, outcome) -> None:
+        waiting = self._waiting.get(request.id)
         if waiting is None:
             return
         loop, fut = waiting

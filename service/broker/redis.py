@@ -1,11 +1,11 @@
-"""Redis Streams broker, API side: each image of a job becomes an entry of the request stream (added
+"""Redis Streams broker, API side: each image of a request becomes an entry of the request stream (added
 atomically with a length check, so the queue is bounded), workers in a consumer group answer on this
 replica's reply stream, and a reader task hands each reply to the request waiting for it.
 
 Failure handling: a Redis that does not answer makes ``submit`` fail fast with ``Overloaded`` (503,
 ``Retry-After``); the client reconnects by itself when Redis is back. Requests waiting when the
 connection to Redis is lost are answered 503 at once rather than left to time out. A request that
-times out or whose client went away marks its job cancelled and deletes its entries, so workers do not
+times out or whose client went away marks its request cancelled and deletes its entries, so workers do not
 compute answers for nobody. Replies that arrive twice (an entry reclaimed from a slow worker) are
 dropped."""
 from __future__ import annotations
@@ -31,7 +31,7 @@ from .keys import RedisKeys
 log = logging.getLogger("posekd.broker.redis")
 
 # KEYS[1] request stream; ARGV: max length, entry count, then per entry its field count and fields.
-# Adds every entry or none: the job is refused when it would push the stream past the limit.
+# Adds every entry or none: the request is refused when it would push the stream past the limit.
 _ADD = """
 local len = redis.call('XLEN', KEYS[1])
 local n = tonumber(ARGV[2])
@@ -66,7 +66,7 @@ def connect(url: str, connect_timeout_s: float, socket_timeout_s: float, max_con
 
 
 class _Waiter:
-    """Collects the per-image replies of one job."""
+    """Collects the per-image replies of one request."""
 
     def __init__(self, size: int, future: asyncio.Future):
         self.results: list[ImageResult | None] = [None] * size
@@ -135,7 +135,7 @@ class RedisBroker(Broker):
                  self.payload)
 
     async def stop(self) -> None:
-        """Refuse new jobs, wait (up to the request timeouts) for the accepted ones, then disconnect."""
+        """Refuse new requests, wait (up to the request timeouts) for the accepted ones, then disconnect."""
         self._accepting = False
         pending = [w.future for w in self._waiting.values()]
         if pending:
@@ -200,22 +200,22 @@ class RedisBroker(Broker):
         return True
 
     # ---- API side ----------------------------------------------------------------------------
-    async def submit(self, job: PoseRequest, timeout: float) -> PoseAnswer:
+    async def submit(self, request: PoseRequest, timeout: float) -> PoseAnswer:
         from redis.exceptions import RedisError
 
         if not self._accepting:
             raise Overloaded("the service is shutting down", retry_after=5)
         await self.require_a_worker()
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(job.size, loop.create_future())
+        waiter = _Waiter(request.size, loop.create_future())
         now = time.time()
-        args: list = [self.queue_max, job.size]
-        for i in range(job.size):
-            fields = codec.request_fields(job, i, self.reply_key, now + timeout, now, self.payload)
+        args: list = [self.queue_max, request.size]
+        for i in range(request.size):
+            fields = codec.request_fields(request, i, self.reply_key, now + timeout, now, self.payload)
             args.append(2 * len(fields))
             for key, value in fields.items():
                 args += [key, value]
-        self._waiting[job.id] = waiter
+        self._waiting[request.id] = waiter
         entry_ids: list = []
         try:
             try:
@@ -235,7 +235,7 @@ class RedisBroker(Broker):
             except asyncio.TimeoutError:
                 raise Timeout(f"no result within {timeout:g} s") from None
         finally:
-            self._waiting.pop(job.id, None)
+            self._waiting.pop(request.id, None)
             if waiter.future.done() and not waiter.future.cancelled():
                 # failed by the reply reader (Redis lost) while this request was still failing on its own:
                 # the outcome is already answered, so mark it read ("Future exception was never retrieved")
@@ -243,7 +243,7 @@ class RedisBroker(Broker):
             if not waiter.future.done():  # settled either way: stop() may be waiting on it
                 waiter.future.cancel()
                 if entry_ids:  # timed out or the client went away: nobody will read this answer
-                    self._spawn(self._abandon(job.id, entry_ids, timeout))
+                    self._spawn(self._abandon(request.id, entry_ids, timeout))
 
     async def require_a_worker(self) -> None:
         """503 ``no_workers`` when workers are required and none has a fresh heartbeat: work queued now
@@ -263,15 +263,15 @@ class RedisBroker(Broker):
                              code="broker_unavailable") from None
         return self._workers
 
-    async def _abandon(self, job_id: str, entry_ids: list, ttl: float) -> None:
+    async def _abandon(self, request_id: str, entry_ids: list, ttl: float) -> None:
         from redis.exceptions import RedisError
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.set(self.keys.cancelled(job_id), 1, ex=max(int(ttl) + 60, 60))
+                pipe.set(self.keys.cancelled(request_id), 1, ex=max(int(ttl) + 60, 60))
                 pipe.xdel(self.keys.requests, *entry_ids)
                 await pipe.execute()
         except RedisError as exc:  # the deadline in each entry still stops workers from running it
-            log.debug("could not cancel job %s: %s", job_id, exc)
+            log.debug("could not cancel request %s: %s", request_id, exc)
 
     def _set_depth(self, depth: int) -> None:
         self._depth = depth
@@ -315,7 +315,7 @@ class RedisBroker(Broker):
                     except (KeyError, ValueError) as exc:
                         log.warning("dropping a malformed reply: %s", exc)
                         continue
-                    waiter = self._waiting.get(reply.job_id)
+                    waiter = self._waiting.get(reply.request_id)
                     if waiter is not None:
                         waiter.add(reply)
 

@@ -94,7 +94,7 @@ class PosePipeline:
             by_size.setdefault(v.shape[:2], []).append(i)
         decoded: list[np.ndarray] = [np.zeros((0, 5), np.float32)] * len(views)
         for (h, w), members in by_size.items():
-            outs = detector.runner.run(pp.to_tensor([views[i] for i in members], manifest.input))
+            outs = detector.session.run(pp.to_tensor([views[i] for i in members], manifest.input))
             sized = manifest
             if (h, w) != (manifest.input.height, manifest.input.width):
                 sized = manifest.model_copy(update={"input": manifest.input.model_copy(update={"height": h,
@@ -117,7 +117,7 @@ class PosePipeline:
         if not crops:
             return per_image
         t0 = time.perf_counter()
-        outs = model.runner.run(pp.to_tensor(crops, spec), chunk=self.pose_chunk)
+        outs = model.session.run(pp.to_tensor(crops, spec), chunk=self.pose_chunk)
         kps = POSE_DECODERS[model.manifest.output.decoder](model.manifest, outs)
         inv = np.stack(inverses)  # (C, 2, 3)
         xy = np.einsum("ckj,cij->cki", kps[..., :2], inv[:, :, :2]) + inv[:, None, :, 2]

@@ -42,11 +42,11 @@ class OnnxModel:
         opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(data, opts, providers=choose_providers(device, cuda_device_id))
+        self.ort = ort.InferenceSession(data, opts, providers=choose_providers(device, cuda_device_id))
         self.manifest = manifest
-        self.provider = self.session.get_providers()[0]
-        self.output_names = graph_outputs(manifest, self.session)
-        inputs = {i.name: i for i in self.session.get_inputs()}
+        self.provider = self.ort.get_providers()[0]
+        self.output_names = graph_outputs(manifest, self.ort)
+        inputs = {i.name: i for i in self.ort.get_inputs()}
         shape = inputs[manifest.input.name].shape
         spatial = shape[2:4] if manifest.input.layout == "NCHW" else shape[1:3]
         if manifest.input.size_multiple and any(isinstance(d, int) for d in spatial):
@@ -59,7 +59,7 @@ class OnnxModel:
     def outputs(self) -> list[tuple[str, str, list[int]]]:
         """(name, ONNX type such as ``tensor(float)``, shape with -1 for dynamic axes) of each served output."""
         return [(o.name, o.type, [d if isinstance(d, int) else -1 for d in o.shape])
-                for o in self.session.get_outputs() if o.name in self.output_names]
+                for o in self.ort.get_outputs() if o.name in self.output_names]
 
 
     def run(self, batch: np.ndarray, chunk: int = 0) -> dict[str, np.ndarray]:
@@ -67,8 +67,8 @@ class OnnxModel:
         limit = min(x for x in (self.max_batch, chunk, len(batch)) if x > 0)
         name = self.manifest.input.name
         if limit >= len(batch):
-            outs = self.session.run(self.output_names, {name: batch})
+            outs = self.ort.run(self.output_names, {name: batch})
             return dict(zip(self.output_names, outs))
-        parts = [self.session.run(self.output_names, {name: batch[i:i + limit]})
+        parts = [self.ort.run(self.output_names, {name: batch[i:i + limit]})
                  for i in range(0, len(batch), limit)]
         return {n: np.concatenate([p[k] for p in parts]) for k, n in enumerate(self.output_names)}

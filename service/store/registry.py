@@ -24,7 +24,7 @@ Loader = Callable[[Manifest, bytes], Any]
 @dataclass
 class ServedModel:
     manifest: Manifest
-    runner: Any  # what the loader built (an ONNX Runtime model for the pipeline)
+    session: Any  # what the loader built (an ONNX Runtime session for the pipeline: pipeline.runtime.OnnxModel)
     file_stat: tuple[int, int]  # (mtime_ns, size) when verified
 
     @property
@@ -162,7 +162,7 @@ class ModelRegistry:
                 manifest, data = self.store.read_verified(name, version)
                 path = self.store.model_path(manifest)
                 st = os.stat(path)
-                runner = self.loader(manifest, data)
+                session = self.loader(manifest, data)
             except ModelUnavailable as exc:
                 self._errors[key] = exc.message
                 raise
@@ -175,7 +175,7 @@ class ModelRegistry:
                 msg = f"{name}:{version} failed to load: {exc}"
                 self._errors[key] = msg
                 raise ModelUnavailable(msg) from exc
-            served = ServedModel(manifest, runner, (st.st_mtime_ns, st.st_size))
+            served = ServedModel(manifest, session, (st.st_mtime_ns, st.st_size))
             with self._lock:
                 self._loaded[key] = served
                 self._errors.pop(key, None)
