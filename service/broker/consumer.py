@@ -27,6 +27,7 @@ from ..pipeline import PosePipeline
 from ..settings import Batching, Delivery, ImageLimits, RedisConfig
 from ..store import ModelRegistry
 from . import codec, groups
+from .backoff import Backoff, retrying
 from .base import PoseRequest
 from .batching import Observer, execute
 from .keys import GROUP, RedisKeys
@@ -60,6 +61,7 @@ class StreamConsumer:
         self._next_reclaim = 0.0
         self._backlog = True  # first read: entries this name held before a restart
         self._redis: Any = None  # an asyncio Redis client once run() connects
+        self._replies_retry = retrying(attempts=4)
 
     # ---- main loop ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -72,7 +74,7 @@ class StreamConsumer:
         with contextlib.suppress(RedisError):  # alive before the first entry is read
             await self._redis.zadd(self.keys.workers, {self.name: time.time()})
         beat = loop.create_task(self._heartbeat(stop))
-        backoff, grouped = 0.1, False
+        backoff, grouped = Backoff(), False
         running: asyncio.Task | None = None  # the batch on the models now; the next one is read meanwhile
         try:
             while not stop.is_set():
@@ -94,15 +96,15 @@ class StreamConsumer:
                                 extra_live, extra_done = await self._prepare(more)
                                 live, done = live + extra_live, done + extra_done
                     running = loop.create_task(self._complete(live, done))
-                    backoff = 0.1
+                    backoff.reset()
                 except RedisError as exc:
                     if groups.lost(exc):  # Redis restarted empty: make the group again
                         grouped = False
                         continue
                     metrics.BROKER_ERRORS.labels("worker").inc()
-                    log.warning("Redis error (%s); retrying in %.1f s", exc, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                    wait = backoff.next()
+                    log.warning("Redis error (%s); retrying in %.1f s", exc, wait)
+                    await asyncio.sleep(wait)
         finally:
             if running is not None:  # SIGTERM: the batch in hand is finished and acknowledged
                 with contextlib.suppress(Exception):
@@ -275,16 +277,13 @@ class StreamConsumer:
         if live:
             finished = finished + await asyncio.to_thread(self._run, live)
             self.batches += 1
-        for attempt in range(4):  # a short Redis blip should not cost the clients a visibility timeout
-            try:
-                await self._finish(finished)
-                return
-            except RedisError as exc:
-                metrics.BROKER_ERRORS.labels("worker").inc()
-                if attempt == 3:
-                    log.warning("could not write %d replies (%s); their entries stay pending", len(finished), exc)
-                    return
-                await asyncio.sleep(0.2 * 2 ** attempt)
+        async def failed(exc: Exception) -> None:
+            metrics.BROKER_ERRORS.labels("worker").inc()
+
+        try:  # a short Redis blip should not cost the clients a visibility timeout
+            await self._replies_retry.call_with_retry(lambda: self._finish(finished), failed)
+        except RedisError as exc:
+            log.warning("could not write %d replies (%s); their entries stay pending", len(finished), exc)
 
     def _decode(self, req: codec.Request) -> Exception | None:
         try:

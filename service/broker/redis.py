@@ -25,6 +25,7 @@ from ..images import budget_for, decode_upload, inspect_image
 from ..pipeline import ImageResult, ImageTask
 from ..settings import Delivery, ImageLimits, RedisConfig
 from . import codec
+from .backoff import Backoff
 from .base import Admitted, Broker, PoseAnswer, PoseRequest
 from .keys import RedisKeys
 
@@ -293,7 +294,7 @@ class RedisBroker(Broker):
 
     async def _read_replies(self) -> None:
         from redis.exceptions import RedisError
-        backoff = 0.1
+        backoff = Backoff()
         while not self._closing:
             try:
                 streams = await self._reader_redis.xread({self.reply_key: self._last_read}, count=512, block=1000)
@@ -301,12 +302,12 @@ class RedisBroker(Broker):
                 if self._closing:
                     return
                 self._lost(exc, fail_waiting=not await self._reachable())
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await asyncio.sleep(backoff.next())
                 continue
             if not self._connected:
                 log.info("connected to Redis again")
-            self._connected, backoff = True, 0.1
+            self._connected = True
+            backoff.reset()
             for _, entries in streams or []:
                 for entry_id, fields in entries:
                     self._last_read = entry_id

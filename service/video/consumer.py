@@ -9,6 +9,7 @@ import threading
 import time
 
 from ..broker import groups
+from ..broker.backoff import Backoff
 from ..broker.keys import RedisKeys
 from ..broker.liveness import dead, holders
 from ..broker.videos import RedisVideoQueue
@@ -93,13 +94,14 @@ class VideoConsumer:
 
     def run(self) -> None:
         import redis
-        grouped = False
+        grouped, backoff = False, Backoff()
         while not self.stop_event.is_set():
             try:
                 if not grouped:
                     self._ensure_group()
                     grouped = True
                 entry = self._next()
+                backoff.reset()
                 if entry is None:
                     continue
                 if not self._handle(*entry):
@@ -108,5 +110,6 @@ class VideoConsumer:
                 if groups.lost(exc):
                     grouped = False
                     continue
-                log.warning("video consumer: Redis error (%s); retrying", exc)
-                time.sleep(1.0)
+                wait = backoff.next()
+                log.warning("video consumer: Redis error (%s); retrying in %.1f s", exc, wait)
+                time.sleep(wait)
