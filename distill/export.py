@@ -59,8 +59,8 @@ def to_onnx(module: torch.nn.Module, cfg: StudentConfig, opset: int = 17) -> byt
 def fold_pads(onnx_bytes: bytes) -> bytes:
     """Fold zero ``Pad`` nodes (TensorFlow's SAME padding of the stride-2 convolutions, which torch can
     only express as an explicit pad) into the following ``Conv``'s own ``pads`` attribute, which ONNX
-    allows to be asymmetric. The explicit pads cost ~2 ms of a ~10 ms crop on the CPU, mostly in layout
-    reorders around them; folded, the graph computes the same numbers (``parity`` checks it)."""
+    allows to be asymmetric. The explicit pads cost CPU time, mostly in layout reorders around
+    them; folded, the graph computes the same numbers (``parity`` checks it)."""
     import onnx
     import onnxruntime as ort
     from onnx import helper

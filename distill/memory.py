@@ -2,9 +2,9 @@
 
 glibc serves every allocation above its mmap threshold (at most 32 MB) with a fresh ``mmap`` and gives it
 back to the kernel on ``free``, so a training step whose activations are hundreds of MB faults all of them
-in again, zero-filled, every step. Measured on the 2-core build machine (pose-m at 256 px, batch 32, one
-torch thread): 7.7 s per step with two thirds of the CPU time in the kernel, 3.9 s per step with
-:func:`reuse_freed_memory`. Large blocks then come from the heap and what a step frees stays there."""
+in again, zero-filled, every step (two thirds of a step's CPU time went to the kernel; docs/distill.md
+has the measurement). With :func:`reuse_freed_memory` large blocks come from the heap and what a step
+frees stays there."""
 from __future__ import annotations
 
 import ctypes

@@ -245,55 +245,61 @@ class Settings(BaseSettings):
         return VideoLimits(self.max_video_seconds, self.max_video_frames, self.max_video_pixels)
 
 
+def _default(name: str):
+    """The default of a ``Settings`` field: the component configs below take theirs from there, so each
+    default is written once."""
+    return Settings.model_fields[name].default
+
+
 @dataclass(frozen=True)
 class RedisConfig:
     """Where Redis is and how long to wait for it (Redis mode)."""
     url: str
-    prefix: str = "posekd"  # every key starts with it (service/broker/keys.py)
-    connect_timeout_s: float = 1.0
-    op_timeout_s: float = 2.0
-    max_connections: int = 256  # per client pool; past it a command waits for a free connection
+    prefix: str = _default("redis_prefix")  # every key starts with it (service/broker/keys.py)
+    connect_timeout_s: float = _default("redis_connect_timeout_s")
+    op_timeout_s: float = _default("redis_op_timeout_s")
+    max_connections: int = _default("redis_max_connections")  # per pool; past it a command waits for one
 
 
 @dataclass(frozen=True)
 class Batching:
     """Dynamic batching: a batch closes at ``max_batch`` images or ``max_delay_ms`` after its first one;
     more than ``queue_max`` images waiting means 503."""
-    max_batch: int = 8
-    max_delay_ms: float = 5.0
-    queue_max: int = 256
+    max_batch: int = _default("max_batch")
+    max_delay_ms: float = _default("max_delay_ms")
+    queue_max: int = _default("queue_max")
 
 
 @dataclass(frozen=True)
 class Delivery:
     """The rules of the Redis streams: worker liveness, taking over a dead or hung worker's entries,
     retries and reply lifetime (see service/broker/liveness.py)."""
-    heartbeat_s: float = 1.0
-    stale_s: float = 5.0  # a heartbeat older than this: the worker is gone and its entries are taken over
-    visibility_timeout_s: float = 300.0  # a live worker holding a request this long is hung (0: never)
-    max_deliveries: int = 3  # a request delivered this often is answered with an error
-    reply_ttl_s: float = 300.0  # reply streams of vanished API replicas expire
-    require_workers: bool = True  # the API answers 503 at once when no worker is alive
-    video_visibility_s: float = 600.0  # a live worker's video job with no progress this long is taken
+    heartbeat_s: float = _default("worker_heartbeat_s")
+    stale_s: float = _default("worker_stale_s")  # a heartbeat older than this: the worker is gone, its work taken
+    visibility_timeout_s: float = _default("visibility_timeout_s")  # a live worker holding an entry this long is hung
+    max_deliveries: int = _default("max_deliveries")  # a request delivered this often is answered with an error
+    reply_ttl_s: float = _default("reply_ttl_s")  # reply streams of vanished API replicas expire
+    require_workers: bool = _default("require_workers")  # the API answers 503 at once when no worker is alive
+    video_visibility_s: float = _default("video_visibility_s")  # a live worker's video job with no progress
 
 
 @dataclass(frozen=True)
 class ImageLimits:
     """What one uploaded image may cost: bytes, pixels, the decoded size kept, and the process-wide
     budget of decoded pixels in flight (``max_decode_pixels``, waited for up to ``decode_wait_s``)."""
-    max_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    decode_max_side: int = 1280
-    max_decode_pixels: int = 150_000_000
-    decode_wait_s: float = 10.0
+    max_bytes: int = _default("max_image_bytes")
+    max_pixels: int = _default("max_image_pixels")
+    decode_max_side: int = _default("decode_max_side")
+    max_decode_pixels: int = _default("max_decode_pixels")
+    decode_wait_s: float = _default("decode_wait_s")
 
 
 @dataclass(frozen=True)
 class VideoLimits:
     """What one clip may be, checked from the container before any frame is decoded."""
-    max_seconds: float = 600.0
-    max_frames: int = 20_000
-    max_pixels: int = 3840 * 2160  # per frame
+    max_seconds: float = _default("max_video_seconds")
+    max_frames: int = _default("max_video_frames")
+    max_pixels: int = _default("max_video_pixels")  # per frame
 
 
 @lru_cache(maxsize=1)

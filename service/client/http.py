@@ -92,6 +92,15 @@ class _Base:
         self.headers = {"X-API-Key": api_key} if api_key else {}
         self.timeout, self.retries, self.max_retry_wait = timeout, retries, max_retry_wait
 
+    def _after(self, r: httpx.Response, attempt: int) -> float | None:
+        """The retry policy of both clients: seconds to wait before sending again (a 503 with retries
+        left), or None when ``r`` is the answer — returned, or raised as an :class:`APIError`."""
+        wait = _retry_after(r, self.max_retry_wait)
+        if wait is None or attempt >= self.retries:
+            _raise_for(r)
+            return None
+        return wait
+
 
 class Client(_Base):
     """``Client("http://127.0.0.1:8000")``; ``http`` takes an existing ``httpx.Client`` (for example
@@ -114,14 +123,14 @@ class Client(_Base):
             self.http.close()
 
     def _send(self, method: str, path: str, headers: dict | None = None, **kw) -> httpx.Response:
-        for attempt in range(self.retries + 1):
+        attempt = 0
+        while True:
             r = self.http.request(method, path, headers={**self.headers, **(headers or {})}, **kw)
-            wait = _retry_after(r, self.max_retry_wait)
-            if wait is None or attempt == self.retries:
-                _raise_for(r)
+            wait = self._after(r, attempt)
+            if wait is None:
                 return r
             time.sleep(wait)
-        raise AssertionError("unreachable")
+            attempt += 1
 
     def pose(self, image: ImageInput, *, model: str | None = None, detector: str | None = None,
              min_score: float | None = None, max_people: int | None = None, boxes=None) -> PoseResult:
@@ -204,14 +213,14 @@ class AsyncClient(_Base):
             await self.http.aclose()
 
     async def _send(self, method: str, path: str, headers: dict | None = None, **kw) -> httpx.Response:
-        for attempt in range(self.retries + 1):
+        attempt = 0
+        while True:
             r = await self.http.request(method, path, headers={**self.headers, **(headers or {})}, **kw)
-            wait = _retry_after(r, self.max_retry_wait)
-            if wait is None or attempt == self.retries:
-                _raise_for(r)
+            wait = self._after(r, attempt)
+            if wait is None:
                 return r
             await asyncio.sleep(wait)
-        raise AssertionError("unreachable")
+            attempt += 1
 
     async def pose(self, image: ImageInput, *, model: str | None = None, detector: str | None = None,
                    min_score: float | None = None, max_people: int | None = None, boxes=None) -> PoseResult:

@@ -12,9 +12,8 @@ def to_tensor(images: list[np.ndarray] | np.ndarray, spec: InputSpec) -> np.ndar
     """Stack same-sized BGR uint8 images into the model's input tensor.
 
     Channel order, normalisation and layout are applied in one pass per channel, written straight into
-    the output array: the chain of whole-batch temporaries this replaces (flip, cast, scale, shift,
-    transpose, copy) took 1.8 ms for one 256 px detector view and 2.8 ms for four 192 px crops, against
-    0.2 and 0.45 ms now (`posekd bench preprocess`)."""
+    the output array, instead of a chain of whole-batch temporaries (flip, cast, scale, shift, transpose,
+    copy); `posekd bench preprocess` measures both side by side (bench/RESULTS.md)."""
     batch = np.stack(images) if isinstance(images, list) else np.asarray(images)
     n, h, w, channels = batch.shape
     order = range(channels - 1, -1, -1) if spec.color == "RGB" else range(channels)

@@ -36,7 +36,7 @@ class OnnxModel:
         opts.inter_op_num_threads = inter_threads
         # ONNX Runtime's pool threads busy-wait after each parallel section by default. The pipeline runs
         # two sessions in turn (detector, then pose) with a pool each, so one session's spinning threads
-        # take the cores from the other: 61.5 -> 42.8 ms per image end to end with spinning off (posekd bench runtime).
+        # take the cores from the other (`posekd bench runtime` measures both; bench/RESULTS.md).
         spin = "1" if spinning else "0"
         opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
         opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
