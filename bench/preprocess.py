@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args(argv)
 
-    from distill.cli import EVAL_SET
     from distill.data import read_coco
     from distill.evaluate import served_pipeline
+    from distill.publish import EVAL_SET
     from distill.teachers import load_model_bytes
     from service.pipeline import ImageTask
     from service.pipeline import preprocess as pp

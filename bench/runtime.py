@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args(argv)
 
-    from distill.cli import EVAL_SET
     from distill.data import read_coco
     from distill.evaluate import served_pipeline
+    from distill.publish import EVAL_SET
     from service.settings import Settings
     from service.store import ModelStore
 

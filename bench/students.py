@@ -153,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args(argv)
 
-    from distill.cli import DATA, EVAL_SET
     from distill.data import read_coco, read_source
     from distill.evaluate import agreement, coco_ap, evaluate, predict
+    from distill.publish import DATA, EVAL_SET
     from distill.teachers import load_model_bytes
     from service.store import ModelStore
 

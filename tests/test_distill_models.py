@@ -177,8 +177,8 @@ def test_detector_targets_and_focal_loss_stay_bounded_without_people():
 def test_lightning_warm_start_reproduces_lightning_through_the_pipeline():
     """pose-m before any training, exported to ONNX and served through the service's pipeline and
     MoveNet decoder, gives Lightning's own keypoints (Lightning's ONNX with its built-in decoder)."""
-    from distill.cli import _served
     from distill.export import export_module, manifest_fields
+    from distill.publish import _served
     from distill.students import PRESETS, build_student
     from distill.teachers import load_model
     from distill.train import warm_start_weights
@@ -254,7 +254,7 @@ def test_box_ensemble_keeps_agreed_boxes_and_confident_singles():
 
 
 def test_manifest_paths_are_relative_to_the_data_root():
-    from distill.cli import DATA, data_relative
+    from distill.publish import DATA, data_relative
 
     lineage = {"data": [f"lspet:{DATA}/labeled/lspet[:3600]"], "n": 3,
                "cache": {"command": f"posekd distill cache pose --data folder:{DATA}/unlabeled/images"}}
