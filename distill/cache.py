@@ -95,6 +95,68 @@ class _Writer:
             a.flush()
 
 
+class _LabelledViews:
+    """Views waiting for the teacher, labelled 64 at a time and written to the cache: the teacher's
+    keypoints (0..1 of the view), its heatmaps and centre map resampled to the student's grid."""
+
+    def __init__(self, teacher: PoseTeacher, writer: _Writer, grid: int, bar):
+        self.teacher, self.writer, self.grid, self.bar = teacher, writer, grid, bar
+        self.tsize = teacher.size[0]
+        self.teacher_views: list[np.ndarray] = []
+        self.student_views: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+
+    def add(self, tview: np.ndarray, sview: np.ndarray, gt: np.ndarray) -> None:
+        self.teacher_views.append(tview)
+        self.student_views.append(sview)
+        self.labels.append(gt)
+        if len(self.teacher_views) >= 64:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.teacher_views:
+            return
+        labels = self.teacher.label_all(np.stack(self.teacher_views))
+        kp, hm = labels["keypoints"].copy(), labels.get("heatmaps")
+        kp[..., :2] = (kp[..., :2] + 0.5) / self.tsize  # input pixels -> 0..1 of the view (pixel centres)
+        rows = {"images": np.stack(self.student_views), "teacher_kp": kp, "gt_kp": np.stack(self.labels)}
+        if "teacher_hm" in self.writer.arrays:
+            if hm is None:
+                raise ValueError(f"teacher {self.teacher.name} declares heatmaps but returned none")
+            a = resample_matrix(hm.shape[-1], self.grid)
+            rows["teacher_hm"] = (a @ hm @ a.T).astype(np.float16)
+        if "teacher_center" in self.writer.arrays:
+            a = resample_matrix(labels["center"].shape[-1], self.grid)
+            rows["teacher_center"] = (a @ labels["center"] @ a.T).astype(np.float16)
+        self.writer.add(**rows)
+        self.bar.update(len(self.teacher_views))
+        self.teacher_views, self.student_views, self.labels = [], [], []
+
+
+def _cache_shapes(teacher: PoseTeacher, student_size: int, grid: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    shapes = {"images": ((student_size, student_size, 3), "uint8"), "teacher_kp": ((17, 3), "float32"),
+              "gt_kp": ((17, 3), "float32")}
+    if teacher.heatmap_name is not None:
+        shapes["teacher_hm"] = ((17, grid, grid), "float16")
+    if getattr(teacher, "center_name", None) is not None:
+        shapes["teacher_center"] = ((1, grid, grid), "float16")
+    return shapes
+
+
+def _view_pair(image: np.ndarray, person, tsize: int, student_size: int, rng, cfg: AugmentConfig):
+    """One augmented view of a person: (the teacher's view, the student's in RGB, the human labels)."""
+    m, flipped = view_matrix(person.box, tsize, rng, cfg, person.keypoints, identity=rng.random() < cfg.p_identity)
+    ms = scale_matrix(m, student_size / tsize)
+    tview, sview = warp(image, m, tsize), warp(image, ms, student_size)
+    photometric([tview, sview], rng, cfg)
+    sview = np.ascontiguousarray(sview[..., ::-1])  # BGR (teacher, service) -> RGB (student cache)
+    gt = np.zeros((17, 3), np.float32)
+    if person.keypoints is not None:
+        gt = transform_keypoints(person.keypoints, m, tsize, flipped)
+        gt[:, :2] = (gt[:, :2] + 0.5) / tsize
+    return tview, sview, gt
+
+
 def build_pose_cache(records: list[Record], teacher: PoseTeacher, out: Path | str, *, views: int,
                      student_size: int = 192, seed: int = 0, cfg: AugmentConfig | None = None,
                      meta: dict | None = None, progress: bool = True) -> dict:
@@ -108,70 +170,20 @@ def build_pose_cache(records: list[Record], teacher: PoseTeacher, out: Path | st
     people = [(ri, pi) for ri, r in enumerate(records) for pi in range(len(r.people))]
     if not people:
         raise ValueError("no people to make views of")
-    tsize = teacher.size[0]
-    grid = student_size // 4
-    shapes = {"images": ((student_size, student_size, 3), "uint8"), "teacher_kp": ((17, 3), "float32"),
-              "gt_kp": ((17, 3), "float32")}
-    with_hm = teacher.heatmap_name is not None
-    if with_hm:
-        shapes["teacher_hm"] = ((17, grid, grid), "float16")
-    with_center = getattr(teacher, "center_name", None) is not None
-    if with_center:
-        shapes["teacher_center"] = ((1, grid, grid), "float16")
-    writer = _Writer(out, shapes, views)
+    tsize, grid = teacher.size[0], student_size // 4
+    writer = _Writer(out, _cache_shapes(teacher, student_size, grid), views)
     order = np.concatenate([rng.permutation(len(people)) for _ in range(views // len(people) + 1)])[:views]
-    # group by image so each image is decoded once per pass over the chunk
-    batch_t: list[np.ndarray] = []
-    batch_s: list[np.ndarray] = []
-    batch_gt: list[np.ndarray] = []
     started = time.time()
     bar = tqdm(total=views, desc=f"teacher {teacher.name} labelling views", disable=not progress, unit="view")
-
-    def flush():
-        labels = teacher.label_all(np.stack(batch_t))
-        kp, hm = labels["keypoints"].copy(), labels.get("heatmaps")
-        kp[..., :2] = (kp[..., :2] + 0.5) / tsize  # input pixels -> 0..1 of the view (pixel centres)
-        rows = {"images": np.stack(batch_s), "teacher_kp": kp, "gt_kp": np.stack(batch_gt)}
-        if with_hm:
-            if hm is None:
-                raise ValueError(f"teacher {teacher.name} declares heatmaps but returned none")
-            a = resample_matrix(hm.shape[-1], grid)
-            rows["teacher_hm"] = (a @ hm @ a.T).astype(np.float16)
-        if with_center:
-            a = resample_matrix(labels["center"].shape[-1], grid)
-            rows["teacher_center"] = (a @ labels["center"] @ a.T).astype(np.float16)
-        writer.add(**rows)
-        bar.update(len(batch_t))
-        batch_t.clear()
-        batch_s.clear()
-        batch_gt.clear()
-
-    chunk = 512
-    for start in range(0, views, chunk):
-        sel = sorted(order[start:start + chunk].tolist(), key=lambda i: people[i][0])
+    pending = _LabelledViews(teacher, writer, grid, bar)
+    for start in range(0, views, 512):  # by image within a chunk: each image is decoded once per chunk
         current, image = -1, None
-        for idx in sel:
+        for idx in sorted(order[start:start + 512].tolist(), key=lambda i: people[i][0]):
             ri, pi = people[idx]
             if ri != current or image is None:
                 image, current = records[ri].load(), ri
-            person = records[ri].people[pi]
-            m, flipped = view_matrix(person.box, tsize, rng, cfg, person.keypoints,
-                                     identity=rng.random() < cfg.p_identity)
-            ms = scale_matrix(m, student_size / tsize)
-            tview, sview = warp(image, m, tsize), warp(image, ms, student_size)
-            photometric([tview, sview], rng, cfg)
-            sview = np.ascontiguousarray(sview[..., ::-1])  # BGR (teacher, service) -> RGB (student cache)
-            gt = np.zeros((17, 3), np.float32)
-            if person.keypoints is not None:
-                gt = transform_keypoints(person.keypoints, m, tsize, flipped)
-                gt[:, :2] = (gt[:, :2] + 0.5) / tsize
-            batch_t.append(tview)
-            batch_s.append(sview)
-            batch_gt.append(gt)
-            if len(batch_t) >= 64:
-                flush()
-        if batch_t:
-            flush()
+            pending.add(*_view_pair(image, records[ri].people[pi], tsize, student_size, rng, cfg))
+        pending.flush()
     bar.close()
     writer.close()
     info = {"kind": "pose", "count": writer.n, "student_size": student_size, "heatmap_grid": grid,
