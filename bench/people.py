@@ -201,7 +201,7 @@ def photo_records(data: Path):
     return [Record("photo", str(p), [], image_id=10_000_000 + i) for i, p in enumerate(photo_files(data))]
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="posekd bench people", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", type=Path, default=Path(os.environ.get("POSEKD_MODEL_STORE", ROOT / "model_store")))
@@ -214,7 +214,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--no-record", action="store_true")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _table(rows: list) -> list[str]:
+    lines = ["| setting | detector | size | OKS-NMS | score | held-out AP | AR | APm | count err | stacked pairs "
+             "(photos) | dev AP | dev AR | dev APm | dev count err | ms/image |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s, r in rows:
+        h, d = r["heldout"], r["dev"]
+        score = "mean keypoint" if s.score == "keypoints" else \
+            f"box^{s.box_weight}·kp, spread/{s.spread}" + (f", inside+{s.inside}" if s.inside else "")
+        lines.append(f"| {s.label} | {s.detector} | {s.size or 'manifest'} | {s.nms or 'off'} | {score} | "
+                     f"{h['AP']:.3f} | {h['AR']:.3f} | {h['APm']:.3f} | {h['count_error']:.2f} | "
+                     f"{r['stacked'][0]} ({r['stacked'][1]}) | {d['AP']:.3f} | {d['AR']:.3f} | {d['APm']:.3f} | "
+                     f"{d['count_error']:.2f} | {r['ms_per_image']:.1f} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
 
     from distill.data import read_coco, read_source
     from distill.publish import DATA, EVAL_SET
@@ -250,17 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         r = run_setting(s, pose, detectors[s.detector], sets, min_score)
         rows.append((s, r))
         print(s.label, json.dumps(r), flush=True)
-    lines = ["| setting | detector | size | OKS-NMS | score | held-out AP | AR | APm | count err | stacked pairs "
-             "(photos) | dev AP | dev AR | dev APm | dev count err | ms/image |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for s, r in rows:
-        h, d = r["heldout"], r["dev"]
-        score = "mean keypoint" if s.score == "keypoints" else \
-            f"box^{s.box_weight}·kp, spread/{s.spread}" + (f", inside+{s.inside}" if s.inside else "")
-        lines.append(f"| {s.label} | {s.detector} | {s.size or 'manifest'} | {s.nms or 'off'} | {score} | "
-                     f"{h['AP']:.3f} | {h['AR']:.3f} | {h['APm']:.3f} | {h['count_error']:.2f} | "
-                     f"{r['stacked'][0]} ({r['stacked'][1]}) | {d['AP']:.3f} | {d['AR']:.3f} | {d['APm']:.3f} | "
-                     f"{d['count_error']:.2f} | {r['ms_per_image']:.1f} |")
+    lines = _table(rows)
     n_photos = len(sets["photos"][0]) if "photos" in sets else 0
     lines += ["", f"Held-out: `{heldout_spec.replace(str(DATA), '$POSEKD_DATA')}` ({len(heldout)} photos, "
               f"{sum(held_truth.values())} people by the teacher pipeline: {ref_doc['info']['labelled_by']}); dev: "

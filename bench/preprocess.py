@@ -72,20 +72,58 @@ def _time(fn, inputs, spec) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="posekd bench preprocess", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", type=Path, default=Path(os.environ.get("POSEKD_MODEL_STORE", ROOT / "model_store")))
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads per session")
     ap.add_argument("--rounds", type=int, default=5, help="alternating passes over the dev images")
     ap.add_argument("--no-record", action="store_true")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _inputs(images, pipe, det, pose) -> tuple[list, list]:
+    """Each image's letterboxed detector view, and its pose crops (one list per image that has some)."""
+    from service.pipeline import preprocess as pp
+
+    dspec, pspec = det.manifest.input, pose.manifest.input
+    views = [[pp.resize_for_detector(im, dspec)[0]] for im in images]
+    crops = []
+    for im, boxes in zip(images, pipe.detect(det, images)):
+        m = [pp.crop_matrix(b, pose.manifest.crop.margin, pspec.width, pspec.height) for b in boxes]
+        crops.append([pp.warp_crop(im, k, pspec.width, pspec.height) for k in m])
+    return views, [c for c in crops if c]
+
+
+def _timings(rounds: int, views, crops, outputs, images, pipe, pose, det) -> tuple[dict, float]:  # noqa: PLR0913
+    """Best of ``rounds`` alternating passes: the three pieces before and after, and the whole pipeline."""
+    from service.pipeline import ImageTask
+    from service.pipeline import preprocess as pp
+    from service.pipeline.decoders import decode_movenet_heads
+
+    dspec, pspec = det.manifest.input, pose.manifest.input
+    best = {"before": [float("inf")] * 3, "after": [float("inf")] * 3}
+    ways = {"before": (chained, decode_full_grids), "after": (pp.to_tensor, decode_movenet_heads)}
+    whole = float("inf")
+    for _ in range(rounds):
+        for label, (prepare, decode) in ways.items():
+            best[label][0] = min(best[label][0], _time(prepare, views, dspec))
+            best[label][1] = min(best[label][1], _time(prepare, crops, pspec))
+            best[label][2] = min(best[label][2], _time(lambda o, m, f=decode: f(m, o), outputs, pose.manifest))
+        t0 = time.perf_counter()
+        for im in images:
+            pipe.run(pose, det, [ImageTask(image=im, min_score=0.0, max_people=20)])
+        whole = min(whole, (time.perf_counter() - t0) * 1000)
+    return best, whole
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
 
     from distill.data import read_coco
     from distill.evaluate import served_pipeline
     from distill.publish import EVAL_SET
     from distill.teachers import load_model_bytes
-    from service.pipeline import ImageTask
     from service.pipeline import preprocess as pp
     from service.pipeline.decoders import decode_movenet_heads
     from service.settings import Settings
@@ -101,12 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     images = [r.load() for r in read_coco(EVAL_SET)]
     pipe = served_pipeline()
     dspec, pspec = det.manifest.input, pose.manifest.input
-    views = [[pp.resize_for_detector(im, dspec)[0]] for im in images]
-    crops = []
-    for im, boxes in zip(images, pipe.detect(det, images)):
-        m = [pp.crop_matrix(b, pose.manifest.crop.margin, pspec.width, pspec.height) for b in boxes]
-        crops.append([pp.warp_crop(im, k, pspec.width, pspec.height) for k in m])
-    crops = [c for c in crops if c]
+    views, crops = _inputs(images, pipe, det, pose)
     for got, want in ((pp.to_tensor(v, dspec), chained(v, dspec)) for v in views[:3] + crops[:3]):
         if got.shape != want.shape or float(np.abs(got - want).max()) > 1e-5:
             print("to_tensor and the reference chain disagree", file=sys.stderr)
@@ -121,18 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             print("the two MoveNet-head decoders disagree", file=sys.stderr)
             return 1
 
-    best = {"before": [float("inf")] * 3, "after": [float("inf")] * 3}
-    ways = {"before": (chained, decode_full_grids), "after": (pp.to_tensor, decode_movenet_heads)}
-    whole = float("inf")
-    for _ in range(args.rounds):
-        for label, (prepare, decode) in ways.items():
-            best[label][0] = min(best[label][0], _time(prepare, views, dspec))
-            best[label][1] = min(best[label][1], _time(prepare, crops, pspec))
-            best[label][2] = min(best[label][2], _time(lambda o, m, f=decode: f(m, o), outputs, pose.manifest))
-        t0 = time.perf_counter()
-        for im in images:
-            pipe.run(pose, det, [ImageTask(image=im, min_score=0.0, max_people=20)])
-        whole = min(whole, (time.perf_counter() - t0) * 1000)
+    best, whole = _timings(args.rounds, views, crops, outputs, images, pipe, pose, det)
     n = len(images)
     rows = [f"| {label} | {v / n:.2f} | {c / n:.2f} | {d / n:.2f} | {(v + c + d) / n:.2f} | "
             f"{(v + c + d) / whole * 100:.1f} % |" for label, (v, c, d) in best.items()]

@@ -132,10 +132,7 @@ def pct(lat: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] * 1000
 
 
-def main(argv: list[str] | None = None) -> int:
-    from service.settings import get_settings
-
-    s = get_settings()
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="posekd bench queue", description=__doc__)
     ap.add_argument("--data", type=Path, default=data_dir())
     ap.add_argument("--images", type=int, default=24)
@@ -143,7 +140,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", default="1,4,16", help="closed-loop client counts")
     ap.add_argument("--redis", default=os.environ.get("POSEKD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
     ap.add_argument("--no-record", action="store_true")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _mode_points(mode: str, stack, images, args, levels: list[int]) -> tuple[dict, list[str]]:
+    """One mode: closed-loop points at each concurrency, then an open loop at half the saturation."""
+    points = {c: asyncio.run(closed_loop(stack.base, images, args.requests, c)) for c in levels}
+    for c, r in points.items():
+        print(f"{mode}, {c} clients: {r['rps']:.2f} img/s p50 {pct(r['lat'], .5):.1f} "
+              f"p99 {pct(r['lat'], .99):.1f} ms errors {r['errors']}", flush=True)
+    saturation = max(r["rps"] for r in points.values())
+    single = statistics.median(points[min(levels)]["lat"]) * 1000
+    half = asyncio.run(open_loop(stack.base, images, saturation / 2, args.requests // 2))
+    print(f"{mode}, open loop at {saturation / 2:.1f}/s: p99 {pct(half['lat'], .99):.1f} ms "
+          f"(single {single:.1f} ms)", flush=True)
+    summary = {"saturation": saturation, "single": single, "single_p99": pct(points[min(levels)]["lat"], .99),
+               "half_p99": pct(half["lat"], .99), "half_rate": saturation / 2}
+    rows = [f"| {mode} | {c} | {r['rps']:.2f} | {pct(r['lat'], .5):.1f} | {pct(r['lat'], .99):.1f} | {r['errors']} |"
+            for c, r in points.items()]
+    rows.append(f"| {mode} | open loop {saturation / 2:.1f}/s | {half['rps']:.2f} | {pct(half['lat'], .5):.1f} "
+                f"| {pct(half['lat'], .99):.1f} | {half['errors']} |")
+    return summary, rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    from service.settings import get_settings
+
+    s = get_settings()
+    args = _parser().parse_args(argv)
     import logging
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
@@ -156,30 +180,17 @@ def main(argv: list[str] | None = None) -> int:
 
     raw = bench_raw(images, store, s.default_pose_model, s.default_detector, max(1, args.requests // len(images)))
     print(f"raw pipeline: {raw['rps']:.2f} img/s, p50 {pct(raw['lat'], 0.5):.1f} ms", flush=True)
-    modes: dict[str, tuple[str | None, int, dict]] = {"embedded": (None, 0, {}), "redis, 1 worker": (args.redis, 1, {}),
-             "redis, 2 workers": (args.redis, 2, {})}
+    modes: dict[str, tuple[str | None, int]] = {"embedded": (None, 0), "redis, 1 worker": (args.redis, 1),
+                                                "redis, 2 workers": (args.redis, 2)}
     rows, summary = [], {}
-    for mode, (url, workers, extra) in modes.items():
-        with Stack(store, url, workers, {**env, **extra}) as stack:
-            points = {c: asyncio.run(closed_loop(stack.base, images, args.requests, c)) for c in levels}
-            for c, r in points.items():
-                print(f"{mode}, {c} clients: {r['rps']:.2f} img/s p50 {pct(r['lat'], .5):.1f} "
-                      f"p99 {pct(r['lat'], .99):.1f} ms errors {r['errors']}", flush=True)
-            saturation = max(r["rps"] for r in points.values())
-            single = statistics.median(points[min(levels)]["lat"]) * 1000
-            single_p99 = pct(points[min(levels)]["lat"], .99)
-            half = asyncio.run(open_loop(stack.base, images, saturation / 2, args.requests // 2))
-            print(f"{mode}, open loop at {saturation / 2:.1f}/s: p99 {pct(half['lat'], .99):.1f} ms "
-                  f"(single {single:.1f} ms)", flush=True)
-        summary[mode] = {"saturation": saturation, "single": single, "single_p99": single_p99,
-                         "half_p99": pct(half["lat"], .99),
-                         "half_rate": saturation / 2}
-        for c, r in points.items():
-            rows.append(f"| {mode} | {c} | {r['rps']:.2f} | {pct(r['lat'], .5):.1f} | {pct(r['lat'], .99):.1f} "
-                        f"| {r['errors']} |")
-        rows.append(f"| {mode} | open loop {saturation / 2:.1f}/s | {half['rps']:.2f} | {pct(half['lat'], .5):.1f} "
-                    f"| {pct(half['lat'], .99):.1f} | {half['errors']} |")
+    for mode, (url, workers) in modes.items():
+        with Stack(store, url, workers, env) as stack:
+            summary[mode], mode_rows = _mode_points(mode, stack, images, args, levels)
+        rows += mode_rows
+    return _report(args, argv, s, store, env, images, levels, raw, rows, summary)
 
+
+def _report(args, argv, s, store, env, images, levels, raw, rows, summary) -> int:  # noqa: PLR0913
     payload = {}
     top = max(levels)
     for fmt in ("encoded", "raw"):

@@ -136,7 +136,7 @@ def draw_chart(rows: list[tuple[str, dict]], e2e: list[tuple[str, dict, float]],
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="posekd bench students", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", type=Path, default=Path(os.environ.get("POSEKD_MODEL_STORE", ROOT / "model_store")))
@@ -151,43 +151,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=40, help="timed runs per latency")
     ap.add_argument("--chart", type=Path, default=ROOT / "bench" / "students.png")
     ap.add_argument("--no-record", action="store_true")
-    args = ap.parse_args(argv)
+    return ap
 
-    from distill.data import read_coco, read_source
-    from distill.evaluate import agreement, coco_ap, evaluate, predict
-    from distill.publish import DATA, EVAL_SET
-    from distill.teachers import load_model_bytes
-    from service.store import ModelStore
 
-    if not EVAL_SET.is_file():
-        print(f"needs the evaluation set {EVAL_SET}", file=sys.stderr)
-        return 2
-    store = ModelStore(args.store)
+def _ours(store, task: str) -> list[str]:
+    """Every model of ``task`` in the store at its production alias, the teachers left out."""
+    out = []
+    for name in store.names():
+        aliases = store.aliases(name)
+        if "production" in aliases and store.manifest(name, aliases["production"]).task == task \
+                and not name.startswith(("movenet-", "centernet")):
+            out.append(f"{name}@production")
+    return out
 
-    def ours(task: str) -> list[str]:
-        out = []
-        for name in store.names():
-            aliases = store.aliases(name)
-            if "production" in aliases and store.manifest(name, aliases["production"]).task == task \
-                    and not name.startswith(("movenet-", "centernet")):
-                out.append(f"{name}@production")
-        return out
 
-    pose_refs = args.pose or ours("pose")
-    det_refs = args.detector or ours("person_detection")
-    pck_spec = args.pck or f"lspet:{DATA}/labeled/lspet[3600:]"
-    try:
-        pck_records = read_source(pck_spec)
-    except (OSError, ValueError) as exc:
-        print(f"no held-out PCK ({exc})", file=sys.stderr)
-        pck_records = None
-    rows, e2e = [], []
-    models = {}
-    for ref in args.teachers + pose_refs:
-        try:
-            models[ref] = load_model_bytes(ref, store=store, threads=args.threads)
-        except Exception as exc:  # a student not trained yet: say so, keep going
-            print(f"skipping {ref}: {exc}", file=sys.stderr)
+def _pose_rows(models: dict, args, pck_records) -> list:
+    """Every pose model with ground-truth boxes: dev AP, held-out PCK and agreement, size, latency."""
+    from distill.evaluate import agreement, evaluate
+    from distill.publish import EVAL_SET
+
+    rows = []
     thunder = models.get("movenet-thunder", (None,))[0]
     for ref, (model, data) in models.items():
         r = evaluate(model, data, annotations=EVAL_SET, speed=True, speed_runs=args.runs, pck_records=pck_records)
@@ -196,25 +179,21 @@ def main(argv: list[str] | None = None) -> int:
             r["heldout_agreement"] = agreement(model, thunder, pck_records)
         rows.append((ref, r))
         print(ref, r["gt_boxes"], r.get("pck@0.2"), r["ms_b1"], r["ms_b8"], flush=True)
+    return rows
 
-    records = read_coco(EVAL_SET)
-    ids = [int(r.image_id or 0) for r in records]
-    detectors = {}
-    mp, _ = load_model_bytes("movenet-multipose", store=store, threads=args.threads, input_size=(512, 512))
-    detectors[MULTIPOSE] = mp
-    for ref in det_refs:
-        try:
-            detectors[ref] = load_model_bytes(ref, store=store, threads=args.threads)[0]
-        except Exception as exc:
-            print(f"skipping {ref}: {exc}", file=sys.stderr)
-    pairs = [(MULTIPOSE, "movenet-thunder")]
-    pairs += [(d, p) for d in det_refs if d in detectors for p in [*pose_refs, *args.teachers] if p in models]
+
+def _end_to_end(models: dict, detectors: dict, pairs: list, records: list) -> list:
+    """Detector → pose pairs on the dev set: AP, count error, stacked pairs, ms per image."""
     from bench.people import count_error, stacked
+    from distill.evaluate import coco_ap, predict
+    from distill.publish import EVAL_SET
     from service.settings import Settings
 
+    ids = [int(r.image_id or 0) for r in records]
     min_score = Settings().min_score
     truth = {int(r.image_id or 0): sum(1 for p in r.people if p.keypoints is not None and (p.keypoints[:, 2] > 0).any())
              for r in records}
+    e2e = []
     for det, pose in pairs:
         predict(models[pose][0], records[:3], detectors[det])  # warm-up
         res, ms = predict(models[pose][0], records, detectors[det])
@@ -223,10 +202,54 @@ def main(argv: list[str] | None = None) -> int:
                "stacked": stacked(shown)[0]}
         e2e.append((f"{det} → {pose}", ap_, ms))
         print(det, pose, ap_, round(ms, 1), flush=True)
+    return e2e
 
+
+def _load_all(refs: list[str], store, threads: int, **kw) -> dict:
+    out = {}
+    for ref in refs:
+        try:
+            out[ref] = _load_model(ref, store, threads, **kw)
+        except Exception as exc:  # a student not trained yet: say so, keep going
+            print(f"skipping {ref}: {exc}", file=sys.stderr)
+    return out
+
+
+def _load_model(ref: str, store, threads: int, **kw):
+    from distill.teachers import load_model_bytes
+    return load_model_bytes(ref, store=store, threads=threads, **kw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from distill.data import read_coco, read_source
+    from distill.evaluate import coco_ap
+    from distill.publish import DATA, EVAL_SET
+    from service.store import ModelStore
+
+    if not EVAL_SET.is_file():
+        print(f"needs the evaluation set {EVAL_SET}", file=sys.stderr)
+        return 2
+    store = ModelStore(args.store)
+    pose_refs, det_refs = args.pose or _ours(store, "pose"), args.detector or _ours(store, "person_detection")
+    pck_spec = args.pck or f"lspet:{DATA}/labeled/lspet[3600:]"
+    try:
+        pck_records = read_source(pck_spec)
+    except (OSError, ValueError) as exc:
+        print(f"no held-out PCK ({exc})", file=sys.stderr)
+        pck_records = None
+    models = _load_all(args.teachers + pose_refs, store, args.threads)
+    rows = _pose_rows(models, args, pck_records)
+    records = read_coco(EVAL_SET)
+    detectors = {MULTIPOSE: _load_model("movenet-multipose", store, args.threads,
+                                                     input_size=(512, 512))[0]}
+    detectors.update({ref: md[0] for ref, md in _load_all(det_refs, store, args.threads).items()})
+    pairs = [(MULTIPOSE, "movenet-thunder")]
+    pairs += [(d, p) for d in det_refs if d in detectors for p in [*pose_refs, *args.teachers] if p in models]
+    e2e = _end_to_end(models, detectors, pairs, records)
     mp_alone, mp_ms = multipose_alone(detectors[MULTIPOSE], records)
-    e2e.insert(0, (f"{MULTIPOSE} alone, its own keypoints", coco_ap(EVAL_SET, mp_alone, ids), mp_ms))
-
+    e2e.insert(0, (f"{MULTIPOSE} alone, its own keypoints", coco_ap(EVAL_SET, mp_alone, [int(r.image_id or 0)
+                                                                                       for r in records]), mp_ms))
     det_ms = {ref: mp_ms if ref == MULTIPOSE else detector_ms(det, records) for ref, det in detectors.items()}
     lines = tables(rows, e2e, det_ms)
     pck_note = f"held-out PCK: `{pck_spec.replace(str(DATA), '$POSEKD_DATA')}`" if pck_records else "no held-out PCK"

@@ -45,19 +45,17 @@ def tracks_summary(result: dict) -> str:
             f"{people / max(len(result['frames']), 1):.2f} people/frame")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from service.settings import get_settings
-    from service.video.offline import run
-
-    s = get_settings()
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="posekd bench video", description=__doc__)
     ap.add_argument("--data", type=Path, default=data_dir())
     ap.add_argument("--no-clips", action="store_true", help="vtest.avi only")
     ap.add_argument("--no-record", action="store_true")
-    args = ap.parse_args(argv)
-    vtest = args.data / "opencv_samples" / "vtest.avi"
-    if not vtest.exists():
-        raise SystemExit(f"{vtest} not found; set POSEKD_DATA")
+    return ap
+
+
+def _runs(s, vtest: Path) -> dict:
+    """vtest with detection on every frame, with keyframes + propagation, and with the overlay rendered."""
+    from service.video.offline import run
 
     runs = {}
     for label, k, render in (("per-frame detection (keyframe_interval 1)", 1, False),
@@ -72,6 +70,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label}: {result['video']['frames'] / wall:.1f} frames/s; {tracks_summary(result)}", flush=True)
         if out:
             out.unlink(missing_ok=True)
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    from service.settings import get_settings
+    from service.video.offline import run
+
+    s = get_settings()
+    args = _parser().parse_args(argv)
+    vtest = args.data / "opencv_samples" / "vtest.avi"
+    if not vtest.exists():
+        raise SystemExit(f"{vtest} not found; set POSEKD_DATA")
+
+    runs = _runs(s, vtest)
     labels = list(runs)
     base, prop = runs[labels[0]], runs[labels[1]]
     agree = agreement(prop[0], base[0])
