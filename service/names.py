@@ -21,7 +21,9 @@ ALIAS_RULE = "1-64 characters of A-Z, a-z, 0-9, '_' and '-'"
 
 
 def is_model_name(name: object) -> bool:
-    return isinstance(name, str) and bool(_MODEL_NAME.match(name)) and ".." not in name
+    """A directory name that cannot leave the store: it starts with a letter or digit and holds no '/',
+    so it is never '.' or '..' (dots inside, 'a..b', are an ordinary file name and the schema's pattern)."""
+    return isinstance(name, str) and bool(_MODEL_NAME.match(name))
 
 
 def is_alias(alias: object) -> bool:

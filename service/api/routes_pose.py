@@ -40,23 +40,35 @@ _IMAGE_BODY = {"requestBody": {"required": True, "content": {
 }}}
 _BATCH_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["images"],
-    "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
+    "properties": {"images": {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"}}}}}}}}
 
 ModelQ = Query(None, description="pose model: name, name:version or name@alias (default: the default "
                                  "pose model's production alias)", max_length=140, pattern=MODEL_REF)
 DetectorQ = Query(None, description="person detector, same forms as model", max_length=140, pattern=MODEL_REF)
 MinScoreQ = Query(None, ge=0.0, le=1.0, description="drop people whose person score is lower")
-MaxPeopleQ = Query(None, ge=1, description="at most this many people per image (capped by POSEKD_MAX_PEOPLE)")
+MaxPeopleQ = Query(None, ge=1, le=1000, description="at most this many people per image (values above "
+                                                    "POSEKD_MAX_PEOPLE are capped to it)")
 FormatQ = Query("posekd", description="`posekd` (this API's shape) or `coco`: a JSON array of COCO keypoint "
                                        "results (image_id, category_id, flat keypoints, xywh bbox, score) that "
                                        "pycocotools reads as is")
 # numbers, brackets, commas and spaces only; 4,000 characters hold 20 boxes of long numbers and stay far
 # below any server's URL limit
-BoxesQ = Query(None, max_length=4000, pattern=r"^[\[\]0-9eE.,+\- ]*$",
-               description="person boxes to use instead of the detector: JSON [[x1,y1,x2,y2],...] in image pixels")
+# The boxes parameter's exact grammar, so that the schema admits only what the service accepts: a JSON
+# list of boxes of four plain numbers (at most 7 integer digits: within ±1e7 pixels, far past any image
+# the pixel limit admits and exact in float32), corners in either order. The 4,000-character cap bounds
+# the count: the shortest box with its comma takes 10 characters, so at most MAX_BOXES fit.
+_NUMBER = r"-?(0|[1-9]\d{0,6})(\.\d{1,6})?"  # JSON: no leading zeros
+_BOX = rf"\[ ?{_NUMBER} ?, ?{_NUMBER} ?, ?{_NUMBER} ?, ?{_NUMBER} ?\]"
+BOXES_PATTERN = rf"^\[ ?({_BOX}( ?, ?{_BOX})*)? ?\]$"
+BOXES_MAX_LENGTH = 4000
+MAX_BOXES = BOXES_MAX_LENGTH // 10
+BoxesQ = Query(None, max_length=BOXES_MAX_LENGTH, pattern=BOXES_PATTERN,
+               description="person boxes to use instead of the detector: JSON [[x1,y1,x2,y2],...] in image pixels "
+                           "(plain numbers, corners in either order); the people returned are still capped by "
+                           "max_people, best first")
 
 
-MAX_BOX_COORD = 1e6  # far past any image the pixel limit admits, far inside float32
+MAX_BOX_COORD = 1e7
 
 
 def _nesting(text: str) -> int:
@@ -71,7 +83,7 @@ def _nesting(text: str) -> int:
     return deepest
 
 
-def _parse_boxes(text: str | None, max_people: int) -> np.ndarray | None:
+def _parse_boxes(text: str | None) -> np.ndarray | None:
     if text is None:
         return None
     if _nesting(text) > 2:
@@ -86,10 +98,10 @@ def _parse_boxes(text: str | None, max_people: int) -> np.ndarray | None:
         raise InvalidParameter("boxes must be a list of [x1,y1,x2,y2] with finite numbers")
     if np.abs(boxes).max() > MAX_BOX_COORD:
         raise InvalidParameter(f"box coordinates must lie within ±{MAX_BOX_COORD:g} pixels")
-    if ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).any():
-        raise InvalidParameter("each box needs x2 > x1 and y2 > y1")
-    if len(boxes) > max_people:
-        raise InvalidParameter(f"{len(boxes)} boxes; at most {max_people}")
+    if len(boxes) > MAX_BOXES:
+        raise InvalidParameter(f"{len(boxes)} boxes; at most {MAX_BOXES}")
+    # corners in either order: (x1, y1) the smaller, (x2, y2) the larger
+    boxes = np.concatenate([np.minimum(boxes[:, :2], boxes[:, 2:]), np.maximum(boxes[:, :2], boxes[:, 2:])], 1)
     return boxes.astype(np.float32)
 
 
@@ -145,11 +157,9 @@ async def _run(request: Request, images: list[bytes], model, detector, min_score
                draw_on: list | None = None) -> tuple[dict, dict | None, PoseAnswer]:
     state = service_of(request)
     s = state.settings
-    if max_people is not None and max_people > s.max_people:
-        raise InvalidParameter(f"max_people is at most {s.max_people}")
-    max_people = max_people or s.max_people
+    max_people = min(max_people or s.max_people, s.max_people)
     min_score = s.min_score if min_score is None else min_score
-    parsed_boxes = _parse_boxes(boxes, s.max_people)
+    parsed_boxes = _parse_boxes(boxes)
     pose_ref, pose_info = await _resolve(state, model or s.default_pose_model, "pose")
     det_ref, det_info = None, None
     if parsed_boxes is None:
@@ -256,7 +266,9 @@ async def pose_batch(request: Request, model: str | None = ModelQ, detector: str
     files = await form_files(request, await read_body(request, s.max_batch_bytes), "images", s.max_batch_images)
     ids = [int(v) for v in image_ids.split(",")] if image_ids else list(range(len(files)))
     if len(ids) != len(files):
-        raise InvalidParameter(f"{len(ids)} image_ids for {len(files)} images")
+        # each value is valid alone (a 422 would say otherwise): the request's parts disagree
+        raise PoseKDError(f"{len(ids)} image_ids for {len(files)} images: give one per image, in order",
+                          code="invalid_request", status=400)
     pose_info, det_info, result = await _run(request, files, model, detector, min_score, max_people, boxes)
     if format == "coco":
         return JSONResponse([r for res, i in zip(result.results, ids)

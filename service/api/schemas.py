@@ -1,9 +1,9 @@
 """Response shapes, for the OpenAPI document (handlers return plain JSON of the same shape)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from ..names import MAX_VERSION
 
@@ -61,9 +61,20 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+def _json_integer(value):
+    """A JSON Schema integer: a number with no fraction (3 or 3.0), never a string or a boolean."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("must be a whole number, not a string or a boolean")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be a whole number")
+        return int(value)
+    return value
+
+
 class AliasUpdate(BaseModel):
-    # strict: true, 1.0 and "3" are not versions; capped like every version in a path or reference
-    version: int = Field(ge=1, le=MAX_VERSION, strict=True)
+    # true and "3" are not versions (3.0 is: JSON Schema's integer); capped like every version in a path
+    version: Annotated[int, BeforeValidator(_json_integer)] = Field(ge=1, le=MAX_VERSION)
 
 
 # ---- health and the Open Inference Protocol (V2) ---------------------------------------------------
