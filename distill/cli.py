@@ -52,7 +52,8 @@ def _add_cache_parser(dsub) -> None:
 
 def _add_train_parser(dsub) -> None:
     t = dsub.add_parser("train", help="train a student on a cache (resumes from OUT/checkpoint.pt)")
-    t.add_argument("preset", help="pose-m | pose-mf | pose-s | pose-t | pose-r | detector-s")
+    t.add_argument("preset", help="pose-m | pose-mf (MoveNet heads) | centernet-s (person detector) | okdhp | "
+                                  "okdhp-160 | distilpose (earlier recipes)")
     t.add_argument("--cache", required=True, help="a cache written by `posekd distill cache`")
     t.add_argument("--out", required=True, help="run directory: checkpoints, best.pt, curve.png")
     t.add_argument("--steps", type=int, default=3000, help="optimizer steps in all (a resumed run continues)")

@@ -102,9 +102,16 @@ def cmd_train(args) -> int:
     import torch
 
     from .cache import PoseCache
-    from .students import PRESETS
+    from .students import PRESETS, RENAMED_PRESETS
     from .train import TrainConfig, fit
 
+    if args.preset in RENAMED_PRESETS:
+        print(f"the preset {args.preset!r} is now {RENAMED_PRESETS[args.preset]!r} (no preset shares a served "
+              "model's name)", file=sys.stderr)
+        return 2
+    if args.preset not in PRESETS:
+        print(f"unknown preset {args.preset!r}: one of {', '.join(PRESETS)}", file=sys.stderr)
+        return 2
     cfg = PRESETS[args.preset]
     overrides = {k: v for k, v in (("size", args.size), ("keep", args.keep), ("branches", args.branches),
                                    ("warm_start", args.warm_start)) if v}

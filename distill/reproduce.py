@@ -40,17 +40,30 @@ def pin_stop(command: str, step: int | None) -> str:
 
 
 def pinned_commands(lineage: dict) -> list[str]:
-    """The lineage's commands with every ``--minutes`` of a training command replaced by the step that
-    command stopped at (lineages recorded before the replacement still hold ``--minutes``)."""
+    """The lineage's commands as they rerun today: every ``--minutes`` of a training command replaced by the
+    step that command stopped at (lineages recorded before the replacement still hold ``--minutes``), and
+    renamed presets by their new names."""
     commands = split_commands(lineage.get("command") or "")
     stops = [*lineage.get("train_resumed_at", []), (lineage.get("training") or {}).get("steps")]
     out, j = [], 0
     for c in commands:
-        if shlex.split(c)[1:3] == ["distill", "train"]:
-            c = pin_stop(c, stops[j] if j < len(stops) else None)
+        words = shlex.split(c)
+        if words[1:3] == ["distill", "train"]:
+            c = pin_stop(renamed_preset(c), stops[j] if j < len(stops) else None)
             j += 1
         out.append(c)
     return out
+
+
+def renamed_preset(command: str) -> str:
+    """A training command with a preset's old name (one that was also a served model's) replaced."""
+    from .students import RENAMED_PRESETS
+
+    words = shlex.split(command)
+    if len(words) > 3 and words[3] in RENAMED_PRESETS:
+        words[3] = RENAMED_PRESETS[words[3]]
+        return " ".join(shlex.quote(w) for w in words)
+    return command
 
 
 def split_commands(command: str) -> list[str]:

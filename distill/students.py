@@ -47,15 +47,19 @@ class StudentConfig:
 
 
 PRESETS: dict[str, StudentConfig] = {
-    # the served defaults: MoveNet heads, warm-started from Lightning, distilled from Thunder
+    # the served pose models: MoveNet heads, warm-started from Lightning (or Thunder), distilled from Thunder
     "pose-m": StudentConfig("movenet", 192, 1.0, 1, "movenet-lightning"),
     "pose-mf": StudentConfig("movenet", 192, 0.5, 1, "movenet-lightning"),
-    # earlier recipes (heatmap-only / regression heads on a pruned Thunder trunk), kept as commands
-    "pose-s": StudentConfig("pose", 192, 0.25, 3),
-    "pose-t": StudentConfig("pose", 160, 0.25, 3),
-    "pose-r": StudentConfig("regress", 192, 0.25, 1),
-    "detector-s": StudentConfig("detector", 256, 1.0, 1, "movenet-multipose"),
+    # the served detectors: CenterNet-style centre heatmap + box size
+    "centernet-s": StudentConfig("detector", 256, 1.0, 1, "movenet-multipose"),
+    # earlier recipes (OKDHP heatmap branches / DistilPose regression on a pruned Thunder trunk)
+    "okdhp": StudentConfig("pose", 192, 0.25, 3),
+    "okdhp-160": StudentConfig("pose", 160, 0.25, 3),
+    "distilpose": StudentConfig("regress", 192, 0.25, 1),
 }
+# presets renamed so that none shares a served model's name (recorded recipes name them the old way;
+# `posekd distill reproduce` prints them with the new names)
+RENAMED_PRESETS = {"pose-s": "okdhp", "pose-t": "okdhp-160", "pose-r": "distilpose", "detector-s": "centernet-s"}
 
 
 class FAU(nn.Module):

@@ -237,14 +237,14 @@ def test_smoke_distillation_end_to_end(tmp_path, store):
     meta = json.loads((cache / "meta.json").read_text())
     assert meta["count"] == 48 and meta["teacher"] == "tiny-pose:1"
     assert np.load(cache / "teacher_hm.npy").shape == (48, 17, 16, 16)
-    assert cli(["distill", "train", "pose-s", "--cache", str(cache), "--out", str(run), "--steps", "4",
+    assert cli(["distill", "train", "okdhp", "--cache", str(cache), "--out", str(run), "--steps", "4",
                 "--batch", "8", "--size", "64", "--warm-start", "none", "--eval-every", "2",
                 "--holdout", "8"]) == 0
     assert (run / "checkpoint.pt").exists() and (run / "curve.png").stat().st_size > 1000
     history = json.loads((run / "history.json").read_text())
     assert any("agreement" in h for h in history)
     # resuming continues from the checkpoint
-    assert cli(["distill", "train", "pose-s", "--cache", str(cache), "--out", str(run), "--steps", "6",
+    assert cli(["distill", "train", "okdhp", "--cache", str(cache), "--out", str(run), "--steps", "6",
                 "--batch", "8", "--size", "64", "--warm-start", "none", "--eval-every", "3", "--holdout", "8"]) == 0
     assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 6
     rc = cli(["distill", "export", str(run), "--name", "smoke-pose", "--store", str(store.root),
@@ -255,7 +255,7 @@ def test_smoke_distillation_end_to_end(tmp_path, store):
     m = st.manifest("smoke-pose", 1)
     assert m.output.decoder == "heatmap" and m.input.height == 64
     assert m.lineage.teacher == "tiny-pose:1"
-    assert "posekd distill train pose-s" in m.lineage.command and "posekd distill cache pose" in m.lineage.command
+    assert "posekd distill train okdhp" in m.lineage.command and "posekd distill cache pose" in m.lineage.command
     assert "--steps 4" in m.lineage.command and "--steps 6" in m.lineage.command  # both training commands
     assert m.lineage.model_dump()["train_resumed_at"] == [4]
     assert {"python", "torch", "onnx", "onnxruntime"} <= set(m.lineage.model_dump()["libraries"])

@@ -68,7 +68,7 @@ def test_training_commands_without_torch_say_what_to_install(tmp_path):
     blocker = tmp_path / "block"
     blocker.mkdir()
     (blocker / "torch.py").write_text("raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
-    out = subprocess.run([sys.executable, "-m", "service.cli", "distill", "train", "detector-s", "--cache",
+    out = subprocess.run([sys.executable, "-m", "service.cli", "distill", "train", "centernet-s", "--cache",
                           str(tmp_path / "c"), "--out", str(tmp_path / "o")], cwd=ROOT,
                          env=_clean_env(PYTHONPATH=str(blocker)), capture_output=True, text=True)
     assert out.returncode == 2, out.stderr

@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("torch")
 
 from distill.reproduce import chain, init_of, pin_stop, pinned_commands, render  # noqa: E402
+from distill.students import PRESETS  # noqa: E402
 from service.cli import build_parser  # noqa: E402
 from service.cli import main as cli  # noqa: E402
 from service.store import ModelStore  # noqa: E402
@@ -29,8 +30,10 @@ def test_every_committed_recipe_parses_with_todays_command_line(manifest):
     for command in commands:
         words = shlex.split(command.replace("$POSEKD_DATA", "/data"))
         assert words[0] == "posekd", command
-        args = parser.parse_args(words[1:])  # exits (SystemExit) on an option or preset that no longer exists
+        args = parser.parse_args(words[1:])  # exits (SystemExit) on an option that no longer exists
         assert callable(args.func)
+        if words[1:3] == ["distill", "train"]:
+            assert args.preset in PRESETS, command
         assert "--minutes" not in words  # every wall-time cap is pinned to the step it stopped at
 
 

@@ -214,7 +214,7 @@ def test_kept_samples_feed_the_cache_and_a_training_step(settings, store, tmp_pa
                 "--views", "16", "--size", "64", "--out", str(cache)]) == 0
     meta = json.loads((cache / "meta.json").read_text())
     assert meta["count"] == 16 and meta["sources"] == ["shadow:kept"]
-    assert cli(["distill", "train", "pose-s", "--cache", str(cache), "--out", str(run), "--steps", "1",
+    assert cli(["distill", "train", "okdhp", "--cache", str(cache), "--out", str(run), "--steps", "1",
                 "--batch", "4", "--size", "64", "--warm-start", "none", "--eval-every", "1", "--holdout", "4"]) == 0
     assert (run / "checkpoint.pt").exists()
 
