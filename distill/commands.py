@@ -51,6 +51,24 @@ def _default_exclude() -> list[str]:
     return [f"coco:{EVAL_SET}"] if EVAL_SET.is_file() else []
 
 
+def gates_of(args, kind: str):
+    """The gates ``export``, ``quantize`` and ``reshape`` were asked for (``kind``: the student kind;
+    detectors are gated by end-to-end AP, pose models by AP with ground-truth boxes)."""
+    from .export import Gates
+
+    return Gates(min_ap=args.min_ap, max_ap_drop=args.max_ap_drop, max_latency_ratio=args.max_latency_ratio,
+                 metric="end_to_end" if kind == "detector" else "gt_boxes",
+                 floor_latency_ratio=args.floor_latency_ratio, floor_accuracy=args.floor_accuracy)
+
+
+def evaluation_of(args):
+    """What ``export``, ``quantize`` and ``reshape`` measure a candidate on and against."""
+    from .publish import Evaluation
+
+    return Evaluation(eval_set=args.eval_set, teacher=args.teacher, pose=args.pose, detector=args.detector,
+                      pck=args.pck, floor=args.floor)
+
+
 # ---- cache ------------------------------------------------------------------------------------
 def cmd_cache(args) -> int:
     from service.settings import get_settings
@@ -159,7 +177,7 @@ def cmd_export(args) -> int:
     from service.settings import get_settings
     from service.store import ModelStore
 
-    from .export import Gates, dirty_refusal, manifest_fields
+    from .export import dirty_refusal, manifest_fields
 
     store = ModelStore(args.store or get_settings().model_store)
     refused = dirty_refusal(store.root, args.allow_dirty)
@@ -167,11 +185,11 @@ def cmd_export(args) -> int:
         print(refused, file=sys.stderr)
         return 2
     ex = export_run(Path(args.run), last=args.last, size=args.size)
-    lineage, _ = lineage_of(ex, args)
+    lineage, _ = lineage_of(ex, command_line(args))
     name = args.name or ex.run.name
     fields = manifest_fields(name, ex.cfg, description=args.description or description(ex.cfg), lineage=lineage)
-    gates = Gates.from_args(args, ex.cfg.kind)
-    metrics, floor = evaluate_export(ex, fields, store, args, gates)
+    gates = gates_of(args, ex.cfg.kind)
+    metrics, floor = evaluate_export(ex, fields, store, evaluation_of(args), gates)
     print(json.dumps(metrics, indent=2))
     fields.update(metrics=metrics, params=metrics.get("params"), gflops=metrics.get("gflops"))
     return register_and_promote(store, ex.path, fields, gates, floor, promote=not args.no_promote)

@@ -224,14 +224,6 @@ class Gates:
     floor_latency_ratio: float = 1.10
     floor_accuracy: str = "ap"
 
-    @classmethod
-    def from_args(cls, args, kind: str) -> Gates:
-        """The gates ``posekd distill export`` and ``quantize`` were asked for (``kind``: the student kind;
-        detectors are gated by end-to-end AP, pose models by AP with ground-truth boxes)."""
-        return cls(min_ap=args.min_ap, max_ap_drop=args.max_ap_drop, max_latency_ratio=args.max_latency_ratio,
-                   metric="end_to_end" if kind == "detector" else "gt_boxes",
-                   floor_latency_ratio=args.floor_latency_ratio, floor_accuracy=args.floor_accuracy)
-
     def check(self, new: dict, current: dict | None, floor: dict | None = None) -> tuple[bool, list[str]]:
         why = []
         ap = (new.get(self.metric) or {}).get("AP")

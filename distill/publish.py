@@ -151,7 +151,7 @@ def export_run(run: Path, *, last: bool = False, size: int | None = None) -> Exp
     return Exported(run, state, trained, cfg, data, path, diff)
 
 
-def lineage_of(ex: Exported, args) -> tuple[dict, dict]:
+def lineage_of(ex: Exported, command: str) -> tuple[dict, dict]:
     """(lineage, cache meta) of an exported run: teacher, warm start, recipe, training settings, data,
     excluded eval set, the exact cache + train + export commands, git commit."""
     from .export import git_commit
@@ -180,7 +180,7 @@ def lineage_of(ex: Exported, args) -> tuple[dict, dict]:
         "excluded": cache_meta.get("exclude", []),
         "cache": {k: cache_meta.get(k) for k in ("count", "people", "seed", "teacher", "command") if k in cache_meta},
         "command": " && ".join(c for c in (cache_meta.get("command"), *train_commands(state["meta"], state["step"]),
-                                            command_line(args)) if c),
+                                            command) if c),
         "train_resumed_at": state["meta"].get("resumed_at", []),
         "git_commit": git_commit(),
         "license": "weights derived from Google's MoveNet (Apache-2.0) on research-only data; research use",
@@ -200,14 +200,29 @@ def description(cfg) -> str:
             "detector": f"PoseKD person detector student (centre + box size, {cfg.size}px letterbox)"}[cfg.kind]
 
 
-def evaluate_export(ex: Exported, fields: dict, store, args, gates) -> tuple[dict, dict | None]:
+@dataclass(frozen=True)
+class Evaluation:
+    """What a candidate is measured on and against: ``eval_set`` (COCO keypoint JSON; None: the dev set,
+    "": none), the ``teacher`` a pose model's agreement is measured with, the ``pose`` model a detector is
+    measured end to end with, the ``detector`` a pose model is also measured end to end with, held-out
+    ``pck`` data, and the public ``floor`` model measured again beside it."""
+    eval_set: str | None = None
+    teacher: str = "movenet-thunder"
+    pose: str = "pose-s"
+    detector: str | None = None
+    pck: str = ""
+    floor: str | None = None
+
+
+def evaluate_export(ex: Exported, fields: dict, store, how: Evaluation, gates) -> tuple[dict, dict | None]:
     """(metrics of the export, metrics of the public floor measured again in this run or None)."""
-    metrics, floor = evaluate_candidate(ex.cfg.kind, ex.data, fields, store, args, gates)
+    metrics, floor = evaluate_candidate(ex.cfg.kind, ex.data, fields, store, how, gates)
     metrics["export_max_abs_diff"] = ex.diff
     return metrics, floor
 
 
-def evaluate_candidate(kind: str, data: bytes, fields: dict, store, args, gates) -> tuple[dict, dict | None]:
+def evaluate_candidate(kind: str, data: bytes, fields: dict, store, how: Evaluation,  # noqa: PLR0913
+                       gates) -> tuple[dict, dict | None]:
     """Metrics of a candidate ONNX (an export, a quantized or a re-shaped version; ``kind``: detector or a
     pose kind) and of the public floor measured again in this run (or None). The version the candidate
     would replace (the ``production`` of its name) is measured again too, the same way, and summarised
@@ -216,18 +231,18 @@ def evaluate_candidate(kind: str, data: bytes, fields: dict, store, args, gates)
     from .evaluate import evaluate
 
     served = _served(fields, data)
-    annotations = args.eval_set if args.eval_set is not None else (str(EVAL_SET) if EVAL_SET.is_file() else None)
-    teacher = _load_ref(args.teacher, store) if kind != "detector" else _load_ref(args.pose, store)
-    detector = _load_ref(args.detector, store) if kind != "detector" and args.detector else None
+    annotations = how.eval_set if how.eval_set is not None else (str(EVAL_SET) if EVAL_SET.is_file() else None)
+    teacher = _load_ref(how.teacher, store) if kind != "detector" else _load_ref(how.pose, store)
+    detector = _load_ref(how.detector, store) if kind != "detector" and how.detector else None
     pck_records = None
-    if kind != "detector" and args.pck:
+    if kind != "detector" and how.pck:
         from .data import read_source
-        pck_records = read_source(args.pck)
+        pck_records = read_source(how.pck)
     metrics = evaluate(served, data, annotations=annotations, teacher=teacher, detector=detector,
                        pck_records=pck_records)
     floor = None
-    if args.floor and annotations:  # the public model to beat, measured again now, like for like
-        floor_model, floor_data = _load_ref_bytes(args.floor, store)
+    if how.floor and annotations:  # the public model to beat, measured again now, like for like
+        floor_model, floor_data = _load_ref_bytes(how.floor, store)
         if kind == "detector":
             floor = evaluate(floor_model, floor_data, annotations=annotations, teacher=teacher)
         else:

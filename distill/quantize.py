@@ -169,8 +169,9 @@ def cmd_quantize(args) -> int:
     from service.store import ModelStore
     from service.store.store import ModelSpec
 
+    from .commands import evaluation_of, gates_of
     from .data import read_source
-    from .export import Gates, dirty_refusal, git_commit
+    from .export import dirty_refusal, git_commit
     from .publish import _served, command_line, data_relative, evaluate_candidate, register_and_promote
 
     store = ModelStore(args.store or get_settings().model_store)
@@ -215,9 +216,9 @@ def cmd_quantize(args) -> int:
     out = Path(tempfile.mkdtemp(prefix="posekd-int8-")) / "model.onnx"
     out.write_bytes(q)
     kind = "detector" if source.task == "person_detection" else "pose"
-    gates = Gates.from_args(args, kind)
+    gates = gates_of(args, kind)
     target = ModelStore(args.to_store) if args.to_store else store  # e.g. from a run's store to the served one
-    metrics, floor = evaluate_candidate(kind, q, fields, target, args, gates)
+    metrics, floor = evaluate_candidate(kind, q, fields, target, evaluation_of(args), gates)
     print(json.dumps({**metrics, "fidelity": fields["lineage"]["fidelity"]}, indent=2))
     fields.update(metrics=metrics, params=metrics.get("params"), gflops=metrics.get("gflops"))
     return register_and_promote(target, out, fields, gates, floor, promote=not args.no_promote)

@@ -68,8 +68,9 @@ def cmd_reshape(args) -> int:
     from service.store import ModelStore
     from service.store.store import ModelSpec
 
+    from .commands import evaluation_of, gates_of
     from .data import read_source
-    from .export import Gates, dirty_refusal, git_commit
+    from .export import dirty_refusal, git_commit
     from .publish import _served, command_line, data_relative, evaluate_candidate, register_and_promote
 
     store = ModelStore(args.store or get_settings().model_store)
@@ -113,8 +114,8 @@ def cmd_reshape(args) -> int:
     })
     out = Path(tempfile.mkdtemp(prefix="posekd-reshape-")) / "model.onnx"
     out.write_bytes(free)
-    gates = Gates.from_args(args, "detector")
-    metrics, floor = evaluate_candidate("detector", free, fields, store, args, gates)
+    gates = gates_of(args, "detector")
+    metrics, floor = evaluate_candidate("detector", free, fields, store, evaluation_of(args), gates)
     print(json.dumps(metrics, indent=2))
     fields.update(metrics=metrics, params=metrics.get("params"), gflops=metrics.get("gflops"))
     return register_and_promote(store, out, fields, gates, floor, promote=not args.no_promote)
