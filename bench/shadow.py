@@ -149,6 +149,33 @@ def agreement_tables(args, store: Path, photos: list[Path], multi: list[Path], w
             "| photos | images | mean | median | p10 |\n|---|---|---|---|---|\n" + "\n".join(lines))
 
 
+def write_reference(args, multi: list[Path]) -> str:
+    """The default pose model's per-image agreement on every multi-person photo, written into its
+    manifest (``args.store``) as the live-comparable reference of the drift alert."""
+    import json
+
+    from service.settings import Settings
+    from service.store import ModelSpec, ModelStore
+
+    s = Settings(model_store=args.store)
+    store = ModelStore(args.store)
+    spec = ModelSpec.parse(s.default_pose_model)
+    version = store.resolve(spec)
+    found = agreement_on(multi, store_with(args.store, args.teacher, teachers_dir()), args.teacher,
+                         f"{spec.name}:{version}")
+    values = np.asarray([v for v in found.values() if v is not None])
+    reference = {"teacher": args.teacher, "detector": s.default_detector, "images": int(len(values)),
+                 "set": "folder:$POSEKD_DATA/unlabeled/multi (multi-person photos no pose cache holds)",
+                 "mean": round(float(values.mean()), 4), "median": round(float(np.median(values)), 4),
+                 "p10": round(float(np.percentile(values, 10)), 4),
+                 "command": "posekd bench shadow --skip-latency --skip-agreement --write-reference"}
+    path = store.version_dir(spec.name, version) / "model.json"
+    doc = json.loads(path.read_text())
+    doc["metrics"]["shadow_agreement"] = reference
+    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    return f"Reference written to {spec.name}:{version}'s manifest: {json.dumps(reference)}"
+
+
 def _stats(values: list[float]) -> str:
     if not values:
         return "| 0 | – | – | – |"
@@ -180,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--collect", type=Path, help="serve the weak groups' even half and the photos with the shadow "
                     "at rate 1 and keep the least agreed samples in this folder (a fine-tuning round's data)")
     ap.add_argument("--keep-max", type=int, default=150, help="POSEKD_SHADOW_KEEP_MAX for --collect")
+    ap.add_argument("--write-reference", action="store_true",
+                    help="record the default pose model's agreement on unlabeled/multi (photos no pose cache "
+                         "holds) in its manifest as metrics.shadow_agreement: the drift alert's reference")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--skip-agreement", action="store_true")
     ap.add_argument("--no-record", action="store_true", help="print only; do not append to bench/RESULTS.md")
@@ -212,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{int(r['dropped'])} dropped; the {args.keep_max} least agreed kept in {args.collect}")
     if not args.skip_agreement:
         parts.append(agreement_tables(args, store, photos, multi, weak))
+    if args.write_reference:
+        parts.append(write_reference(args, multi))
     body = "\n\n".join(parts)
     print(body)
     if not args.no_record:

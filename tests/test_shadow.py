@@ -243,3 +243,14 @@ def test_in_redis_mode_the_worker_shadows_and_the_api_answers_for_it(settings, s
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(10)
+
+
+def test_the_drift_reference_is_the_recorded_live_agreement_when_there_is_one():
+    from types import SimpleNamespace
+
+    from service.shadow import held_out_agreement
+
+    dev_only = SimpleNamespace(metrics={"teacher_agreement_oks": 0.7776})
+    both = SimpleNamespace(metrics={"teacher_agreement_oks": 0.7776, "shadow_agreement": {"median": 0.93}})
+    assert held_out_agreement(dev_only) == 0.7776 and held_out_agreement(both) == 0.93
+    assert held_out_agreement(SimpleNamespace(metrics={})) is None
