@@ -16,8 +16,9 @@ import torch.nn.functional as F
 
 from service.geometry import iou as box_iou
 
-from .students import StudentConfig, calibrate, channels_last, decode_centers, prepare
-from .train import TrainConfig, TrainingRun, load_exported
+from .students import StudentConfig, calibrate, decode_centers, prepare
+from .train import TrainConfig, TrainingRun, train
+from .weights import load_exported
 
 log = logging.getLogger("posekd.distill")
 
@@ -123,49 +124,58 @@ def box_agreement(model, cache: DetectionCache, idx: np.ndarray, iou: float = 0.
             "f1": 2 * recall * precision / max(recall + precision, 1e-9)}
 
 
-def fit_detector(cfg: StudentConfig, tc: TrainConfig, cache: DetectionCache, out: Path | str, *, resume: bool = True,
-                 progress: bool = True, meta: dict | None = None, init: bytes | None = None):
-    """Distil the detector on ``cache``; ``init``: the ONNX bytes of a registered detector to continue
-    from (its weights replace the pruned warm start at step 0)."""
-    run = TrainingRun(cfg, tc, out, lambda n: True,  # every head is MultiPose's own
-                      resume=resume, meta=meta, progress=progress, desc=f"distilling detector {Path(out).name}",
-                      curve_title=f"{Path(out).name}: detector (agreement = F1 with the teacher boxes at IoU 0.5)")
-    model, tw = run.model, run.tw
-    n = len(cache)
-    if run.step == 0 and init is not None:
-        log.info("initialised %d tensors from the given exported detector", len(load_exported(model, init)))
-    elif run.step == 0 and tw is not None:
-        calib = np.arange(0, n, max(1, n // tc.calibration))[: tc.calibration]
-        errors = calibrate(model, tw, torch.from_numpy(np.ascontiguousarray(cache.images[calib])))
-        if errors:
-            log.info("pruned blocks refitted to the teacher's features; relative errors %s",
-                     " ".join(f"{e:.2f}" for e in errors))
-    model = run.model = channels_last(model)
-    holdout = min(tc.holdout, max(0, n // 5))
-    train_idx, val_idx = np.arange(0, n - holdout), np.arange(n - holdout, n)
-    if run.step == 0 and len(val_idx):
-        agree = box_agreement(model, cache, val_idx)
-        run.history.append({"step": 0, "agreement": agree["f1"], "recall": agree["recall"],
-                            "precision": agree["precision"], "seconds": 0.0})
-        log.info("teacher-box agreement before training: F1 %.3f (recall %.3f, precision %.3f)",
-                 agree["f1"], agree["recall"], agree["precision"])
-    rng = np.random.default_rng(tc.seed + run.step)
-    grid = cfg.size // 4
-    model.train()
-    while run.running:
-        sel = np.sort(rng.choice(train_idx, tc.batch, replace=len(train_idx) < tc.batch))
-        images = torch.from_numpy(np.ascontiguousarray(cache.images[sel]))
-        boxes = cache.boxes[sel].copy()
-        if rng.random() < 0.5:  # flip: the letterboxed content sits top-left, so flip within the canvas
+class DetectorRecipe:
+    """The person detector on a detection cache: letterboxed views with the teacher's boxes (flipped half
+    the time), centre/size/offset losses, and agreement = F1 with the teacher's boxes on held-out views."""
+
+    def __init__(self, run: TrainingRun, cache: DetectionCache, init: bytes | None):
+        self.cache, self.init, self.tc = cache, init, run.tc
+        n = len(cache)
+        holdout = min(run.tc.holdout, max(0, n // 5))
+        self.train_idx, self.val_idx = np.arange(0, n - holdout), np.arange(n - holdout, n)
+        self.rng = np.random.default_rng(run.tc.seed + run.step)
+        self.grid = run.cfg.size // 4
+
+    def start(self, run: TrainingRun) -> None:
+        """A registered detector's weights (``--init``), or the pruned warm start refitted to the teacher."""
+        if self.init is not None:
+            log.info("initialised %d tensors from the given exported detector", len(load_exported(run.model,
+                                                                                                  self.init)))
+        elif run.tw is not None:
+            n, calibration = len(self.cache), self.tc.calibration
+            calib = np.arange(0, n, max(1, n // calibration))[:calibration]
+            errors = calibrate(run.model, run.tw, torch.from_numpy(np.ascontiguousarray(self.cache.images[calib])))
+            if errors:
+                log.info("pruned blocks refitted to the teacher's features; relative errors %s",
+                         " ".join(f"{e:.2f}" for e in errors))
+
+    def batch(self, size: int) -> dict:
+        sel = np.sort(self.rng.choice(self.train_idx, size, replace=len(self.train_idx) < size))
+        images = torch.from_numpy(np.ascontiguousarray(self.cache.images[sel]))
+        boxes = self.cache.boxes[sel].copy()
+        if self.rng.random() < 0.5:  # flip: the letterboxed content sits top-left, so flip within the canvas
             images = images.flip(2)
             x1 = 1 - boxes[..., 2]
             boxes[..., 2] = 1 - boxes[..., 0]
             boxes[..., 0] = x1
-        t = {k: torch.from_numpy(v) for k, v in center_targets(boxes, grid).items()}
-        if run.update(detector_step(model, prepare(images), t, tc)):
-            held = box_agreement(run.selected, cache, val_idx) if len(val_idx) else None
-            run.save({"agreement": held["f1"], "recall": held["recall"], "precision": held["precision"]}
-                     if held is not None else {})
-            if held is not None:
-                run.report("teacher-box F1", held["f1"])
-    return run.finish()
+        return {"x": prepare(images), "targets": {k: torch.from_numpy(v) for k, v in
+                                                  center_targets(boxes, self.grid).items()}}
+
+    def losses(self, model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        return detector_step(model, batch["x"], batch["targets"], self.tc)
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        if not len(self.val_idx):
+            return {}
+        held = box_agreement(model, self.cache, self.val_idx)
+        return {"agreement": held["f1"], "recall": held["recall"], "precision": held["precision"]}
+
+
+def fit_detector(cfg: StudentConfig, tc: TrainConfig, cache: DetectionCache, out: Path | str, *, resume: bool = True,
+                 progress: bool = True, meta: dict | None = None, init: bytes | None = None):
+    """Distil the detector on ``cache`` (:class:`DetectorRecipe` in :func:`distill.train.train`); ``init``:
+    the ONNX bytes of a registered detector to continue from (replacing the pruned warm start at step 0)."""
+    run = TrainingRun(cfg, tc, out, lambda n: True,  # every head is MultiPose's own
+                      resume=resume, meta=meta, progress=progress, desc=f"distilling detector {Path(out).name}",
+                      curve_title=f"{Path(out).name}: detector (agreement = F1 with the teacher boxes at IoU 0.5)")
+    return train(run, DetectorRecipe(run, cache, init))

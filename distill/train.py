@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from .memory import reuse_freed_memory
 from .steps import heatmap_losses, hint_loss, movenet_step, pose_step, regress_step  # noqa: F401
 from .students import StudentConfig, build_student, calibrate, channels_last, prepare
 from .teachers import TEACHER_FILES, teachers_dir
+from .weights import load_exported
 
 log = logging.getLogger("posekd.distill")
 
@@ -141,48 +142,6 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, warm_names: set[str
 
 
 # ---- per-kind losses -----------------------------------------------------------------------------
-def exported_weights(graph, numpy_helper) -> dict[str, np.ndarray]:
-    """The float weights of an exported graph by their original names: its float initializers, and for
-    an int8 (QDQ) graph each ``<name>_quantized`` initializer dequantized through its
-    DequantizeLinear node, ``(q - zero_point) * scale``, per channel along the node's axis."""
-    init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    out = {name: a for name, a in init.items() if a.dtype.kind == "f"}
-    for node in graph.node:
-        if node.op_type != "DequantizeLinear" or node.input[0] not in init:
-            continue
-        q, scale = init[node.input[0]].astype(np.float32), init[node.input[1]].astype(np.float32)
-        zero = init[node.input[2]].astype(np.float32) if len(node.input) > 2 and node.input[2] else 0.0
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-        if np.ndim(scale) == 1 and q.ndim > 1:  # per channel
-            shape = [1] * q.ndim
-            shape[axis] = -1
-            scale = scale.reshape(shape)
-            zero = np.reshape(zero, shape) if np.ndim(zero) == 1 else zero
-        out[node.input[0].removesuffix("_quantized")] = (q - zero) * scale
-    return out
-
-
-def load_exported(model: torch.nn.Module, onnx_bytes: bytes) -> list[str]:
-    """Start from a registered student: copy the weights its ONNX graph kept (initializers named
-    ``student.<parameter>``: the exported branch, trunk and decoder; other branches stay fresh), int8
-    versions dequantized. Lets a later session continue a committed model without a checkpoint.
-    Returns the loaded names."""
-    import onnx
-    from onnx import numpy_helper
-
-    graph = onnx.load_from_string(onnx_bytes).graph
-    own = model.state_dict()
-    found = {}
-    for full, array in exported_weights(graph, numpy_helper).items():
-        name = full.removeprefix("student.")
-        if name in own and tuple(own[name].shape) == array.shape:
-            found[name] = torch.from_numpy(np.array(array, np.float32))
-    if not found:
-        raise ValueError("the ONNX graph has no initializers that match this student")
-    model.load_state_dict(found, strict=False)
-    return sorted(found)
-
-
 class TrainingRun:
     """What every student's training loop shares: build and warm-start the student, the optimiser and
     schedule, resuming from ``OUT/checkpoint.pt``, the update step with a smoothed loss and progress bar,
@@ -348,51 +307,88 @@ def _hint_network(run: TrainingRun, tc: TrainConfig):
     return net
 
 
-def fit(student_cfg: StudentConfig, train_cfg: TrainConfig, cache: PoseCache, out: Path | str, *,
-        resume: bool = True, progress: bool = True, meta: dict | None = None,
-        init: bytes | None = None, heldout_pck: HeldoutPCK | None = None) -> tuple[torch.nn.Module, dict]:
-    """Train a pose or regression student on a pose cache; returns (model, summary). With
-    ``heldout_pck`` every evaluation also measures PCK on those labelled images, and the best
-    checkpoint is chosen by the mean of the two held-out signals."""
-    run = TrainingRun(student_cfg, train_cfg, out, _warm_parameter, resume=resume, meta=meta, progress=progress,
-                      desc=f"distilling {student_cfg.kind} {Path(out).name}",
-                      curve_title=f"{Path(out).name}: {student_cfg.kind}, keep {student_cfg.keep}, "
-                                  f"{student_cfg.size}px")
-    batches = PoseBatches(cache, student_cfg.size, train_cfg.holdout, train_cfg.seed + run.step)
-    if run.step == 0:
-        _initialise(run, batches, cache, init)
+class Recipe(Protocol):
+    """One student kind's part of the loop (the rest is :func:`train`, the same for every kind)."""
 
-    def evaluation(m) -> dict:
-        ev = pose_agreement(m, batches, student_cfg.kind)
-        if heldout_pck is not None and len(heldout_pck):
-            ev["heldout_pck"] = heldout_pck(m, student_cfg.kind)
+    def start(self, run: TrainingRun) -> None:
+        """Step 0 of a fresh run: the initial weights (a registered model's, or a refitted warm start)."""
+
+    def batch(self, size: int) -> dict:
+        """The next training batch."""
+
+    def losses(self, model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        """One step's losses, by name."""
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        """The held-out signals (``agreement``; ``signal``, what selects the best checkpoint, when there
+        are several)."""
+
+
+def train(run: TrainingRun, recipe: Recipe) -> tuple[torch.nn.Module, dict]:
+    """The one training loop, read top to bottom: draw a batch, the kind's losses, backward and
+    optimiser step, EMA (:meth:`TrainingRun.update`), and every ``eval_every`` steps the held-out
+    signals and a checkpoint (:meth:`TrainingRun.save`)."""
+    if run.step == 0:
+        recipe.start(run)
+        before = recipe.evaluate(run.model)
+        run.history.append({"step": 0, **before, "seconds": 0.0})
+        if before:
+            log.info("held-out signals before training: %s", {k: round(v, 4) for k, v in before.items()})
+    model = run.model = channels_last(run.model)
+    model.train()
+    while run.running:
+        if run.update(recipe.losses(model, recipe.batch(run.tc.batch))):
+            held = recipe.evaluate(run.selected)
+            run.save(held)
+            for key, value in held.items():
+                run.report(key, value)
+    if not run.ckpt.exists() or torch.load(run.ckpt, map_location="cpu", weights_only=False)["step"] != run.step:
+        run.save(recipe.evaluate(run.selected))  # stopped between evaluations (--stop-after, --minutes)
+    return run.finish()
+
+
+class PoseRecipe:
+    """Pose students (``movenet``, ``pose``, ``regress``) on a pose cache: augmented views with the
+    teacher's labels, the kind's step, agreement on held-out views and, with ``heldout_pck``, PCK on
+    labelled images never trained on (the best checkpoint then by the mean of the two)."""
+
+    STEPS = {"regress": regress_step, "movenet": movenet_step, "pose": pose_step}
+
+    def __init__(self, run: TrainingRun, cache: PoseCache, init: bytes | None, heldout_pck: HeldoutPCK | None):
+        cfg, tc = run.cfg, run.tc
+        self.cfg, self.tc, self.cache, self.init, self.heldout_pck = cfg, tc, cache, init, heldout_pck
+        self.batches = PoseBatches(cache, cfg.size, tc.holdout, tc.seed + run.step)
+        self.step_fn = self.STEPS[cfg.kind]
+        self.hint_net = _hint_network(run, tc)
+
+    def start(self, run: TrainingRun) -> None:
+        _initialise(run, self.batches, self.cache, self.init)
+
+    def batch(self, size: int) -> dict:
+        b = self.batches.sample(size)
+        if self.hint_net is not None:
+            with torch.no_grad():
+                b["teacher_features"] = self.hint_net.features(b["x"])
+        return b
+
+    def losses(self, model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        return self.step_fn(model, batch, self.tc)
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        ev = pose_agreement(model, self.batches, self.cfg.kind)
+        if self.heldout_pck is not None and len(self.heldout_pck):
+            ev["heldout_pck"] = self.heldout_pck(model, self.cfg.kind)
             if "agreement" in ev:
                 ev["signal"] = (ev["agreement"] + ev["heldout_pck"]) / 2
         return ev
 
-    def checkpoint() -> dict:
-        ev = evaluation(run.selected)
-        run.save(ev)
-        return ev
 
-    if run.step == 0:
-        ev = evaluation(run.model)
-        run.history.append({"step": 0, **ev, "seconds": 0.0})
-        if ev:
-            log.info("held-out signals before training: %s", {k: round(v, 4) for k, v in ev.items()})
-    model = run.model = channels_last(run.model)
-    step_fn = {"regress": regress_step, "movenet": movenet_step}.get(student_cfg.kind, pose_step)
-    model.train()
-    hint_net = _hint_network(run, train_cfg)
-    while run.running:
-        b = batches.sample(train_cfg.batch)
-        if hint_net is not None:
-            with torch.no_grad():
-                b["teacher_features"] = hint_net.features(b["x"])
-        if run.update(step_fn(model, b, train_cfg)) and (ev := checkpoint()):
-            run.report("held-out agreement", ev["agreement"])
-            if "heldout_pck" in ev:
-                run.report("held-out PCK@0.2", ev["heldout_pck"])
-    if not run.ckpt.exists() or torch.load(run.ckpt, map_location="cpu", weights_only=False)["step"] != run.step:
-        checkpoint()
-    return run.finish()
+def fit(student_cfg: StudentConfig, train_cfg: TrainConfig, cache: PoseCache, out: Path | str, *,
+        resume: bool = True, progress: bool = True, meta: dict | None = None,
+        init: bytes | None = None, heldout_pck: HeldoutPCK | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train a pose student on a pose cache (:class:`PoseRecipe` in :func:`train`); (model, summary)."""
+    run = TrainingRun(student_cfg, train_cfg, out, _warm_parameter, resume=resume, meta=meta, progress=progress,
+                      desc=f"distilling {student_cfg.kind} {Path(out).name}",
+                      curve_title=f"{Path(out).name}: {student_cfg.kind}, keep {student_cfg.keep}, "
+                                  f"{student_cfg.size}px")
+    return train(run, PoseRecipe(run, cache, init, heldout_pck))

@@ -276,6 +276,26 @@ def test_smoke_distillation_end_to_end(tmp_path, store):
     assert res[0].people and np.asarray(res[0].people[0].keypoints).shape == (17, 3)
 
 
+def test_smoke_detector_distillation_through_the_same_loop(tmp_path, store):
+    """cache detection (tiny detector as the teacher) -> the detector recipe in the one training loop:
+    held-out F1 before training and at each checkpoint, a checkpoint at the step budget (--stop-after)."""
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for i in range(6):
+        cv2.imwrite(str(folder / f"{i}.png"), blob_image(320, 200, at=(60 + 30 * i, 100)))
+    cache, run = tmp_path / "det-cache", tmp_path / "det-run"
+    assert cli(["distill", "cache", "detection", "--store", str(store.root), "--teacher", "tiny-det",
+                "--data", f"folder:{folder}", "--exclude", f"folder:{tmp_path / 'none'}", "--views", "2",
+                "--size", "64", "--out", str(cache)]) == 0
+    assert cli(["distill", "train", "centernet-s", "--cache", str(cache), "--out", str(run), "--steps", "6",
+                "--stop-after", "3", "--batch", "4", "--size", "64", "--warm-start", "none", "--eval-every", "2",
+                "--holdout", "2"]) == 0
+    history = json.loads((run / "history.json").read_text())
+    held = [h for h in history if "agreement" in h]
+    assert [h["step"] for h in held] == [0, 2, 3]  # before training, at eval_every, at the budget
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 3
+
+
 # ---- the real teachers ---------------------------------------------------------------------------------
 @pytest.mark.data
 def test_torch_copy_of_thunder_reproduces_its_heads():

@@ -139,7 +139,7 @@ def test_torch_copy_of_multipose_reproduces_its_centre_heatmap(tmp_path):
 
 
 def test_a_student_restarts_from_its_exported_onnx():
-    from distill.train import load_exported
+    from distill.weights import load_exported
 
     cfg = StudentConfig("pose", 64, 1.0, 2, "none")
     torch.manual_seed(1)

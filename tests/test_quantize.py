@@ -141,7 +141,7 @@ def test_training_can_continue_from_an_int8_version(tmp_path):
     """``distill train --init`` on a committed int8 version: every weight comes back, dequantized, close
     to the float weights it was quantized from."""
     from distill.quantize import quantize
-    from distill.train import load_exported
+    from distill.weights import load_exported
 
     _, data = _student(tmp_path)
     rng = np.random.default_rng(0)
