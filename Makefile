@@ -26,7 +26,7 @@ run: $(VENV)/.runtime
 		echo "registering the teachers from $(TEACHERS) (skipped when already in the store)"; \
 		$(BIN)/posekd models import --teachers "$(TEACHERS)" --if-missing; \
 	fi
-	@$(BIN)/posekd models list
+	@-$(BIN)/posekd models list
 	POSEKD_PORT=$(PORT) $(BIN)/posekd serve
 
 test: $(VENV)/.dev

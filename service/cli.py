@@ -91,11 +91,11 @@ def _video_through_service(args) -> dict:
 def cmd_models_list(args) -> int:
     store = _store(args)
     names = store.names()
-    if not names:
-        print(f"the model store {store.root} is empty. Fill it with\n"
+    if not names:  # a script asking for models gets a failure, and where it looked
+        print(f"the model store {store.root} is empty (POSEKD_MODEL_STORE or --store choose another). Fill it with\n"
               f"  posekd models import --teachers ../shared/teachers    (the MoveNet/CenterNet teachers)\n"
-              f"  posekd models import MODEL.onnx --name NAME --task pose ...  (your own model)")
-        return 0
+              f"  posekd models import MODEL.onnx --name NAME --task pose ...  (your own model)", file=sys.stderr)
+        return 1
     print(f"{'name':24} {'task':17} {'versions':12} aliases")
     for name in names:
         versions = store.versions(name)

@@ -52,8 +52,9 @@ def test_models_import_own_file_reads_input_from_graph(tmp_path, capsys):
 
 
 def test_empty_store_says_how_to_fill_it(tmp_path, capsys):
-    assert main(["models", "--store", str(tmp_path / "none"), "list"]) == 0
-    assert "posekd models import --teachers" in capsys.readouterr().out
+    assert main(["models", "--store", str(tmp_path / "none"), "list"]) == 1  # a script can tell
+    err = capsys.readouterr().err
+    assert "posekd models import --teachers" in err and str(tmp_path / "none") in err
 
 
 def _free_port() -> int:
