@@ -191,6 +191,10 @@ def test_workers_record_to_redis_where_the_api_reads(redis_url, redis_prefix):
     down = RedisLog("redis://127.0.0.1:1/0", redis_prefix, timeout_s=0.2)
     down.record("pose-s", 4, "t:1", 0.5)  # a Redis outage costs the record, never an exception
     down.dropped("pose-s")
+    from service.errors import Overloaded
+    with pytest.raises(Overloaded) as refused:  # and the agreement route a 503, not a 500
+        down.entries("pose-s")
+    assert refused.value.status == 503
 
 
 def test_kept_samples_feed_the_cache_and_a_training_step(settings, store, tmp_path):

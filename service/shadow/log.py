@@ -96,8 +96,19 @@ class RedisLog:
         except RedisError as exc:
             log.debug("shadow drop not counted: %s", exc)
 
+    def _read(self, call, *args):
+        """A read for the agreement route: Redis unreachable is a 503, never a 500."""
+        from redis.exceptions import RedisError
+
+        from ..errors import Overloaded
+        try:
+            return call(*args)
+        except RedisError as exc:
+            raise Overloaded(f"the shadow's record is unavailable (Redis: {exc})", retry_after=2,
+                             code="broker_unavailable") from None
+
     def entries(self, name: str) -> list[Entry]:
-        raw = self.client.lrange(self._key(name), 0, self.window - 1)
+        raw = self._read(self.client.lrange, self._key(name), 0, self.window - 1)
         out = []
         for item in reversed(raw):  # oldest first, as the memory log keeps them
             d = json.loads(item)
@@ -105,7 +116,7 @@ class RedisLog:
         return out
 
     def counts(self, name: str) -> dict[str, int]:
-        samples, dropped = self.client.mget([self._key(name) + ":samples", self._key(name) + ":dropped"])
+        samples, dropped = self._read(self.client.mget, [self._key(name) + ":samples", self._key(name) + ":dropped"])
         return {"samples": int(samples or 0), "dropped": int(dropped or 0)}
 
 
