@@ -94,6 +94,11 @@ def test_the_least_agreed_samples_are_kept_within_count_and_bytes(tmp_path):
     for agreement in (0.8, 0.3, 0.9):
         small.consider(image, boxes, kps, kps, agreement, [agreement], student_name="s:1", teacher_name="t:1")
     assert [im["agreement"] for im in small.read()["images"]] == [0.3]
+    # an unreadable index is set aside with the images it held; keeping goes on from empty
+    (tmp_path / "b" / "samples.json").write_text("{not json")
+    assert small.usage()["count"] == 0 and not list((tmp_path / "b" / "images").glob("*.jpg"))
+    assert small.consider(image, boxes, kps, kps, 0.1, [0.1], student_name="s:1", teacher_name="t:1")
+    assert small.usage()["count"] == 1 and (tmp_path / "b" / "samples.json.bad").exists()
 
 
 def test_a_failing_teacher_leaves_the_answers_as_they_were(settings, store, tmp_path):

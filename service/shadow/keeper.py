@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import time
 import uuid
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+log = logging.getLogger("posekd.shadow")
 
 INDEX = "samples.json"
 CONFIDENT = 0.3  # teacher keypoints above this score are the pseudo-label's visible points
@@ -56,10 +59,24 @@ class SampleKeeper:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def read(self) -> dict:
+        """The index; a missing one is empty, an unreadable one is set aside (``samples.json.bad``) and
+        its images, which nothing indexes any more, removed: the bound holds."""
+        path = self.root / INDEX
         try:
-            return json.loads((self.root / INDEX).read_text())
+            index = json.loads(path.read_text())
+            if isinstance(index, dict) and isinstance(index.get("images"), list):
+                return index
         except FileNotFoundError:
             return empty_index()
+        except (OSError, ValueError):
+            pass
+        log.warning("the shadow samples index %s is unreadable; set aside, its images removed", path)
+        with contextlib.suppress(OSError):
+            os.replace(path, path.with_suffix(".json.bad"))
+        for image in (self.root / "images").glob("*.jpg"):
+            with contextlib.suppress(OSError):
+                image.unlink()
+        return empty_index()
 
     def _write(self, index: dict) -> None:
         tmp = self.root / f".{INDEX}.{os.getpid()}.tmp"
