@@ -263,3 +263,40 @@ def test_the_drift_reference_is_the_recorded_live_agreement_when_there_is_one():
     both = SimpleNamespace(metrics={"teacher_agreement_oks": 0.7776, "shadow_agreement": {"median": 0.93}})
     assert held_out_agreement(dev_only) == 0.7776 and held_out_agreement(both) == 0.93
     assert held_out_agreement(SimpleNamespace(metrics={})) is None
+
+
+@pytest.mark.data
+def test_forty_real_photos_shadowed_by_thunder_against_the_served_defaults(tmp_path):
+    """The issue's own check: the committed defaults served with POSEKD_SHADOW_MODEL=movenet-thunder and
+    POSEKD_SHADOW_RATE=1.0; 40 real photos answered 200, counted by posekd_shadow_*, disagreements kept."""
+    import shutil
+
+    from bench.people import photo_files
+    from service.settings import Settings
+    from service.shared import data_dir, teachers_dir
+    from service.store import ModelStore
+    from service.store.importer import import_teachers
+
+    from .conftest import ROOT
+
+    root = tmp_path / "store"
+    for name in ("pose-s", "detector-s"):
+        shutil.copytree(ROOT / "model_store" / name, root / name)
+    import_teachers(ModelStore(root), teachers_dir())
+    s = Settings(model_store=root, store_poll_s=0, shadow_model="movenet-thunder", shadow_rate=1.0,
+                 shadow_dir=tmp_path / "kept", shadow_queue_max=64, shadow_keep_max=10)
+    photos = [p for p in photo_files(data_dir()) if p.suffix.lower() in (".jpg", ".jpeg")][:40]
+    assert len(photos) == 40
+    with TestClient(create_app(s)) as c:
+        before = c.get("/metrics").text
+        answered = [c.post("/v1/pose", files={"image": (p.name, p.read_bytes(), "image/jpeg")}) for p in photos]
+        assert [r.status_code for r in answered] == [200] * 40
+        with_people = sum(1 for r in answered if r.json()["people"])
+        labels = {"model": "pose-s", "shadow": "movenet-thunder:1"}
+        assert _wait(lambda: _grown(before, c.get("/metrics").text, "posekd_shadow_samples_total", **labels)
+                     == with_people, timeout=120)
+        summary = c.get("/v1/models/pose-s/agreement").json()
+        seen = sorted(e.agreement for e in c.app.state.service.runtime.agreements.entries("pose-s"))
+    assert summary["count"] == len(seen) > 10 and 0.5 < summary["median"] <= 1.0 and summary["dropped_total"] == 0
+    kept = json.loads((tmp_path / "kept" / "samples.json").read_text())
+    assert sorted(im["agreement"] for im in kept["images"]) == pytest.approx(seen[:10], abs=1e-4)  # the least agreed
