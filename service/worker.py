@@ -59,12 +59,14 @@ def serve(settings: Settings, metrics_port: int | None = None) -> int:
         return 2
     from prometheus_client import start_http_server
 
+    # built first (what dead workers left swept, the default models loaded), so that metrics answering
+    # means the worker is up
+    rt = build(settings)
+    consumer, videos = rt.consumer, rt.videos
     port = settings.metrics_port if metrics_port is None else metrics_port
     if port:
         start_http_server(port, addr="0.0.0.0", registry=metrics.REGISTRY)
         log.info("metrics on :%d/metrics", port)
-    rt = build(settings)
-    consumer, videos = rt.consumer, rt.videos
     video_thread = threading.Thread(target=videos.run, name="posekd-video", daemon=True)
 
     async def main() -> None:
