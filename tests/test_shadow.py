@@ -143,8 +143,10 @@ def test_a_hanging_teacher_never_holds_a_request(settings, store, tmp_path):
                 assert r.status_code == 200
                 answers.append(r.json()["people"])
             text = c.get("/metrics").text
-            # one sample on the teacher, two queued, the other 17 dropped while requests went on
-            assert _grown(before, text, "posekd_shadow_dropped_total", model="tiny-pose", reason="queue_full") == 17
+            # one sample on the teacher, two queued, the other 17 dropped while requests went on (18 when the
+            # teacher's thread had not yet taken its first sample when the last request was answered)
+            dropped = _grown(before, text, "posekd_shadow_dropped_total", model="tiny-pose", reason="queue_full")
+            assert 17 <= dropped <= 18
             assert _grown(before, text, "posekd_shadow_samples_total", model="tiny-pose") == 0
         finally:
             release.set()
