@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -96,15 +97,17 @@ async def _load(base: str, images, rounds: int, concurrency: int) -> dict:
     return {"rps": len(lat) / wall, "lat": lat, "errors": errors}
 
 
-def bench_service(images, store: Path, max_batch: int, rounds: int, concurrency: int) -> dict:
+@contextlib.contextmanager
+def serving(env: dict[str, str]):
+    """A `posekd serve` process with ``env`` on a free port, once it is ready: its base URL. Stopped
+    (SIGTERM) on the way out."""
+    import httpx
+
     port = _free_port()
-    env = {**os.environ, "POSEKD_MODEL_STORE": str(store), "POSEKD_MAX_BATCH": str(max_batch),
-           "POSEKD_STORE_POLL_S": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        import httpx
         for _ in range(600):
             try:
                 if httpx.get(base + "/readyz", timeout=2).status_code == 200:
@@ -114,10 +117,17 @@ def bench_service(images, store: Path, max_batch: int, rounds: int, concurrency:
             time.sleep(0.1)
         else:
             raise SystemExit("the service did not become ready")
-        return asyncio.run(_load(base, images, rounds, concurrency))
+        yield base
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+def bench_service(images, store: Path, max_batch: int, rounds: int, concurrency: int) -> dict:
+    env = {**os.environ, "POSEKD_MODEL_STORE": str(store), "POSEKD_MAX_BATCH": str(max_batch),
+           "POSEKD_STORE_POLL_S": "0"}
+    with serving(env) as base:
+        return asyncio.run(_load(base, images, rounds, concurrency))
 
 
 def _row(name: str, r: dict) -> str:

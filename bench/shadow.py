@@ -12,12 +12,9 @@ import argparse
 import asyncio
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,7 +23,7 @@ import numpy as np
 from service.shared import data_dir, teachers_dir
 
 from .common import ROOT, record
-from .images import _free_port, _load
+from .images import _load, serving
 from .people import photo_files
 
 
@@ -51,34 +48,18 @@ def serve_at(rate: float, store: Path, teacher: str, images, rounds: int, concur
              queue_max: int, keep: tuple[Path, int] | None = None) -> dict:
     import httpx
 
-    port = _free_port()
     env = {**os.environ, "POSEKD_MODEL_STORE": str(store), "POSEKD_STORE_POLL_S": "0",
            "POSEKD_SHADOW_MODEL": teacher, "POSEKD_SHADOW_RATE": str(rate),
            "POSEKD_SHADOW_QUEUE_MAX": str(queue_max)}
     env.pop("POSEKD_SHADOW_DIR", None)
     if keep is not None:
         env["POSEKD_SHADOW_DIR"], env["POSEKD_SHADOW_KEEP_MAX"] = str(keep[0].resolve()), str(keep[1])
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        else:
-            raise SystemExit("the service did not become ready")
+    with serving(env) as base:
         out = asyncio.run(_load(base, images, rounds, concurrency))
         text = httpx.get(base + "/metrics", timeout=10).text
-        out["samples"] = _metric_sum(text, "posekd_shadow_samples_total")
-        out["dropped"] = _metric_sum(text, "posekd_shadow_dropped_total")
-        return out
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+    out["samples"] = _metric_sum(text, "posekd_shadow_samples_total")
+    out["dropped"] = _metric_sum(text, "posekd_shadow_dropped_total")
+    return out
 
 
 def agreement_on(paths: list[Path], store: Path, teacher: str, pose_ref: str | None = None) -> dict[Path, float | None]:
@@ -89,7 +70,7 @@ def agreement_on(paths: list[Path], store: Path, teacher: str, pose_ref: str | N
     from service.images import decode_image
     from service.pipeline import ImageTask
     from service.settings import Settings
-    from service.shadow import Shadow, ShadowConfig
+    from service.shadow import Shadow, ShadowConfig, sample_of
     from service.shadow.log import MemoryLog
 
     s = Settings(model_store=store, shadow_model=teacher, shadow_rate=1.0)
@@ -102,10 +83,7 @@ def agreement_on(paths: list[Path], store: Path, teacher: str, pose_ref: str | N
                                           max_side=s.decode_max_side)
         task = ImageTask(im, min_score=s.min_score, max_people=s.max_people, scale=scale, size=size)
         result = rt.pipeline.run(pose, det, [task])
-        out[p] = None
-        shadow.offer(pose, [task], result)
-        while shadow.pending():
-            out[p] = shadow.compare(shadow._queue.get_nowait())
+        out[p] = shadow.compare(sample_of(pose, task, result[0])) if result[0].people else None
     return out
 
 

@@ -61,6 +61,16 @@ def gates_of(args, kind: str):
                  floor_latency_ratio=args.floor_latency_ratio, floor_accuracy=args.floor_accuracy)
 
 
+def refused_as_dirty(store_root, allow: bool) -> bool:
+    """True (and why, on stderr) when this store may not take a version from the work tree as it is."""
+    from .export import dirty_refusal
+
+    refused = dirty_refusal(store_root, allow)
+    if refused:
+        print(refused, file=sys.stderr)
+    return refused is not None
+
+
 def evaluation_of(args):
     """What ``export``, ``quantize`` and ``reshape`` measure a candidate on and against."""
     from .publish import Evaluation
@@ -177,12 +187,10 @@ def cmd_export(args) -> int:
     from service.settings import get_settings
     from service.store import ModelStore
 
-    from .export import dirty_refusal, manifest_fields
+    from .export import manifest_fields
 
     store = ModelStore(args.store or get_settings().model_store)
-    refused = dirty_refusal(store.root, args.allow_dirty)
-    if refused:
-        print(refused, file=sys.stderr)
+    if refused_as_dirty(store.root, args.allow_dirty):
         return 2
     ex = export_run(Path(args.run), last=args.last, size=args.size)
     lineage, _ = lineage_of(ex, command_line(args))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -169,15 +168,13 @@ def cmd_quantize(args) -> int:
     from service.store import ModelStore
     from service.store.store import ModelSpec
 
-    from .commands import evaluation_of, gates_of
+    from .commands import evaluation_of, gates_of, refused_as_dirty
     from .data import read_source
-    from .export import dirty_refusal, git_commit
+    from .export import git_commit
     from .publish import _served, command_line, data_relative, evaluate_candidate, register_and_promote
 
     store = ModelStore(args.store or get_settings().model_store)
-    refused = dirty_refusal(args.to_store or store.root, args.allow_dirty)
-    if refused:
-        print(refused, file=sys.stderr)
+    if refused_as_dirty(args.to_store or store.root, args.allow_dirty):
         return 2
     ref = ModelSpec.parse(args.model)
     version = store.resolve(ref)

@@ -10,7 +10,6 @@ as the source on full-size input, measures how far the boxes move on real pictur
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -68,15 +67,13 @@ def cmd_reshape(args) -> int:
     from service.store import ModelStore
     from service.store.store import ModelSpec
 
-    from .commands import evaluation_of, gates_of
+    from .commands import evaluation_of, gates_of, refused_as_dirty
     from .data import read_source
-    from .export import dirty_refusal, git_commit
+    from .export import git_commit
     from .publish import _served, command_line, data_relative, evaluate_candidate, register_and_promote
 
     store = ModelStore(args.store or get_settings().model_store)
-    refused = dirty_refusal(store.root, args.allow_dirty)
-    if refused:
-        print(refused, file=sys.stderr)
+    if refused_as_dirty(store.root, args.allow_dirty):
         return 2
     ref = ModelSpec.parse(args.model)
     version = store.resolve(ref)

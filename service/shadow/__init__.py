@@ -29,7 +29,7 @@ from .keeper import SampleKeeper
 from .log import AgreementLog, MemoryLog, RedisLog, summarize
 
 __all__ = ["AgreementLog", "MemoryLog", "RedisLog", "SampleKeeper", "Shadow", "ShadowConfig", "held_out_agreement",
-           "image_agreement", "summarize"]
+           "image_agreement", "sample_of", "summarize"]
 
 log = logging.getLogger("posekd.shadow")
 _STOP = object()
@@ -79,6 +79,18 @@ class _Sample:
     keypoints: np.ndarray  # (M, 17, 3) the student's answer, in the pixels of ``image``
 
 
+def sample_of(student: ServedModel, task: ImageTask, result: ImageResult) -> _Sample:
+    """An answered image as the teacher sees it: the student's people in the pixels of the decoded image."""
+    inv = 1.0 / task.scale
+    boxes = np.array([[*p.bbox, p.score] for p in result.people], np.float32)
+    boxes[:, :4] *= inv
+    kps = np.stack([p.keypoints for p in result.people]).astype(np.float32)
+    kps[..., :2] *= inv
+    if task.image is None:
+        raise ValueError("only a decoded image can be shadowed")
+    return _Sample(student, task.image, boxes, kps)
+
+
 def image_agreement(student: np.ndarray, teacher: np.ndarray, boxes: np.ndarray) -> list[float | None]:
     """OKS of each person's student keypoints against the teacher's on the same box, over the teacher's
     confident points (the box area × 0.53 standing in for the segment area, as the manifests' held-out
@@ -109,13 +121,8 @@ class Shadow:
         for task, result in zip(tasks, results):
             if not result.people or task.image is None or self._random.random() >= self.config.rate:
                 continue
-            inv = 1.0 / task.scale
-            boxes = np.array([[*p.bbox, p.score] for p in result.people], np.float32)
-            boxes[:, :4] *= inv
-            kps = np.stack([p.keypoints for p in result.people]).astype(np.float32)
-            kps[..., :2] *= inv
             try:
-                self._queue.put_nowait(_Sample(student, task.image, boxes, kps))
+                self._queue.put_nowait(sample_of(student, task, result))
             except queue.Full:
                 metrics.SHADOW_DROPPED.labels(student.name, "queue_full").inc()
                 self.log.dropped(student.name)
