@@ -112,3 +112,26 @@ def photometric(views: list[np.ndarray], rng: np.random.Generator, cfg: AugmentC
         for v in views:
             n = v.shape[0]
             v[int(fy * n):int((fy + fh) * n), int(fx * n):int((fx + fw) * n)] = colour
+
+
+def dim_light(images: np.ndarray, rng: np.random.Generator, p: float) -> np.ndarray:
+    """Letterboxed views (N, S, S, 3) uint8 with ``p`` of them made to look shot in dim light: a gamma
+    curve that sinks the mid-tones, a lower exposure, a slight colour cast and sensor noise. Only the
+    picture is changed, not the black letterbox padding beside it. The teacher's boxes stay those it
+    gave on the well-lit view, so the student learns to find in the dark the people the teacher found
+    in the light (the wedding in a dim room that the detector missed)."""
+    out = images
+    for i in np.flatnonzero(rng.random(len(images)) < p):
+        if out is images:
+            out = images.copy()
+        img = out[i]
+        rows, cols = np.flatnonzero(img.any((1, 2))), np.flatnonzero(img.any((0, 2)))
+        if not len(rows):
+            continue
+        area = img[:rows[-1] + 1, :cols[-1] + 1].astype(np.float32) / 255.0
+        gamma, gain, noise = rng.uniform(1.3, 2.5), rng.uniform(0.3, 0.8), rng.uniform(0.0, 5.0)
+        cast = rng.uniform(0.85, 1.15, 3).astype(np.float32)
+        area = gain * area ** gamma * cast * 255.0
+        area += rng.normal(0.0, noise, area.shape).astype(np.float32)
+        img[:rows[-1] + 1, :cols[-1] + 1] = np.clip(area, 0, 255).astype(np.uint8)
+    return out

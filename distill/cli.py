@@ -80,6 +80,8 @@ def _add_train_parser(dsub) -> None:
     t.add_argument("--holdout", type=int, default=256,
                    help="cached views kept out of training for the agreement signal")
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    t.add_argument("--dim-light", type=float, default=0.0, help="detector: share of training views darkened as "
+                                                                "if shot in dim light, boxes kept from the lit view")
     t.add_argument("--seed", type=int, default=0, help="random seed (view order, flips)")
     t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     t.add_argument("--init", help="start from a registered student (e.g. pose-s:1): continue training in a "

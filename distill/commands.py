@@ -148,7 +148,7 @@ def cmd_train(args) -> int:
                      threads=args.threads or torch.get_num_threads(),
                      eval_every=args.eval_every, holdout=args.holdout, gt_weight=args.gt_weight,
                      kl_weight=args.kl_weight, hint_weight=args.hint_weight, seed=args.seed, ema=args.ema,
-                     max_minutes=args.minutes, stop_after=args.stop_after,
+                     max_minutes=args.minutes, stop_after=args.stop_after, dim_light=args.dim_light,
                      warmup=min(150, max(1, args.steps // 10)))
     init, pinned = None, None
     if args.init:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from service.geometry import iou as box_iou
 
+from .augment import dim_light
 from .students import StudentConfig, calibrate, decode_centers, prepare
 from .train import TrainConfig, TrainingRun, train
 from .weights import load_exported
@@ -100,17 +101,21 @@ def match_boxes(pred: np.ndarray, ref: np.ndarray, iou: float = 0.5) -> int:
 
 @torch.no_grad()
 def box_agreement(model, cache: DetectionCache, idx: np.ndarray, iou: float = 0.5, min_score: float = 0.3,
-                  pred_score: float = 0.3) -> dict[str, float]:
+                  pred_score: float = 0.3, dim: bool = False) -> dict[str, float]:
     """Agreement with the teacher's boxes on held-out views: recall = share of the teacher's confident
     boxes (score ≥ ``min_score``) that a student box (score ≥ ``pred_score``) matches at IoU ≥ ``iou``,
     precision = share of those student boxes that match one, and their F1 (the selection signal: recall
-    alone would favour a student that fires everywhere)."""
+    alone would favour a student that fires everywhere). ``dim``: every view darkened first (the same
+    draw each time), against the boxes the teacher gave on the well-lit view."""
     model.eval()
+    rng = np.random.default_rng(1234)
     hit = total = found = 0
     for i in range(0, len(idx), 32):
         sel = idx[i:i + 32]
-        x = prepare(torch.from_numpy(np.ascontiguousarray(cache.images[sel])))
-        out = model(x)
+        images = np.ascontiguousarray(cache.images[sel])
+        if dim:
+            images = dim_light(images, rng, 1.0)
+        out = model(prepare(torch.from_numpy(images)))
         pred = decode_centers(out["center"], out["box_scale"], out["box_offset"], 20).numpy()
         for p, g in zip(pred, cache.boxes[sel]):
             g = g[g[:, 4] >= min_score]
@@ -126,7 +131,8 @@ def box_agreement(model, cache: DetectionCache, idx: np.ndarray, iou: float = 0.
 
 class DetectorRecipe:
     """The person detector on a detection cache: letterboxed views with the teacher's boxes (flipped half
-    the time), centre/size/offset losses, and agreement = F1 with the teacher's boxes on held-out views."""
+    the time, darkened ``dim_light`` of the time), centre/size/offset losses, and agreement = F1 with the
+    teacher's boxes on held-out views (also reported on the same views darkened: ``dim_agreement``)."""
 
     def __init__(self, run: TrainingRun, cache: DetectionCache, init: bytes | None):
         self.cache, self.init, self.tc = cache, init, run.tc
@@ -151,7 +157,8 @@ class DetectorRecipe:
 
     def batch(self, size: int) -> dict:
         sel = np.sort(self.rng.choice(self.train_idx, size, replace=len(self.train_idx) < size))
-        images = torch.from_numpy(np.ascontiguousarray(self.cache.images[sel]))
+        images = torch.from_numpy(dim_light(np.ascontiguousarray(self.cache.images[sel]), self.rng,
+                                            self.tc.dim_light))
         boxes = self.cache.boxes[sel].copy()
         if self.rng.random() < 0.5:  # flip: the letterboxed content sits top-left, so flip within the canvas
             images = images.flip(2)
@@ -168,7 +175,9 @@ class DetectorRecipe:
         if not len(self.val_idx):
             return {}
         held = box_agreement(model, self.cache, self.val_idx)
-        return {"agreement": held["f1"], "recall": held["recall"], "precision": held["precision"]}
+        dim = box_agreement(model, self.cache, self.val_idx, dim=True)
+        return {"agreement": held["f1"], "recall": held["recall"], "precision": held["precision"],
+                "dim_agreement": dim["f1"], "dim_recall": dim["recall"]}
 
 
 def fit_detector(cfg: StudentConfig, tc: TrainConfig, cache: DetectionCache, out: Path | str, *, resume: bool = True,

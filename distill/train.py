@@ -54,6 +54,7 @@ class TrainConfig:
     #                                  equal-CPU-time comparisons; not reproducible, so never in a recorded recipe
     stop_after: int = 0              # stop (with a checkpoint) at this step (0: at ``steps``): a budget of steps
     #                                  that leaves the schedule, defined over ``steps``, as it is
+    dim_light: float = 0.0           # detector: share of views darkened as if shot in dim light (augment.dim_light)
     seed: int = 0
     extra: dict = field(default_factory=dict)
 

@@ -136,6 +136,18 @@ def test_identity_view_centres_the_box_and_flip_swaps_sides():
     assert np.isclose(out[5, 0] + out[6, 0], 2 * (255 - 128), atol=1e-3)  # mirrored about the centre
 
 
+def test_dim_light_darkens_the_picture_not_the_letterbox_padding():
+    rng = np.random.default_rng(0)
+    views = np.zeros((6, 64, 64, 3), np.uint8)
+    views[:, :40, :] = rng.integers(60, 250, (6, 40, 64, 3), dtype=np.uint8)  # a wide picture, padded below
+    before = views.copy()
+    dark = augment.dim_light(views, np.random.default_rng(1), 1.0)
+    assert (views == before).all()  # the cache's views are never written to
+    assert (dark[:, 40:] == 0).all()  # the padding stays what the service pads with
+    assert (dark[:, :40].reshape(6, -1).mean(1) < 0.8 * before[:, :40].reshape(6, -1).mean(1)).all()
+    assert augment.dim_light(views, np.random.default_rng(1), 0.0) is views  # p = 0: nothing changes
+
+
 def test_scale_matrix_maps_the_same_view_to_another_size():
     rng = np.random.default_rng(1)
     m, _ = augment.view_matrix(np.array([10, 10, 90, 200], np.float32), 256, rng, augment.AugmentConfig())
@@ -289,10 +301,12 @@ def test_smoke_detector_distillation_through_the_same_loop(tmp_path, store):
                 "--size", "64", "--out", str(cache)]) == 0
     assert cli(["distill", "train", "centernet-s", "--cache", str(cache), "--out", str(run), "--steps", "6",
                 "--stop-after", "3", "--batch", "4", "--size", "64", "--warm-start", "none", "--eval-every", "2",
-                "--holdout", "2"]) == 0
+                "--holdout", "2", "--dim-light", "0.5"]) == 0
     history = json.loads((run / "history.json").read_text())
     held = [h for h in history if "agreement" in h]
     assert [h["step"] for h in held] == [0, 2, 3]  # before training, at eval_every, at the budget
+    assert all("dim_agreement" in h and "dim_recall" in h for h in held)  # also on darkened held-out views
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["train"]["dim_light"] == 0.5
     assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 3
 
 
