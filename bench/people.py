@@ -27,7 +27,8 @@ import numpy as np
 
 from bench.common import ROOT, record
 
-SETTINGS_HELP = ("a setting: LABEL=detector:REF,size:N,nms:OKS,score:combined|keypoints,box:W,spread:S,inside:M,thr:T "
+SETTINGS_HELP = ("a setting: LABEL=detector:REF,size:N,nms:OKS,score:combined|keypoints,box:W,spread:S,inside:M,thr:T,"
+                 "centre:C,boxnms:IOU "
                  "(omitted keys: the service's defaults)")
 
 
@@ -42,6 +43,8 @@ class Setting:
     spread: float = 0.45
     inside: float = 0.15
     threshold: float | None = None  # the detector threshold; None: the service's
+    centre: float | None = None  # second people from the pose model's centre heat; None: the service's
+    box_nms: float | None = None  # IoU above which the detector's boxes suppress each other; None: the service's
 
     @classmethod
     def parse(cls, text: str) -> Setting:
@@ -64,6 +67,10 @@ class Setting:
         if self.threshold is not None:
             pipe.detector_threshold = self.threshold
         pipe.pose_nms = self.nms
+        if self.box_nms is not None:
+            pipe.box_nms_iou = self.box_nms
+        if self.centre is not None:
+            pipe.second_centre = self.centre
         pipe.scoring = PersonScoring(box_weight=self.box_weight, full_spread=self.spread,
                                      inside_margin=self.inside, legacy=self.score == "keypoints")
         return pipe
@@ -73,7 +80,8 @@ class Setting:
 # the keys of a --setting: key -> (Setting field, conversion)
 SETTING_KEYS = {"detector": ("detector", str), "size": ("size", int), "nms": ("nms", float), "score": ("score", str),
                 "box": ("box_weight", float), "spread": ("spread", float), "inside": ("inside", float),
-                "thr": ("threshold", float)}
+                "thr": ("threshold", float), "centre": ("centre", float),
+                "boxnms": ("box_nms", float)}
 
 DEFAULT_SETTINGS = [
     "before=detector:detector-s:3,size:0,nms:0,score:keypoints",
@@ -125,6 +133,18 @@ def teacher_reference(records, store, path: Path, threads: int) -> Path:
     return path
 
 
+def nobody_records(annotations: Path):
+    """The images of a COCO keypoint set with no person labelled at all: whoever is returned there is
+    invented (a head in the crowd, an animal, a statue)."""
+    from distill.data import Record
+
+    doc = json.loads(Path(annotations).read_text())
+    labelled = {a["image_id"] for a in doc["annotations"]}
+    folder = Path(annotations).parent.parent / Path(annotations).stem.split("_")[-1]
+    return [Record("photo", str(folder / im["file_name"]), [], image_id=int(im["id"]))
+            for im in doc["images"] if im["id"] not in labelled]
+
+
 def count_error(results: list, truth: dict[int, int], threshold: float) -> float:
     returned: dict[int, int] = {}
     for r in results:
@@ -163,6 +183,8 @@ def run_setting(s: Setting, pose, detector, sets: dict, min_score: float) -> dic
         if labels is not None:
             out[name] = {**coco_ap(labels, results, [r.image_id for r in records]),
                          "count_error": round(count_error(results, truth, min_score), 3)}
+        elif truth is not None:  # images with nobody in them: every person returned is invented
+            out[name] = {"invented": sum(r["score"] >= min_score for r in results), "images": len(records)}
         # duplicates are counted among the people a user gets (default person threshold)
         shown = [r for r in results if r["score"] >= min_score]
         out.setdefault("stacked", [0, 0])
@@ -219,8 +241,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _table(rows: list) -> list[str]:
     lines = ["| setting | detector | size | OKS-NMS | score | held-out AP | AR | APm | count err | stacked pairs "
-             "(photos) | dev AP | dev AR | dev APm | dev count err | ms/image |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "(photos) | dev AP | dev AR | dev APm | dev count err | invented | ms/image |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s, r in rows:
         h, d = r["heldout"], r["dev"]
         score = "mean keypoint" if s.score == "keypoints" else \
@@ -228,7 +250,7 @@ def _table(rows: list) -> list[str]:
         lines.append(f"| {s.label} | {s.detector} | {s.size or 'manifest'} | {s.nms or 'off'} | {score} | "
                      f"{h['AP']:.3f} | {h['AR']:.3f} | {h['APm']:.3f} | {h['count_error']:.2f} | "
                      f"{r['stacked'][0]} ({r['stacked'][1]}) | {d['AP']:.3f} | {d['AR']:.3f} | {d['APm']:.3f} | "
-                     f"{d['count_error']:.2f} | {r['ms_per_image']:.1f} |")
+                     f"{d['count_error']:.2f} | {r['nobody']['invented']} | {r['ms_per_image']:.1f} |")
     return lines
 
 
@@ -255,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     dev = read_coco(EVAL_SET)
     dev_truth = {int(d.image_id or 0): sum(1 for p in d.people if p.keypoints is not None
                                            and (p.keypoints[:, 2] > 0).any()) for d in dev}
-    sets: dict = {"heldout": (heldout, reference, held_truth), "dev": (dev, EVAL_SET, dev_truth)}
+    nobody = nobody_records(EVAL_SET)
+    sets: dict = {"heldout": (heldout, reference, held_truth), "dev": (dev, EVAL_SET, dev_truth),
+                  "nobody": (nobody, None, {r.image_id: 0 for r in nobody})}
     if not args.no_photos:
         sets["photos"] = (photo_records(DATA), None, None)
     pose = load_model(args.pose, store=store, threads=args.threads)
@@ -273,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     n_photos = len(sets["photos"][0]) if "photos" in sets else 0
     lines += ["", f"Held-out: `{heldout_spec.replace(str(DATA), '$POSEKD_DATA')}` ({len(heldout)} photos, "
               f"{sum(held_truth.values())} people by the teacher pipeline: {ref_doc['info']['labelled_by']}); dev: "
-              f"coco_mini_train ({len(dev)} images, real labels, reported only); stacked pairs over {n_photos} "
+              f"coco_mini_train ({len(dev)} images, real labels, reported only); invented: people returned at the "
+              f"default person threshold on the {len(nobody)} images of coco_mini_train where nobody is labelled "
+              f"(reported only); stacked pairs over {n_photos} "
               f"photos of `$POSEKD_DATA` plus the two sets, among the people returned at the default person "
               f"threshold {min_score}; count error at that threshold; pose model {args.pose}; "
               f"ONNX Runtime CPU, {args.threads} threads; ms/image = detector + pose + scoring, mean over the "

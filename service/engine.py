@@ -26,7 +26,7 @@ def pipeline_for(settings: Settings) -> PosePipeline:
     """The pipeline as the settings configure it."""
     return PosePipeline(detector_threshold=settings.detector_threshold, max_boxes=settings.max_people,
                         pose_chunk=settings.pose_max_batch, detector_size=settings.detector_size,
-                        pose_nms=settings.pose_nms_oks,
+                        pose_nms=settings.pose_nms_oks, second_centre=settings.pose_second_centre,
                         scoring=PersonScoring(legacy=settings.person_score == "keypoints"))
 
 

@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     # a detected person whose keypoints match a better one's above this OKS is dropped (0: off); chosen
     # by `posekd bench people` on held-out photos (bench/RESULTS.md)
     pose_nms_oks: float = 0.7
+    # a second person is read from a pose crop whose centre heat has a second peak this high (0: off): the
+    # person the detector merged with, or lost behind, another (bench/RESULTS.md, people)
+    pose_second_centre: float = 0.0
     # person score: "combined" = box score, confident keypoints and their spread; "keypoints" = the
     # mean keypoint score (before 0.2 of the package)
     person_score: Literal["combined", "keypoints"] = "combined"

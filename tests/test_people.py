@@ -5,6 +5,7 @@ import numpy as np
 
 from service.pipeline.people import (
     PersonScoring,
+    keypoint_boxes,
     keypoints_inside,
     oks_nms,
     person_scores,
@@ -85,3 +86,12 @@ def test_pipeline_people_suppresses_detected_duplicates_but_keeps_client_boxes()
     nan = kps.copy()
     nan[1, 3, 0] = np.nan
     assert len(pipe.people(boxes, nan, detected=False)) == 1  # never NaN in the JSON
+
+
+def test_a_person_known_only_by_keypoints_gets_the_box_around_them():
+    few = person(score=0.8)
+    few[3:, 2] = 0.05  # three face points are sure: too few to tell a box
+    boxes = keypoint_boxes(np.stack([person(), few]), np.array([0.6, 0.5]))
+    # the standing person spans x 110..190, y 105..390; grown by 10 % of that each side
+    assert np.allclose(boxes[0], [102, 76.5, 198, 418.5, 0.6])
+    assert np.isnan(boxes[1]).all()

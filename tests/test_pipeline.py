@@ -65,6 +65,30 @@ def test_movenet_heads_decoder_picks_centred_person():
     assert np.allclose(out[0, :, 2], 0.7)
 
 
+def test_a_second_centre_peak_gives_the_other_person_in_the_crop():
+    """Two people in one crop: the centre map has a second peak; its person is decoded from it (the first
+    stays the decoder's), and a crop with one peak gives nobody more."""
+    n, k, h = 2, 17, 16
+    kpt = np.zeros((n, k, h, h), np.float32)
+    center = np.zeros((n, 1, h, h), np.float32)
+    regress = np.zeros((n, 2 * k, h, h), np.float32)
+    offset = np.zeros((n, 2 * k, h, h), np.float32)
+    center[:, 0, 8, 8] = 0.8  # the person in the middle of both crops
+    center[0, 0, 8, 2] = 0.5  # crop 0 also holds someone on its left
+    center[0, 0, 8, 9] = 0.6  # a neighbour cell of the first peak's person: too near, not someone else
+    regress[0, 1::2, 8, 2] = -1  # their joints one cell left of their centre
+    kpt[0, :, 8, 1] = 0.6
+    kpt[:, :, 8, 8] = 0.9
+    m = manifest(input={**POSE_FIELDS["input"], "height": 64, "width": 64},
+                 output={"decoder": "movenet_heads", "names": ["a", "b", "c", "d"]})
+    outs = {"a": kpt, "b": center, "c": regress, "d": offset}
+    crops, kps, peaks = dec.movenet_second_people(m, outs, min_centre=0.3)
+    assert crops.tolist() == [0] and np.allclose(peaks, [0.5])
+    assert np.allclose(kps[0, :, 0], 1 / 16 * 64) and np.allclose(kps[0, :, 2], 0.6)
+    assert np.allclose(dec.decode_movenet_heads(m, outs)[:, :, 0], 8 / 16 * 64)  # the first person unchanged
+    assert len(dec.movenet_second_people(m, outs, min_centre=0.55)[0]) == 0  # below the bar
+
+
 def test_keypoints_decoder_yx_normalised():
     m = manifest(output={"decoder": "keypoints", "names": ["k"], "params": {"order": "yx", "normalized": True}})
     raw = np.tile(np.array([0.25, 0.5, 0.9], np.float32), (1, 1, 17, 1))

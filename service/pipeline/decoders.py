@@ -74,14 +74,11 @@ def _centre_weight(h: int, w: int) -> np.ndarray:
     return weight
 
 
-def decode_movenet_heads(manifest: Manifest, outs: dict[str, np.ndarray]) -> np.ndarray:
-    """MoveNet's single-person decoder over its raw heads (kpt_heatmap, center_heatmap, kpt_regress,
-    kpt_offset): the centre nearest the crop's middle picks the person, each keypoint is regressed
-    from it, and the keypoint heatmap is weighted by closeness to that regressed point."""
-    kpt, center, regress, offset = _outputs(manifest, outs)
+def _keypoints_from_centre(manifest: Manifest, kpt: np.ndarray, regress: np.ndarray, offset: np.ndarray,
+                           cy: np.ndarray, cx: np.ndarray) -> np.ndarray:
+    """MoveNet's keypoints of the person whose centre is at cell (cy, cx) of each crop: each keypoint is
+    regressed from the centre, and the keypoint heatmap is weighted by closeness to that regressed point."""
     n, k, h, w = kpt.shape
-    cidx = (center[:, 0] * _centre_weight(h, w)).reshape(n, -1).argmax(-1)
-    cy, cx = np.divmod(cidx, w)
     b = np.arange(n)
     reg = regress[b, :, cy, cx].reshape(n, k, 2)  # (dy, dx) per keypoint, heatmap cells
     ry = cy[:, None] + reg[..., 0]
@@ -100,6 +97,41 @@ def decode_movenet_heads(manifest: Manifest, outs: dict[str, np.ndarray]) -> np.
     y = (ky + oy) / h * manifest.input.height
     x = (kx + ox) / w * manifest.input.width
     return np.stack([x, y, score], -1).astype(np.float32)
+
+
+def decode_movenet_heads(manifest: Manifest, outs: dict[str, np.ndarray]) -> np.ndarray:
+    """MoveNet's single-person decoder over its raw heads (kpt_heatmap, center_heatmap, kpt_regress,
+    kpt_offset): the centre nearest the crop's middle picks the person (:func:`_keypoints_from_centre`)."""
+    kpt, center, regress, offset = _outputs(manifest, outs)
+    n, k, h, w = kpt.shape
+    cy, cx = np.divmod((center[:, 0] * _centre_weight(h, w)).reshape(n, -1).argmax(-1), w)
+    return _keypoints_from_centre(manifest, kpt, regress, offset, cy, cx)
+
+
+def movenet_second_people(manifest: Manifest, outs: dict[str, np.ndarray], min_centre: float,
+                          min_cells: float = 0.15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The other person a crop holds, from MoveNet's centre heat: where a crop shows two people (one
+    behind the other, a couple, a box the detector drew around both), the centre map has a second peak.
+    Per crop: the strongest local maximum of the centre map at least ``min_cells`` × the map's side
+    away from the centre :func:`decode_movenet_heads` chose, kept when it reaches ``min_centre``.
+    Returns (crop indices, keypoints (M, 17, 3) in input pixels as the pose decoder's, centre peaks)."""
+    kpt, center, regress, offset = _outputs(manifest, outs)
+    n, k, h, w = kpt.shape
+    heat = center[:, 0].astype(np.float32, copy=False)
+    cy, cx = np.divmod((heat * _centre_weight(h, w)).reshape(n, -1).argmax(-1), w)
+    padded = np.pad(heat, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    peak = np.max([padded[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], axis=0)
+    yy, xx = np.mgrid[0:h, 0:w]
+    far = (yy[None] - cy[:, None, None]) ** 2 + (xx[None] - cx[:, None, None]) ** 2 >= (min_cells * max(h, w)) ** 2
+    candidate = np.where((heat >= peak) & far, heat, 0.0).reshape(n, -1)
+    best = candidate.argmax(-1)
+    value = candidate[np.arange(n), best]
+    crops = np.flatnonzero(value >= min_centre)
+    if not len(crops):
+        return crops, np.zeros((0, k, 3), np.float32), np.zeros(0, np.float32)
+    sy, sx = np.divmod(best[crops], w)
+    kps = _keypoints_from_centre(manifest, kpt[crops], regress[crops], offset[crops], sy, sx)
+    return crops, kps, value[crops].astype(np.float32)
 
 
 def decode_keypoints(manifest: Manifest, outs: dict[str, np.ndarray]) -> np.ndarray:

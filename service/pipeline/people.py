@@ -95,6 +95,23 @@ def person_scores(box_scores: np.ndarray, kps: np.ndarray, boxes: np.ndarray,
     return score
 
 
+def keypoint_boxes(kps: np.ndarray, scores: np.ndarray, min_keypoint: float = 0.2, min_count: int = 4,
+                   grow: float = 0.1) -> np.ndarray:
+    """Boxes (M, 5) around people given only by keypoints (M, 17, 3): the confident keypoints' bounding
+    box grown by ``grow`` of its size each side, with ``scores``; NaN rows for people with fewer than
+    ``min_count`` confident keypoints (no box can be told for them)."""
+    kps = np.asarray(kps, np.float32).reshape(-1, 17, 3)
+    out = np.full((len(kps), 5), np.nan, np.float32)
+    for i, person in enumerate(kps):
+        sure = person[person[:, 2] >= min_keypoint, :2]
+        if len(sure) < min_count:
+            continue
+        lo, hi = sure.min(0), sure.max(0)
+        pad = (hi - lo) * grow
+        out[i] = [*(lo - pad), *(hi + pad), scores[i]]
+    return out
+
+
 def oks_similarity(kps: np.ndarray, areas: np.ndarray, min_keypoint: float = 0.2) -> np.ndarray:
     """(M, M) COCO OKS of each person's keypoints against every other's, over the keypoints confident
     in both, scaled by row ``areas``; 0 where fewer than two keypoints are shared."""
@@ -131,5 +148,5 @@ def stacked_pairs(kps: np.ndarray, boxes: np.ndarray, min_keypoint: float = 0.3,
     return pairs
 
 
-__all__ = ["PersonScoring", "inside_grown_box", "keypoint_quality", "keypoint_spread", "keypoints_inside", "oks_nms",
-           "oks_similarity", "person_scores", "stacked_pairs"]
+__all__ = ["PersonScoring", "inside_grown_box", "keypoint_boxes", "keypoint_quality", "keypoint_spread",
+           "keypoints_inside", "oks_nms", "oks_similarity", "person_scores", "stacked_pairs"]

@@ -14,8 +14,8 @@ from ..geometry import nms
 from ..person import Person
 from ..store.registry import ServedModel
 from . import preprocess as pp
-from .decoders import DETECTION_DECODERS, POSE_DECODERS
-from .people import PersonScoring, oks_nms, person_scores
+from .decoders import DETECTION_DECODERS, POSE_DECODERS, movenet_second_people
+from .people import PersonScoring, keypoint_boxes, oks_nms, person_scores
 
 
 @dataclass
@@ -37,14 +37,22 @@ class ImageResult:
     size: tuple[int, int] = (0, 0)  # (width, height) of the original image
 
 
+def _to_image(kps: np.ndarray, inv: np.ndarray) -> np.ndarray:
+    """Keypoints (C, K, 3) in crop pixels -> image pixels through each crop's inverse affine (C, 2, 3)."""
+    xy = np.einsum("ckj,cij->cki", kps[..., :2], inv[:, :, :2]) + inv[:, None, :, 2]
+    return np.concatenate([xy, kps[..., 2:]], -1).astype(np.float32)
+
+
 class PosePipeline:
     """``detector_size``: the detector's input long side for graphs that take any multiple of N px (0: the
     manifest's size); ``pose_nms``: OKS above which a detected person duplicates a better-scored one
-    (0: off); ``scoring``: how a person's score is made (:class:`PersonScoring`)."""
+    (0: off); ``scoring``: how a person's score is made (:class:`PersonScoring`); ``second_centre``: a
+    second person is read from a crop whose pose model's centre heat has a second peak this high (0: off;
+    :func:`~.decoders.movenet_second_people`), for people the detector merged with or hid behind another."""
 
     def __init__(self, detector_threshold: float = 0.15, box_nms_iou: float = 0.6,  # noqa: PLR0913
                  max_boxes: int = 20, pose_chunk: int = 32, detector_size: int = 0, pose_nms: float = 0.0,
-                 scoring: PersonScoring | None = None):
+                 scoring: PersonScoring | None = None, second_centre: float = 0.0):
         self.detector_threshold = detector_threshold
         self.box_nms_iou = box_nms_iou
         self.max_boxes = max_boxes
@@ -52,6 +60,7 @@ class PosePipeline:
         self.detector_size = detector_size
         self.pose_nms = pose_nms
         self.scoring = scoring or PersonScoring(legacy=True)
+        self.second_centre = second_centre
 
     def detector_input(self, detector: ServedModel):
         """The detector's input spec, at ``detector_size`` where its graph takes any multiple of N px."""
@@ -105,6 +114,13 @@ class PosePipeline:
 
     def pose(self, model: ServedModel, images: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
         """Keypoints (M, 17, 3) in image pixels for the boxes of each image, all crops in one batch."""
+        return self._pose(model, images, boxes)[0]
+
+    def _pose(self, model: ServedModel, images: list[np.ndarray], boxes: list[np.ndarray], *,
+              second: bool = False) -> tuple[list[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]:
+        """:meth:`pose`, and with ``second`` (and ``second_centre`` on, for a MoveNet-heads pose model) the
+        other people the crops hold, as boxes (E, 5) and keypoints (E, 17, 3) per image
+        (:meth:`second_people`)."""
         spec, margin = model.manifest.input, model.manifest.crop.margin
         crops, inverses, owners = [], [], []
         for i, (im, bxs) in enumerate(zip(images, boxes)):
@@ -114,19 +130,27 @@ class PosePipeline:
                 inverses.append(pp.invert(m))
                 owners.append(i)
         per_image = [np.zeros((0, 17, 3), np.float32) for _ in images]
+        extra = [(np.zeros((0, 5), np.float32), np.zeros((0, 17, 3), np.float32)) for _ in images]
         if not crops:
-            return per_image
+            return per_image, extra
         t0 = time.perf_counter()
         outs = model.session.run(pp.to_tensor(crops, spec), chunk=self.pose_chunk)
         kps = POSE_DECODERS[model.manifest.output.decoder](model.manifest, outs)
         inv = np.stack(inverses)  # (C, 2, 3)
-        xy = np.einsum("ckj,cij->cki", kps[..., :2], inv[:, :, :2]) + inv[:, None, :, 2]
-        kps = np.concatenate([xy, kps[..., 2:]], -1)
         owner = np.asarray(owners)
+        kps = _to_image(kps, inv)
         for i in range(len(images)):
             per_image[i] = kps[owner == i]
+        if second and self.second_centre > 0 and model.manifest.output.decoder == "movenet_heads":
+            crop, more, peak = movenet_second_people(model.manifest, outs, self.second_centre)
+            more = _to_image(more, inv[crop])
+            box_scores = np.concatenate([b[:, 4] for b in boxes])[crop]
+            mboxes = keypoint_boxes(more, np.minimum(box_scores, peak))
+            for i in range(len(images)):
+                mine = (owner[crop] == i) & np.isfinite(mboxes).all(1)
+                extra[i] = (mboxes[mine], more[mine])
         metrics.observe_stage(model.name, model.version, "pose", time.perf_counter() - t0, len(crops))
-        return per_image
+        return per_image, extra
 
     def people(self, boxes: np.ndarray, kps: np.ndarray, *, detected: bool) -> list[Person]:
         """One image's people, best first: scored, and (``detected``: boxes from the detector, not the
@@ -160,11 +184,14 @@ class PosePipeline:
             for i, found in zip(need, self.detect(detector, [pixels[i] for i in need])):
                 boxes[i] = found
         t1 = time.perf_counter()
-        keypoints = self.pose(model, pixels, [b if b is not None else np.zeros((0, 5), np.float32) for b in boxes])
+        keypoints, extra = self._pose(model, pixels, [b if b is not None else np.zeros((0, 5), np.float32)
+                                                      for b in boxes], second=True)
         t2 = time.perf_counter()
         results = []
-        for task, image, given, kps in zip(tasks, pixels, boxes, keypoints):
+        for task, image, given, kps, (more_boxes, more_kps) in zip(tasks, pixels, boxes, keypoints, extra):
             bxs = given if given is not None else np.zeros((0, 5), np.float32)
+            if task.boxes is None and len(more_boxes):
+                bxs, kps = np.concatenate([bxs, more_boxes]), np.concatenate([kps, more_kps])
             people = [p.scaled(task.scale) for p in self.people(bxs, kps, detected=task.boxes is None)]
             people = [p for p in people if p.score >= task.min_score][: task.max_people]
             metrics.PEOPLE.observe(len(people))
