@@ -97,8 +97,11 @@ DEFAULT_SETTINGS = [
 ]
 
 
-def teacher_reference(records, store, path: Path, threads: int) -> Path:
-    """A COCO keypoint JSON of the teacher pipeline's people on ``records`` (written once, then read)."""
+def teacher_reference(records, store, path: Path, threads: int, *, solo: float = 0.2, keypoints: int = 3) -> Path:
+    """A COCO keypoint JSON of the teacher pipeline's people on ``records`` (written once, then read): CenterNet
+    ∪ MultiPose boxes (a box one of them alone found kept from ``solo``), kept where Thunder finds
+    ``keypoints`` confident keypoints inside, Thunder's keypoints on each, OKS-NMS 0.9. The same recipe as
+    ``detector-s`` v5's training labels (bench/RESULTS.md: which recipe finds the labelled people)."""
     if path.is_file():
         return path
     from distill.teachers import BoxEnsemble, ConfirmedBoxes, DetectionTeacher, load_model
@@ -108,7 +111,8 @@ def teacher_reference(records, store, path: Path, threads: int) -> Path:
         return DetectionTeacher(load_model(ref, store=store, threads=threads, input_size=size), threshold=0.15)
 
     thunder = load_model("movenet-thunder", store=store, threads=threads)
-    boxes_from = ConfirmedBoxes(BoxEnsemble(det("centernet"), det("movenet-multipose", (512, 512))), thunder)
+    boxes_from = ConfirmedBoxes(BoxEnsemble(det("centernet"), det("movenet-multipose", (512, 512)), solo=solo), thunder,
+                                min_keypoints=keypoints)
     images: list[dict] = []
     annotations: list[dict] = []
     for r in records:
@@ -230,8 +234,13 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--pose", default="pose-s@production")
     ap.add_argument("--setting", action="append", help=SETTINGS_HELP)
     ap.add_argument("--heldout", default=None, help="held-out photos (default folder:DATA/unlabeled/multi[5::10])")
-    ap.add_argument("--reference", type=Path, default=ROOT / "runs" / "heldout-multi-teacher.json",
-                    help="the teacher pipeline's labels of the held-out photos (made when missing)")
+    ap.add_argument("--reference", type=Path, default=None,
+                    help="the teacher pipeline's labels of the held-out photos (made when missing; default "
+                         "runs/heldout-multi-teacher-solo<S>-k<K>.json)")
+    ap.add_argument("--reference-solo", type=float, default=0.2,
+                    help="reference recipe: a box only one detection teacher found is kept from this score")
+    ap.add_argument("--reference-keypoints", type=int, default=3,
+                    help="reference recipe: confident Thunder keypoints a box needs inside to be a person")
     ap.add_argument("--no-photos", action="store_true", help="skip the stacked-pair count over ../shared/data")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, help="also write the results here")
@@ -269,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     heldout = read_source(heldout_spec)
     for i, record_ in enumerate(heldout):
         record_.image_id = 20_000_000 + i
-    reference = teacher_reference(heldout, store, args.reference, args.threads)
+    reference = teacher_reference(heldout, store, args.reference or ROOT / "runs" / (
+        f"heldout-multi-teacher-solo{args.reference_solo:g}-k{args.reference_keypoints}.json"), args.threads,
+        solo=args.reference_solo, keypoints=args.reference_keypoints)
     ref_doc = json.loads(reference.read_text())
     held_truth: dict[int, int] = {im["id"]: 0 for im in ref_doc["images"]}
     for a in ref_doc["annotations"]:

@@ -41,6 +41,8 @@ def _add_cache_parser(dsub) -> None:
     c.add_argument("--confirm", help="detection: keep only the boxes this pose teacher confirms (e.g. "
                                      "movenet-thunder: enough confident keypoints inside the box)")
     c.add_argument("--confirm-keypoints", type=int, default=4, help="with --confirm: keypoints a person needs")
+    c.add_argument("--solo", type=float, default=0.4, help="detection, two teachers: a box only one of them found "
+                                                           "is kept from this score (both found it: always)")
     c.add_argument("--views", type=int, help="pose: views in total; detection: views per image")
     c.add_argument("--size", type=int, help="student input size (pose 192, detection 256)")
     c.add_argument("--limit", type=int, help="images per source at most (smoke runs)")

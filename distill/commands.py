@@ -109,7 +109,7 @@ def cmd_cache(args) -> int:
         if len(teachers) > 2:
             raise SystemExit("--teacher: one detection teacher, or two joined by '+'")
         found: DetectionTeacher | BoxEnsemble = \
-            teachers[0] if len(teachers) == 1 else BoxEnsemble(teachers[0], teachers[1])
+            teachers[0] if len(teachers) == 1 else BoxEnsemble(teachers[0], teachers[1], solo=args.solo)
         boxes_from: DetectionTeacher | BoxEnsemble | ConfirmedBoxes = found
         if args.confirm:
             boxes_from = ConfirmedBoxes(found, load_model(args.confirm, store=store),

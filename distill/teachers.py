@@ -143,7 +143,8 @@ class BoxEnsemble:
 
     @property
     def name(self) -> str:
-        return f"{self.first.name}+{self.second.name}"
+        solo = "" if self.solo == 0.4 else f"(solo {self.solo:g})"  # 0.4: before the option, unnamed
+        return f"{self.first.name}+{self.second.name}{solo}"
 
     def boxes(self, image: np.ndarray) -> np.ndarray:
         a, b = self.first.boxes(image), self.second.boxes(image)
@@ -181,7 +182,8 @@ class ConfirmedBoxes:
 
     @property
     def name(self) -> str:
-        return f"{self.source.name}|{self.pose_model.name}:{self.pose_model.version}"
+        rule = "" if (self.min_keypoints, self.min_score) == (4, 0.3) else f"(≥{self.min_keypoints} keypoints)"
+        return f"{self.source.name}|{self.pose_model.name}:{self.pose_model.version}{rule}"
 
     def confirmed(self, boxes: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
         """(M,) bool: which boxes (M, 5) the keypoints (M, 17, 3) confirm."""
