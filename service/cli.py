@@ -312,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-BENCHMARKS = ["images", "students", "people", "tracking", "shadow", "queue", "video", "soak", "runtime", "preprocess"]
+BENCHMARKS = ["images", "students", "people", "labels", "tracking", "shadow", "queue", "video", "soak", "runtime",
+              "preprocess"]
 
 # what `pip install 'posekd[train]'` adds (pyproject.toml's train extra), by import name
 TRAIN_EXTRA_MODULES = {"torch", "onnx", "pycocotools", "tqdm", "matplotlib"}

@@ -142,8 +142,9 @@ def test_video_command_writes_posetrack(store, tmp_path, monkeypatch, capsys):
     assert all("track_id" in a for a in doc["annotations"])
 
 
-def test_a_benchmark_help_is_its_own(capsys):
+@pytest.mark.parametrize("what", ["people", "labels"])
+def test_a_benchmark_help_is_its_own(capsys, what):
     with pytest.raises(SystemExit) as stop:
-        main(["bench", "people", "--help"])
+        main(["bench", what, "--help"])
     assert stop.value.code == 0
-    assert "usage: posekd bench people" in capsys.readouterr().out
+    assert f"usage: posekd bench {what}" in capsys.readouterr().out
