@@ -78,24 +78,22 @@ class Setting:
         return pipe
 
 
-# each change on its own, then the detector's input size for the old and the new detector
 # the keys of a --setting: key -> (Setting field, conversion)
 SETTING_KEYS = {"detector": ("detector", str), "size": ("size", int), "nms": ("nms", float), "score": ("score", str),
                 "box": ("box_weight", float), "spread": ("spread", float), "inside": ("inside", float),
                 "thr": ("threshold", float), "centre": ("centre", float),
                 "boxnms": ("box_nms", float)}
 
+# each change on its own, then the detectors, the new one at three input sizes and a lower box threshold
 DEFAULT_SETTINGS = [
     "before=detector:detector-s:3,size:0,nms:0,score:keypoints",
-    "oks-nms 0.9=detector:detector-s:3,size:0,nms:0.9,score:keypoints",
     "oks-nms 0.7=detector:detector-s:3,size:0,nms:0.7,score:keypoints",
-    "+ person score=detector:detector-s:3,size:0,nms:0.7,inside:0",
-    "+ inside share=detector:detector-s:3,size:0,nms:0.7",
-    "v3 at 448=detector:detector-s:3,size:448,nms:0.7",
-    "v4 at 256=detector:detector-s:4,size:256,nms:0.7",
-    "v4 at 320=detector:detector-s:4,size:320,nms:0.7",
+    "+ person score=detector:detector-s:3,size:0,nms:0.7",
     "v4 at 384=detector:detector-s:4,size:384,nms:0.7",
-    "v4 at 448=detector:detector-s:4,size:448,nms:0.7",
+    "v5 at 320=detector:detector-s:5,size:320,nms:0.7",
+    "v5 at 384=detector:detector-s:5,size:384,nms:0.7",
+    "v5 at 448=detector:detector-s:5,size:448,nms:0.7",
+    "v5 at 384, threshold 0.1=detector:detector-s:5,size:384,nms:0.7,thr:0.1",
 ]
 
 

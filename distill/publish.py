@@ -123,6 +123,8 @@ def export_run(run: Path, *, last: bool = False, size: int | None = None) -> Exp
     from .train import warm_start_weights
 
     state = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    if state.get("ema") is not None:  # with EMA on, the average is what was evaluated and is exported
+        state = {**state, "model": state["ema"]}
     if not last and (run / "best.pt").is_file():
         # the weights at the best held-out signal; the lineage (every command, resumes) stays the run's own
         best = torch.load(run / "best.pt", map_location="cpu", weights_only=False)
