@@ -174,6 +174,9 @@ def stacked(results: list) -> tuple[int, int]:
     return pairs, photos
 
 
+THRESHOLDS = (0.15, 0.2, 0.25, 0.3, 0.35)  # person thresholds the count error is also given at
+
+
 def run_setting(s: Setting, pose, detector, sets: dict, min_score: float) -> dict:
     from distill.evaluate import coco_ap
 
@@ -186,7 +189,9 @@ def run_setting(s: Setting, pose, detector, sets: dict, min_score: float) -> dic
         images += len(records)
         if labels is not None:
             out[name] = {**coco_ap(labels, results, [r.image_id for r in records]),
-                         "count_error": round(count_error(results, truth, min_score), 3)}
+                         "count_error": round(count_error(results, truth, min_score), 3),
+                         "count_error_by_threshold": {t: round(count_error(results, truth, t), 3)
+                                                      for t in THRESHOLDS}}
         elif truth is not None:  # images with nobody in them: every person returned is invented
             out[name] = {"invented": sum(r["score"] >= min_score for r in results), "images": len(records)}
         # duplicates are counted among the people a user gets (default person threshold)
@@ -305,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((s, r))
         print(s.label, json.dumps(r), flush=True)
     lines = _table(rows)
+    lines += ["", "| setting | " + " | ".join(f"held-out count error, person threshold {t:g}" for t in THRESHOLDS)
+              + " |", "|---|" + "---|" * len(THRESHOLDS)]
+    lines += [f"| {s.label} | " + " | ".join(f"{r['heldout']['count_error_by_threshold'][t]:.2f}" for t in THRESHOLDS)
+              + " |" for s, r in rows]
     n_photos = len(sets["photos"][0]) if "photos" in sets else 0
     lines += ["", f"Held-out: `{heldout_spec.replace(str(DATA), '$POSEKD_DATA')}` ({len(heldout)} photos, "
               f"{sum(held_truth.values())} people by the teacher pipeline: {ref_doc['info']['labelled_by']}); dev: "
