@@ -94,6 +94,8 @@ DEFAULT_SETTINGS = [
     "v5 at 384=detector:detector-s:5,size:384,nms:0.7",
     "v5 at 448=detector:detector-s:5,size:448,nms:0.7",
     "v5 at 384, threshold 0.1=detector:detector-s:5,size:384,nms:0.7,thr:0.1",
+    "v5 at 384, threshold 0.2=detector:detector-s:5,size:384,nms:0.7,thr:0.2",
+    "v5 at 384, threshold 0.25=detector:detector-s:5,size:384,nms:0.7,thr:0.25",
 ]
 
 
