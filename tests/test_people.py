@@ -95,3 +95,12 @@ def test_a_person_known_only_by_keypoints_gets_the_box_around_them():
     # the standing person spans x 110..190, y 105..390; grown by 10 % of that each side
     assert np.allclose(boxes[0], [102, 76.5, 198, 418.5, 0.6])
     assert np.isnan(boxes[1]).all()
+
+
+def test_a_wide_crop_of_a_tightly_boxed_person_is_a_duplicate():
+    """The better-scored answer has a tight (partial) box, the other a wide one; both skeletons are the same
+    person. At the tight box's scale they looked like two people; the pair's OKS is taken at the larger box."""
+    kps = np.stack([person(jitter=4.0, seed=1), person(jitter=4.0, seed=2)])
+    boxes = np.array([[140, 100, 170, 140], BOX], np.float32)  # 30 × 40 px against 100 × 310 px
+    assert oks_nms(kps, boxes, np.array([0.6, 0.4]), 0.7).tolist() == [0]
+    assert stacked_pairs(kps, boxes) == [(0, 1)]  # what a user would have seen without it
