@@ -256,6 +256,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _table(rows: list) -> list[str]:
+    """The settings side by side, then their held-out count error at each person threshold."""
     lines = ["| setting | detector | size | OKS-NMS | score | held-out AP | AR | APm | count err | stacked pairs "
              "(photos) | dev AP | dev AR | dev APm | dev count err | invented | ms/image |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -267,6 +268,10 @@ def _table(rows: list) -> list[str]:
                      f"{h['AP']:.3f} | {h['AR']:.3f} | {h['APm']:.3f} | {h['count_error']:.2f} | "
                      f"{r['stacked'][0]} ({r['stacked'][1]}) | {d['AP']:.3f} | {d['AR']:.3f} | {d['APm']:.3f} | "
                      f"{d['count_error']:.2f} | {r['nobody']['invented']} | {r['ms_per_image']:.1f} |")
+    lines += ["", "| setting | " + " | ".join(f"held-out count error, person threshold {t:g}" for t in THRESHOLDS)
+              + " |", "|---|" + "---|" * len(THRESHOLDS)]
+    lines += [f"| {s.label} | " + " | ".join(f"{r['heldout']['count_error_by_threshold'][t]:.2f}" for t in THRESHOLDS)
+              + " |" for s, r in rows]
     return lines
 
 
@@ -312,10 +317,6 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((s, r))
         print(s.label, json.dumps(r), flush=True)
     lines = _table(rows)
-    lines += ["", "| setting | " + " | ".join(f"held-out count error, person threshold {t:g}" for t in THRESHOLDS)
-              + " |", "|---|" + "---|" * len(THRESHOLDS)]
-    lines += [f"| {s.label} | " + " | ".join(f"{r['heldout']['count_error_by_threshold'][t]:.2f}" for t in THRESHOLDS)
-              + " |" for s, r in rows]
     n_photos = len(sets["photos"][0]) if "photos" in sets else 0
     lines += ["", f"Held-out: `{heldout_spec.replace(str(DATA), '$POSEKD_DATA')}` ({len(heldout)} photos, "
               f"{sum(held_truth.values())} people by the teacher pipeline: {ref_doc['info']['labelled_by']}); dev: "
