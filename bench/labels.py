@@ -63,22 +63,15 @@ def dev_pictures() -> list[tuple[Path, np.ndarray]]:
 
 def labeller(spec: str, store, threads: int):
     """The boxes of a recipe ``solo:S,keypoints:K[,only:TEACHER]`` or of a detector ``detector:REF``."""
-    from distill.publish import det_size
-    from distill.teachers import BoxEnsemble, ConfirmedBoxes, DetectionTeacher, load_model
+    from distill.teachers import detection_labeller
 
     opts = dict(part.partition(":")[::2] for part in spec.split(","))
-
-    def det(ref: str) -> DetectionTeacher:
-        return DetectionTeacher(load_model(ref, store=store, threads=threads, input_size=det_size(ref)), threshold=0.15)
-
     if "detector" in opts:
-        return det(opts["detector"])
-    found = det(opts["only"]) if "only" in opts else \
-        BoxEnsemble(det("centernet"), det("movenet-multipose"), solo=float(opts.get("solo", 0.4)))
+        return detection_labeller(opts["detector"], store, threads=threads)
     keypoints = int(opts.get("keypoints", 4))
-    if not keypoints:
-        return found
-    return ConfirmedBoxes(found, load_model("movenet-thunder", store=store, threads=threads), min_keypoints=keypoints)
+    return detection_labeller(opts.get("only", "centernet+movenet-multipose"), store,
+                              confirm="movenet-thunder" if keypoints else None, confirm_keypoints=keypoints,
+                              solo=float(opts.get("solo", 0.4)), threads=threads)
 
 
 def recall_on(pictures, source) -> tuple[int, int, int]:

@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -106,15 +107,13 @@ def teacher_reference(records, store, path: Path, threads: int, *, solo: float =
     ``detector-s`` v5's training labels (bench/RESULTS.md: which recipe finds the labelled people)."""
     if path.is_file():
         return path
-    from distill.teachers import BoxEnsemble, ConfirmedBoxes, DetectionTeacher, load_model
+    from distill.teachers import ConfirmedBoxes, detection_labeller
     from service.pipeline.people import oks_nms
 
-    def det(ref, size=None):
-        return DetectionTeacher(load_model(ref, store=store, threads=threads, input_size=size), threshold=0.15)
-
-    thunder = load_model("movenet-thunder", store=store, threads=threads)
-    boxes_from = ConfirmedBoxes(BoxEnsemble(det("centernet"), det("movenet-multipose", (512, 512)), solo=solo), thunder,
-                                min_keypoints=keypoints)
+    boxes_from = cast(ConfirmedBoxes, detection_labeller("centernet+movenet-multipose", store,
+                                                         confirm="movenet-thunder", confirm_keypoints=keypoints,
+                                                         solo=solo, threads=threads))
+    thunder = boxes_from.pose_model  # Thunder confirms the boxes and gives the reference's keypoints
     images: list[dict] = []
     annotations: list[dict] = []
     for r in records:

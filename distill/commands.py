@@ -85,7 +85,7 @@ def cmd_cache(args) -> int:
     from service.store import ModelStore
 
     from .cache import build_detection_cache, build_pose_cache, find_people
-    from .teachers import BoxEnsemble, ConfirmedBoxes, DetectionTeacher, PoseTeacher, load_model
+    from .teachers import ConfirmedBoxes, DetectionTeacher, PoseTeacher, detection_labeller, load_model
 
     store = ModelStore(args.store or get_settings().model_store)
 
@@ -104,16 +104,11 @@ def cmd_cache(args) -> int:
     else:
         data = args.data or DEFAULT_DET_DATA
         records = _records(data, exclude, args.limit)
-        teachers = [DetectionTeacher(load_model(ref, store=store, input_size=det_size(ref)), threshold=0.15)
-                    for ref in args.teacher.split("+")]
-        if len(teachers) > 2:
-            raise SystemExit("--teacher: one detection teacher, or two joined by '+'")
-        found: DetectionTeacher | BoxEnsemble = \
-            teachers[0] if len(teachers) == 1 else BoxEnsemble(teachers[0], teachers[1], solo=args.solo)
-        boxes_from: DetectionTeacher | BoxEnsemble | ConfirmedBoxes = found
-        if args.confirm:
-            boxes_from = ConfirmedBoxes(found, load_model(args.confirm, store=store),
-                                        min_keypoints=args.confirm_keypoints)
+        try:
+            boxes_from = detection_labeller(args.teacher, store, confirm=args.confirm,
+                                            confirm_keypoints=args.confirm_keypoints, solo=args.solo)
+        except ValueError as exc:
+            raise SystemExit(f"--teacher: {exc}") from None
         info = build_detection_cache(records, boxes_from, args.out, size=args.size, views_per_image=args.views,
                                      seed=args.seed, meta={"data": data, "exclude": exclude,
                                                            "command": command_line(args)})

@@ -199,3 +199,24 @@ class ConfirmedBoxes:
         self.seen += len(boxes)
         self.kept += int(keep.sum())
         return boxes[keep]
+
+
+def detection_labeller(teacher: str, store: ModelStore | None, *, confirm: str | None = None,
+                       confirm_keypoints: int = 4, solo: float = 0.4,
+                       threads: int = 0) -> DetectionTeacher | BoxEnsemble | ConfirmedBoxes:
+    """The boxes a detection-label recipe gives, built in one place for the detector's cache, the held-out
+    reference of ``posekd bench people`` and ``posekd bench labels``: one detection teacher, or two joined
+    by '+' (:class:`BoxEnsemble`, a box only one of them found kept from ``solo``), each at its labelling
+    size with boxes above 0.15; with ``confirm`` (a pose teacher), kept where it finds
+    ``confirm_keypoints`` keypoints inside the box (:class:`ConfirmedBoxes`)."""
+    from .publish import det_size
+
+    refs = teacher.split("+")
+    if len(refs) > 2:
+        raise ValueError("one detection teacher, or two joined by '+'")
+    found = [DetectionTeacher(load_model(ref, store=store, threads=threads, input_size=det_size(ref)), threshold=0.15)
+             for ref in refs]
+    boxes: DetectionTeacher | BoxEnsemble = found[0] if len(found) == 1 else BoxEnsemble(found[0], found[1], solo=solo)
+    if not confirm:
+        return boxes
+    return ConfirmedBoxes(boxes, load_model(confirm, store=store, threads=threads), min_keypoints=confirm_keypoints)
