@@ -30,8 +30,8 @@ import numpy as np
 
 from bench.common import ROOT, record
 
-SETTINGS_HELP = ("a setting: LABEL=detector:REF,size:N,nms:OKS,score:combined|keypoints,box:W,spread:S,inside:M,thr:T,"
-                 "centre:C,boxnms:IOU "
+SETTINGS_HELP = ("a setting: LABEL=detector:REF,pose:REF,size:N,nms:OKS,score:combined|keypoints,box:W,spread:S,"
+                 "inside:M,thr:T,centre:C,boxnms:IOU "
                  "(omitted keys: the service's defaults)")
 
 
@@ -39,6 +39,7 @@ SETTINGS_HELP = ("a setting: LABEL=detector:REF,size:N,nms:OKS,score:combined|ke
 class Setting:
     label: str
     detector: str = "detector-s@production"
+    pose: str | None = None  # the pose model; None: --pose
     size: int = 0
     nms: float = 0.7  # the service default (POSEKD_POSE_NMS_OKS)
     score: str = "combined"
@@ -80,9 +81,9 @@ class Setting:
 
 
 # the keys of a --setting: key -> (Setting field, conversion)
-SETTING_KEYS = {"detector": ("detector", str), "size": ("size", int), "nms": ("nms", float), "score": ("score", str),
-                "box": ("box_weight", float), "spread": ("spread", float), "inside": ("inside", float),
-                "thr": ("threshold", float), "centre": ("centre", float),
+SETTING_KEYS = {"detector": ("detector", str), "pose": ("pose", str), "size": ("size", int), "nms": ("nms", float),
+                "score": ("score", str), "box": ("box_weight", float), "spread": ("spread", float),
+                "inside": ("inside", float), "thr": ("threshold", float), "centre": ("centre", float),
                 "boxnms": ("box_nms", float)}
 
 # each change on its own, then the detectors, the new one at three input sizes and a lower box threshold
@@ -254,16 +255,17 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _table(rows: list) -> list[str]:
+def _table(rows: list, pose: str) -> list[str]:
     """The settings side by side, then their held-out count error at each person threshold."""
-    lines = ["| setting | detector | size | OKS-NMS | score | held-out AP | AR | APm | count err | stacked pairs "
-             "(photos) | dev AP | dev AR | dev APm | dev count err | invented | ms/image |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| setting | detector | pose | size | OKS-NMS | score | held-out AP | AR | APm | count err | "
+             "stacked pairs (photos) | dev AP | dev AR | dev APm | dev count err | invented | ms/image |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s, r in rows:
         h, d = r["heldout"], r["dev"]
         score = "mean keypoint" if s.score == "keypoints" else \
             f"box^{s.box_weight}·kp, spread/{s.spread}" + (f", inside+{s.inside}" if s.inside else "")
-        lines.append(f"| {s.label} | {s.detector} | {s.size or 'manifest'} | {s.nms or 'off'} | {score} | "
+        lines.append(f"| {s.label} | {s.detector} | {s.pose or pose} | {s.size or 'manifest'} | {s.nms or 'off'} | "
+                     f"{score} | "
                      f"{h['AP']:.3f} | {h['AR']:.3f} | {h['APm']:.3f} | {h['count_error']:.2f} | "
                      f"{r['stacked'][0]} ({r['stacked'][1]}) | {d['AP']:.3f} | {d['AR']:.3f} | {d['APm']:.3f} | "
                      f"{d['count_error']:.2f} | {r['nobody']['invented']} | {r['ms_per_image']:.1f} |")
@@ -304,18 +306,19 @@ def main(argv: list[str] | None = None) -> int:
                   "nobody": (nobody, None, {r.image_id: 0 for r in nobody})}
     if not args.no_photos:
         sets["photos"] = (photo_records(DATA), None, None)
-    pose = load_model(args.pose, store=store, threads=args.threads)
     settings = [Setting.parse(t) for t in (args.setting or DEFAULT_SETTINGS)]
-    detectors = {}
+    models: dict = {}  # detectors and pose models, each loaded once
     rows = []
     for s in settings:
-        if s.detector not in detectors:
-            detectors[s.detector] = load_model(s.detector, store=store, threads=args.threads)
-        run_setting(s, pose, detectors[s.detector], {"dev": (dev[:3], None, None)}, min_score)  # warm-up
-        r = run_setting(s, pose, detectors[s.detector], sets, min_score)
+        for ref in (s.detector, s.pose or args.pose):
+            if ref not in models:
+                models[ref] = load_model(ref, store=store, threads=args.threads)
+        pose, detector = models[s.pose or args.pose], models[s.detector]
+        run_setting(s, pose, detector, {"dev": (dev[:3], None, None)}, min_score)  # warm-up
+        r = run_setting(s, pose, detector, sets, min_score)
         rows.append((s, r))
         print(s.label, json.dumps(r), flush=True)
-    lines = _table(rows)
+    lines = _table(rows, args.pose)
     n_photos = len(sets["photos"][0]) if "photos" in sets else 0
     lines += ["", f"Held-out: `{heldout_spec.replace(str(DATA), '$POSEKD_DATA')}` ({len(heldout)} photos, "
               f"{sum(held_truth.values())} people by the teacher pipeline: {ref_doc['info']['labelled_by']}); dev: "
@@ -323,8 +326,8 @@ def main(argv: list[str] | None = None) -> int:
               f"default person threshold on the {len(nobody)} images of coco_mini_train where nobody is labelled "
               f"(reported only); stacked pairs over {n_photos} "
               f"photos of `$POSEKD_DATA` plus the two sets, among the people returned at the default person "
-              f"threshold {min_score}; count error at that threshold; pose model {args.pose}; "
-              f"ONNX Runtime CPU, {args.threads} threads; ms/image = detector + pose + scoring, mean over the "
+              f"threshold {min_score}; count error at that threshold; pose model {args.pose} where the row names "
+              f"none; ONNX Runtime CPU, {args.threads} threads; ms/image = detector + pose + scoring, mean over the "
               f"held-out, dev and photo sets."]
     table = "\n".join(lines)
     print(table)

@@ -11,7 +11,7 @@
 
 Settings: ``before`` is the tracker and detector before the people work (detector-s v3 at its 256 px,
 no OKS duplicate suppression, no appearance cue); ``tracker only`` the new tracker behind the old
-detector; ``after`` the defaults."""
+detector; ``no recovery`` the defaults without OC-SORT's observation-centric recovery; ``after`` the defaults."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +34,7 @@ SETTINGS: dict[str, dict[str, object]] = {
     "before": {"default_detector": "detector-s:3", "pose_nms_oks": 0.0, "track_appearance_weight": 0.0,
                "track_low_score": 0.25},
     "tracker only": {"default_detector": "detector-s:3"},
+    "no recovery": {"track_recovery": False},
     "after": {},
 }
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="posekd bench tracking", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=data_dir())
-    ap.add_argument("--setting", action="append", choices=list(SETTINGS), help="default: all three")
+    ap.add_argument("--setting", action="append", choices=list(SETTINGS), help="default: all of them")
     ap.add_argument("--no-clips", action="store_true", help="vtest.avi only")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args(argv)

@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     # track onto the person in front during a crossing (bench/RESULTS.md, tracking)
     track_low_score: float = 0.25
     track_appearance_weight: float = 0.3  # share of the torso colour signature in the match (0: geometry only)
+    # OC-SORT's observation-centric recovery: lost tracks matched again at where they were last seen, and
+    # given their velocity across the gap (service/video/tracker.py); on vtest 31 -> 27 tracks, the same
+    # people per frame and identities (bench/RESULTS.md, tracking)
+    track_recovery: bool = True
 
     # --- shadow teacher (service/shadow): the student checked against a teacher on sampled traffic ----
     shadow_model: str | None = None  # a store reference, e.g. movenet-thunder; unset: off

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 
-@pytest.mark.parametrize("name", ["images", "students", "queue", "video", "soak", "runtime"])
+@pytest.mark.parametrize("name", ["images", "students", "queue", "video", "soak", "runtime", "people", "labels",
+                                  "tracking", "shadow"])
 def test_every_benchmark_module_imports_and_has_a_main(name):
     module = importlib.import_module(f"bench.{name}")
     assert callable(module.main)
@@ -40,3 +41,13 @@ def test_the_evaluation_runs_the_pipeline_with_the_services_detector_settings(mo
     assert default.max_boxes == Settings().max_people
     monkeypatch.setenv("POSEKD_DETECTOR_THRESHOLD", "0.4")  # an operator's setting is what gets measured
     assert served_pipeline().detector_threshold == 0.4
+
+
+def test_a_people_setting_names_its_own_pose_model_or_takes_the_runs():
+    from bench.people import Setting
+
+    s = Setting.parse("new pose=detector:detector-s:5,pose:pose-s:5,size:384,thr:0.1")
+    assert (s.detector, s.pose, s.size, s.threshold) == ("detector-s:5", "pose-s:5", 384, 0.1)
+    assert Setting.parse("default=size:320").pose is None  # the run's --pose
+    with pytest.raises(SystemExit):
+        Setting.parse("typo=poses:pose-s:5")

@@ -61,6 +61,22 @@ def test_a_briefly_occluded_person_gets_the_same_id_back():
     assert len(tracker.all_tracks()) == 2
 
 
+def test_observation_centric_recovery_finds_a_person_who_stopped_while_hidden():
+    # A walks right, is hidden behind something for 12 frames and stops there; her track's prediction
+    # runs on at 8 px a frame (96 px past her). Recovery matches her at where she was last seen.
+    def run(recovery: bool) -> list:
+        tracker = Tracker(max_lost=30, recovery=recovery)
+        ids = []
+        for f in range(30):
+            x = 50 + 8 * min(f, 10)
+            ids.append(step(tracker, f, [person(x, 100)] if not 10 <= f < 22 else []))
+        return ids
+
+    assert run(False)[25] == [2]  # without it: a new id
+    recovered = run(True)
+    assert recovered[0] == [1] and recovered[22:] == [[1]] * 8
+
+
 def test_a_person_gone_longer_than_max_lost_comes_back_with_a_new_id():
     tracker = Tracker(max_lost=3)
     for f in range(10):

@@ -41,6 +41,7 @@ class VideoOptions:
     min_score: float = 0.25  # people below this mean keypoint score only continue tracks (second pass)
     low_score: float = 0.25  # people below this are dropped; between it and min_score: second pass only
     appearance_weight: float = 0.3  # tracker: share of the colour signature in the match similarity
+    recovery: bool = True  # tracker: OC-SORT's observation-centric recovery of lost tracks
     duplicate_oks: float = 0.7  # two people of one frame whose keypoints agree above this OKS are one
     redetect_score: float = 0.35  # propagated people below this trigger a keyframe
     match_threshold: float = 0.2  # tracker: similarity needed to continue a track
@@ -56,7 +57,7 @@ class VideoOptions:
                    min_score=s.video_min_score, match_threshold=s.track_match_threshold,
                    max_lost=s.track_max_lost, start_score=s.track_start_score, max_people=s.max_people,
                    max_frames=s.max_video_frames, low_score=s.track_low_score,
-                   appearance_weight=s.track_appearance_weight,
+                   appearance_weight=s.track_appearance_weight, recovery=s.track_recovery,
                    duplicate_oks=s.pose_nms_oks).with_overrides(**overrides)
 
     def with_overrides(self, **overrides) -> VideoOptions:
@@ -151,7 +152,8 @@ class _ClipRun:
         o = proc.opts
         self.proc, self.info, self.progress = proc, info, progress
         self.tracker = Tracker(match_threshold=o.match_threshold, max_lost=o.max_lost, start_score=o.start_score,
-                               appearance_weight=o.appearance_weight, high_score=o.min_score)
+                               appearance_weight=o.appearance_weight, high_score=o.min_score,
+                               recovery=o.recovery)
         self.smoother = TrackSmoother(o.min_cutoff, o.beta, o.d_cutoff) if o.smoothing else None
         self.writer = Mp4Writer(render, info.width, info.height, info.fps, info.sample_aspect) if render else None
         self.frames: list[dict] = []

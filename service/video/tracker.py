@@ -12,7 +12,11 @@ Two additions for people who cross:
   with the histograms' Bhattacharyya similarity, never raised above zero by colour alone);
 * a second pass for unsure people, as ByteTrack does: people below ``high_score`` (half hidden behind
   someone, blurred) are matched only to the tracks the sure people left unmatched, never start a
-  track, and are dropped when they match none (``None`` id)."""
+  track, and are dropped when they match none (``None`` id);
+* observation-centric recovery, as OC-SORT does (``recovery``): a track lost for a few frames is
+  predicted along a velocity it can no longer check, and drifts off the person it follows. So the sure
+  people no track took are matched once more against where each lost track was last *seen*, and a track
+  found again takes its velocity from its two observations across the gap instead of the stale one."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -95,11 +99,14 @@ def appearance(image: np.ndarray, kps: np.ndarray, min_score: float = 0.2, bins:
 class Tracker:
     """``appearance_weight``: share of the match similarity given to the colour signature (0: off);
     ``high_score``: people below it go to the second, low-score pass (0: one pass), which continues only
-    tracks seen on the previous frame at similarity ≥ ``low_match_threshold``."""
+    tracks seen on the previous frame at similarity ≥ ``low_match_threshold``; ``recovery``: OC-SORT's
+    observation-centric recovery of lost tracks (module docstring)."""
+
+    recovery = False  # what a tracker pickled in a job checkpoint before the option existed did
 
     def __init__(self, *, match_threshold: float = 0.2, max_lost: int = 30, start_score: float = 0.4,  # noqa: PLR0913
                  velocity_momentum: float = 0.6, appearance_weight: float = 0.3, high_score: float = 0.0,
-                 look_momentum: float = 0.8, low_match_threshold: float = 0.5):
+                 look_momentum: float = 0.8, low_match_threshold: float = 0.5, recovery: bool = True):
         self.match_threshold = match_threshold
         self.max_lost = max_lost
         self.start_score = start_score
@@ -108,6 +115,7 @@ class Tracker:
         self.high_score = high_score
         self.look_momentum = look_momentum
         self.low_match_threshold = low_match_threshold
+        self.recovery = recovery
         self.tracks: list[Track] = []
         self.finished: list[Track] = []
         self._next_id = 1
@@ -117,11 +125,13 @@ class Tracker:
         return [t for t in self.tracks if t.lost == 0]
 
     def similarity(self, frame: int, boxes: np.ndarray, kps: np.ndarray, looks: list | None = None,
-                   tracks: list[Track] | None = None) -> np.ndarray:
+                   tracks: list[Track] | None = None, *, last_seen: bool = False) -> np.ndarray:
+        """Tracks × people; each track where its velocity puts it at ``frame``, or with ``last_seen``
+        where it was last observed."""
         tracks = self.tracks if tracks is None else tracks
         if not tracks or not len(boxes):
             return np.zeros((len(tracks), len(boxes)))
-        pred = [t.predicted(frame) for t in tracks]
+        pred = [(t.box, t.keypoints) if last_seen else t.predicted(frame) for t in tracks]
         t_boxes = np.stack([p[0] for p in pred])
         t_kps = np.stack([p[1] for p in pred])
         areas = np.maximum((t_boxes[:, 2] - t_boxes[:, 0]) * (t_boxes[:, 3] - t_boxes[:, 1]), 32.0 ** 2)
@@ -139,7 +149,7 @@ class Tracker:
         return sim
 
     def _assign(self, frame: int, people: list[int], tracks: list[int], boxes, kps, looks, ids,  # noqa: PLR0913
-                threshold: float) -> set[int]:
+                threshold: float, last_seen: bool = False) -> set[int]:
         """Hungarian matching of ``people`` to ``tracks`` (indices) at similarity ≥ ``threshold``; returns
         the matched track indices."""
         from scipy.optimize import linear_sum_assignment
@@ -147,7 +157,7 @@ class Tracker:
         if not people or not tracks:
             return set()
         sim = self.similarity(frame, boxes[people], kps[people], [looks[i] for i in people],
-                              [self.tracks[t] for t in tracks])
+                              [self.tracks[t] for t in tracks], last_seen=last_seen)
         matched = set()
         rows, cols = linear_sum_assignment(-sim)
         for r, c in zip(rows, cols):
@@ -172,6 +182,10 @@ class Tracker:
         unsure = [i for i in range(len(boxes)) if scores[i] < self.high_score]
         matched_tracks = self._assign(frame, sure, list(range(len(self.tracks))), boxes, kps, looks, ids,
                                       self.match_threshold)
+        if self.recovery:  # lost tracks at their last observation, for the sure people no track took
+            lost = [t for t in range(len(self.tracks)) if t not in matched_tracks and self.tracks[t].lost > 0]
+            matched_tracks |= self._assign(frame, [i for i in sure if ids[i] is None], lost, boxes, kps, looks, ids,
+                                           self.match_threshold, last_seen=True)
         # the second pass: only tracks seen on the previous frame, and a close match (an unsure person
         # half hidden behind another must not pull a track onto the one in front)
         left = [t for t in range(len(self.tracks)) if t not in matched_tracks and self.tracks[t].lost == 0]
@@ -198,7 +212,10 @@ class Tracker:
             -> None:
         gap = max(frame - track.last_frame, 1)
         step = (_centre(kps, box) - _centre(track.keypoints, track.box)) / gap
-        track.velocity = self.momentum * track.velocity + (1 - self.momentum) * step
+        if self.recovery and track.lost > 0:  # found again: the velocity across the gap, from what was seen
+            track.velocity = step.astype(np.float32)
+        else:
+            track.velocity = self.momentum * track.velocity + (1 - self.momentum) * step
         track.box, track.keypoints = box.copy(), kps.copy()
         track.last_frame, track.lost = frame, 0
         track.frames += 1
