@@ -102,7 +102,7 @@ def held_out_multi(data: Path) -> list[Path]:
 
 
 def agreement_tables(args, store: Path, photos: list[Path], multi: list[Path], weak: list[Path],  # noqa: PLR0913
-                     held_out: list[Path]) -> str:
+                     unseen: list[Path]) -> str:
     from service.settings import Settings
     from service.shadow import held_out_agreement
     from service.store import ModelSpec, ModelStore
@@ -110,7 +110,7 @@ def agreement_tables(args, store: Path, photos: list[Path], multi: list[Path], w
     s = Settings(model_store=store)
     st = ModelStore(store)
     refs = args.pose or [s.default_pose_model]
-    sets = {f"multi{HELD_OUT} (held out from every cache)": held_out,
+    sets = {f"multi{HELD_OUT} (held out from every cache)": unseen,
             "weak groups, odd half (held out before pose-s v5)": weak[1::2],
             "weak groups, even half (traffic)": weak[0::2],
             "other multi-person photos": [p for p in multi if p not in set(weak)],
