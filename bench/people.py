@@ -276,12 +276,29 @@ def _table(rows: list, pose: str) -> list[str]:
     return lines
 
 
+def run_settings(settings: list[Setting], args, store, sets: dict, min_score: float) -> list:
+    """Each setting over every set, its detector and pose model each loaded once."""
+    from distill.teachers import load_model
+
+    models: dict = {}
+    rows = []
+    for s in settings:
+        for ref in (s.detector, s.pose or args.pose):
+            if ref not in models:
+                models[ref] = load_model(ref, store=store, threads=args.threads)
+        pose, detector = models[s.pose or args.pose], models[s.detector]
+        run_setting(s, pose, detector, {"dev": (sets["dev"][0][:3], None, None)}, min_score)  # warm-up
+        r = run_setting(s, pose, detector, sets, min_score)
+        rows.append((s, r))
+        print(s.label, json.dumps(r), flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
 
     from distill.data import read_coco, read_source
     from distill.publish import DATA, EVAL_SET
-    from distill.teachers import load_model
     from service.settings import Settings
     from service.store import ModelStore
 
@@ -306,18 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                   "nobody": (nobody, None, {r.image_id: 0 for r in nobody})}
     if not args.no_photos:
         sets["photos"] = (photo_records(DATA), None, None)
-    settings = [Setting.parse(t) for t in (args.setting or DEFAULT_SETTINGS)]
-    models: dict = {}  # detectors and pose models, each loaded once
-    rows = []
-    for s in settings:
-        for ref in (s.detector, s.pose or args.pose):
-            if ref not in models:
-                models[ref] = load_model(ref, store=store, threads=args.threads)
-        pose, detector = models[s.pose or args.pose], models[s.detector]
-        run_setting(s, pose, detector, {"dev": (dev[:3], None, None)}, min_score)  # warm-up
-        r = run_setting(s, pose, detector, sets, min_score)
-        rows.append((s, r))
-        print(s.label, json.dumps(r), flush=True)
+    rows = run_settings([Setting.parse(t) for t in (args.setting or DEFAULT_SETTINGS)], args, store, sets, min_score)
     lines = _table(rows, args.pose)
     n_photos = len(sets["photos"][0]) if "photos" in sets else 0
     lines += ["", f"Held-out: `{heldout_spec.replace(str(DATA), '$POSEKD_DATA')}` ({len(heldout)} photos, "
