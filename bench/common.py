@@ -10,6 +10,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
+# the photos of unlabeled/multi no training cache holds (the detectors and `pose-s` v5 learnt from the rest):
+# `bench people`'s held-out set and the drift reference of `bench shadow`
+HELD_OUT_MULTI = "[5::10]"
+
+
+def held_out_multi(data: Path) -> list[Path]:
+    from distill.data import read_source
+
+    return [Path(r.path) for r in read_source(f"folder:{data / 'unlabeled' / 'multi'}{HELD_OUT_MULTI}")]
 
 
 def machine() -> str:

@@ -28,7 +28,7 @@ from typing import cast
 
 import numpy as np
 
-from bench.common import ROOT, record
+from bench.common import HELD_OUT_MULTI, ROOT, record
 
 SETTINGS_HELP = ("a setting: LABEL=detector:REF,pose:REF,size:N,nms:OKS,score:combined|keypoints,box:W,spread:S,"
                  "inside:M,thr:T,centre:C,boxnms:IOU "
@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
 
     store = ModelStore(args.store)
     min_score = Settings().min_score
-    heldout_spec = args.heldout or f"folder:{DATA}/unlabeled/multi[5::10]"
+    heldout_spec = args.heldout or f"folder:{DATA}/unlabeled/multi{HELD_OUT_MULTI}"
     heldout = read_source(heldout_spec)
     for i, record_ in enumerate(heldout):
         record_.image_id = 20_000_000 + i

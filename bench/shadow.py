@@ -22,7 +22,7 @@ import numpy as np
 
 from service.shared import data_dir, teachers_dir
 
-from .common import ROOT, record
+from .common import HELD_OUT_MULTI, ROOT, held_out_multi, record
 from .images import _load, serving
 from .people import photo_files
 
@@ -90,15 +90,8 @@ def agreement_on(paths: list[Path], store: Path, teacher: str, pose_ref: str | N
 # the groups of unlabeled/multi where pose-s:4 agreed least with Thunder (this bench's first run, RESULTS.md):
 # dim rooms (zerodce, zerodcepp), crowds (shtb), streets (camvid, ulfd, paddledet)
 WEAK = "zerodcepp,zerodce,shtb,paddledet,ulfd,camvid"
-# the photos of unlabeled/multi no training cache holds (the detectors and `pose-s` v5 learnt from the rest;
-# the weak groups' odd half is held out only for the pose models before v5)
-HELD_OUT = "[5::10]"
-
-
-def held_out_multi(data: Path) -> list[Path]:
-    from distill.data import read_source
-
-    return [Path(r.path) for r in read_source(f"folder:{data / 'unlabeled' / 'multi'}{HELD_OUT}")]
+# (the weak groups' odd half is held out only for the pose models before `pose-s` v5, which learnt from
+# every photo of unlabeled/multi but HELD_OUT_MULTI)
 
 
 def agreement_tables(args, store: Path, photos: list[Path], multi: list[Path], weak: list[Path],  # noqa: PLR0913
@@ -110,7 +103,7 @@ def agreement_tables(args, store: Path, photos: list[Path], multi: list[Path], w
     s = Settings(model_store=store)
     st = ModelStore(store)
     refs = args.pose or [s.default_pose_model]
-    sets = {f"multi{HELD_OUT} (held out from every cache)": unseen,
+    sets = {f"multi{HELD_OUT_MULTI} (held out from every cache)": unseen,
             "weak groups, odd half (held out before pose-s v5)": weak[1::2],
             "weak groups, even half (traffic)": weak[0::2],
             "other multi-person photos": [p for p in multi if p not in set(weak)],
@@ -156,7 +149,7 @@ def write_reference(args, held_out: list[Path]) -> str:
                          f"{spec.name}:{version}")
     values = np.asarray([v for v in found.values() if v is not None])
     reference = {"teacher": args.teacher, "detector": s.default_detector, "images": int(len(values)),
-                 "set": f"folder:$POSEKD_DATA/unlabeled/multi{HELD_OUT} (multi-person photos no training cache "
+                 "set": f"folder:$POSEKD_DATA/unlabeled/multi{HELD_OUT_MULTI} (multi-person photos no training cache "
                         "holds)",
                  "mean": round(float(values.mean()), 4), "median": round(float(np.median(values)), 4),
                  "p10": round(float(np.percentile(values, 10)), 4),
@@ -233,10 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         parts.append(f"Collected: {len(traffic)} images ({len(weak[0::2])} of the weak groups' even half, "
                      f"{len(photos)} photos) served with the shadow at rate 1; {int(r['samples'])} shadowed, "
                      f"{int(r['dropped'])} dropped; the {args.keep_max} least agreed kept in {args.collect}")
+    unseen = held_out_multi(data)
     if not args.skip_agreement:
-        parts.append(agreement_tables(args, store, photos, multi, weak, held_out_multi(data)))
+        parts.append(agreement_tables(args, store, photos, multi, weak, unseen))
     if args.write_reference:
-        parts.append(write_reference(args, held_out_multi(data)))
+        parts.append(write_reference(args, unseen))
     body = "\n\n".join(parts)
     print(body)
     if not args.no_record:
