@@ -14,7 +14,8 @@ Three measures per setting:
 * **the dev set** (``coco_mini_train``, real labels), reported, never tuned on, and the people invented
   on its images where nobody is labelled;
 
-and the mean time per image of the whole pipeline (detector + pose) over the dev and held-out photos."""
+and the mean time per image of the whole pipeline (detector + pose) over the dev and held-out photos, the
+settings taking turns on each image so that their time ratios hold on a shared, noisy machine."""
 from __future__ import annotations
 
 import argparse
@@ -179,16 +180,13 @@ def stacked(results: list) -> tuple[int, int]:
 THRESHOLDS = (0.15, 0.2, 0.25, 0.3, 0.35)  # person thresholds the count error is also given at
 
 
-def run_setting(s: Setting, pose, detector, sets: dict, min_score: float) -> dict:
+def score_setting(results_by_set: dict, sets: dict, min_score: float) -> dict:
+    """One setting's accuracy, people counts and stacked pairs from its answers on every set."""
     from distill.evaluate import coco_ap
 
-    pipe = s.pipeline()
-    out: dict = {}
-    spent, images = 0.0, 0
+    out: dict = {"stacked": [0, 0]}
     for name, (records, labels, truth) in sets.items():
-        results, seconds = predict_all(pipe, pose, detector, records, min_score=0.0)
-        spent += seconds
-        images += len(records)
+        results = results_by_set[name]
         if labels is not None:
             out[name] = {**coco_ap(labels, results, [r.image_id for r in records]),
                          "count_error": round(count_error(results, truth, min_score), 3),
@@ -197,27 +195,34 @@ def run_setting(s: Setting, pose, detector, sets: dict, min_score: float) -> dic
         elif truth is not None:  # images with nobody in them: every person returned is invented
             out[name] = {"invented": sum(r["score"] >= min_score for r in results), "images": len(records)}
         # duplicates are counted among the people a user gets (default person threshold)
-        shown = [r for r in results if r["score"] >= min_score]
-        out.setdefault("stacked", [0, 0])
-        pairs, photos = stacked(shown)
+        pairs, photos = stacked([r for r in results if r["score"] >= min_score])
         out["stacked"] = [out["stacked"][0] + pairs, out["stacked"][1] + photos]
-    out["ms_per_image"] = round(spent / max(images, 1) * 1000, 1)
     return out
 
 
-def predict_all(pipe, pose, detector, records, min_score: float) -> tuple[list, float]:
+def run_interleaved(runs: list, sets: dict) -> tuple[list[dict], np.ndarray]:
+    """Every setting on every image, the settings taking turns image by image (the order rotating), so a
+    slow minute of a shared machine falls on all of them alike. ``runs``: (pipeline, pose, detector) per
+    setting. Returns each setting's answers per set and the seconds per image, one row per setting."""
     from service.pipeline.pipeline import ImageTask
 
-    results, spent = [], 0.0
-    for r in records:
-        image = r.load()
-        t0 = time.perf_counter()
-        res = pipe.run(pose, detector, [ImageTask(image=image, min_score=min_score, max_people=20)])[0]
-        spent += time.perf_counter() - t0
-        for p in res.people:
-            results.append({"image_id": r.image_id, "category_id": 1, "bbox": p.bbox, "score": float(p.score),
-                            "keypoints": [float(v) for v in np.asarray(p.keypoints, np.float64).reshape(-1)]})
-    return results, spent
+    answers: list[dict] = [{name: [] for name in sets} for _ in runs]
+    seconds: list[list[float]] = [[] for _ in runs]
+    turn = 0
+    for name, (records, _, _) in sets.items():
+        for r in records:
+            image = r.load()
+            for k in (np.arange(len(runs)) + turn) % len(runs):
+                pipe, pose, detector = runs[k]
+                t0 = time.perf_counter()
+                res = pipe.run(pose, detector, [ImageTask(image=image, min_score=0.0, max_people=20)])[0]
+                seconds[k].append(time.perf_counter() - t0)
+                answers[k][name] += [{"image_id": r.image_id, "category_id": 1, "bbox": p.bbox,
+                                      "score": float(p.score),
+                                      "keypoints": [float(v) for v in np.asarray(p.keypoints, np.float64).ravel()]}
+                                     for p in res.people]
+            turn += 1
+    return answers, np.array(seconds)
 
 
 def photo_files(data: Path) -> list[Path]:
@@ -258,8 +263,8 @@ def _parser() -> argparse.ArgumentParser:
 def _table(rows: list, pose: str) -> list[str]:
     """The settings side by side, then their held-out count error at each person threshold."""
     lines = ["| setting | detector | pose | size | OKS-NMS | score | held-out AP | AR | APm | count err | "
-             "stacked pairs (photos) | dev AP | dev AR | dev APm | dev count err | invented | ms/image |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "stacked pairs (photos) | dev AP | dev AR | dev APm | dev count err | invented | ms/image | × first row |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s, r in rows:
         h, d = r["heldout"], r["dev"]
         score = "mean keypoint" if s.score == "keypoints" else \
@@ -268,7 +273,8 @@ def _table(rows: list, pose: str) -> list[str]:
                      f"{score} | "
                      f"{h['AP']:.3f} | {h['AR']:.3f} | {h['APm']:.3f} | {h['count_error']:.2f} | "
                      f"{r['stacked'][0]} ({r['stacked'][1]}) | {d['AP']:.3f} | {d['AR']:.3f} | {d['APm']:.3f} | "
-                     f"{d['count_error']:.2f} | {r['nobody']['invented']} | {r['ms_per_image']:.1f} |")
+                     f"{d['count_error']:.2f} | {r['nobody']['invented']} | {r['ms_per_image']:.1f} | "
+                     f"{r['time_ratio']:.2f} (median image {r['median_image_ratio']:.2f}) |")
     lines += ["", "| setting | " + " | ".join(f"held-out count error, person threshold {t:g}" for t in THRESHOLDS)
               + " |", "|---|" + "---|" * len(THRESHOLDS)]
     lines += [f"| {s.label} | " + " | ".join(f"{r['heldout']['count_error_by_threshold'][t]:.2f}" for t in THRESHOLDS)
@@ -277,18 +283,24 @@ def _table(rows: list, pose: str) -> list[str]:
 
 
 def run_settings(settings: list[Setting], args, store, sets: dict, min_score: float) -> list:
-    """Each setting over every set, its detector and pose model each loaded once."""
+    """The settings over every set, timed in turn image by image; each detector and pose model loaded once."""
     from distill.teachers import load_model
 
     models: dict = {}
-    rows = []
+    runs = []
     for s in settings:
         for ref in (s.detector, s.pose or args.pose):
             if ref not in models:
                 models[ref] = load_model(ref, store=store, threads=args.threads)
-        pose, detector = models[s.pose or args.pose], models[s.detector]
-        run_setting(s, pose, detector, {"dev": (sets["dev"][0][:3], None, None)}, min_score)  # warm-up
-        r = run_setting(s, pose, detector, sets, min_score)
+        runs.append((s.pipeline(), models[s.pose or args.pose], models[s.detector]))
+    run_interleaved(runs, {"dev": (sets["dev"][0][:3], None, None)})  # warm-up
+    answers, seconds = run_interleaved(runs, sets)
+    rows = []
+    for s, results, spent in zip(settings, answers, seconds):
+        r = score_setting(results, sets, min_score)
+        r["ms_per_image"] = round(float(spent.mean()) * 1000, 1)
+        r["time_ratio"] = round(float(spent.sum() / seconds[0].sum()), 2)
+        r["median_image_ratio"] = round(float(np.median(spent / seconds[0])), 2)
         rows.append((s, r))
         print(s.label, json.dumps(r), flush=True)
     return rows
@@ -334,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
               f"photos of `$POSEKD_DATA` plus the two sets, among the people returned at the default person "
               f"threshold {min_score}; count error at that threshold; pose model {args.pose} where the row names "
               f"none; ONNX Runtime CPU, {args.threads} threads; ms/image = detector + pose + scoring, mean over the "
-              f"held-out, dev and photo sets."]
+              f"held-out, dev and photo sets, the settings timed in turn on each image (the order rotating); "
+              f"× first row: total time against the first row's, and the median of the per-image ratios."]
     table = "\n".join(lines)
     print(table)
     if args.json:

@@ -51,3 +51,32 @@ def test_a_people_setting_names_its_own_pose_model_or_takes_the_runs():
     assert Setting.parse("default=size:320").pose is None  # the run's --pose
     with pytest.raises(SystemExit):
         Setting.parse("typo=poses:pose-s:5")
+
+
+def test_people_settings_take_turns_on_each_image():
+    """The settings are timed image by image in a rotating order, so none always runs first (cold caches)
+    or always during one slow minute; every setting answers every image of every set."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from bench.people import run_interleaved
+
+    calls: list[tuple[str, int]] = []
+
+    class Pipe:
+        def __init__(self, label):
+            self.label = label
+
+        def run(self, pose, detector, tasks):
+            calls.append((self.label, int(tasks[0].image[0, 0, 0])))
+            person = SimpleNamespace(bbox=[0.0, 0.0, 1.0, 1.0], score=0.5, keypoints=np.zeros((17, 3)))
+            return [SimpleNamespace(people=[person])]
+
+    records = [SimpleNamespace(image_id=i, load=lambda i=i: np.full((4, 4, 3), i, np.uint8)) for i in range(4)]
+    runs = [(Pipe(k), None, None) for k in "abc"]
+    answers, seconds = run_interleaved(runs, {"one": (records[:2], None, None), "two": (records[2:], None, None)})
+    assert seconds.shape == (3, 4)
+    assert [label for label, _ in calls[::3]] == ["a", "b", "c", "a"]  # who goes first rotates
+    assert sorted(calls) == sorted((k, i) for k in "abc" for i in range(4))
+    assert [[a["image_id"] for a in answers[k]["two"]] for k in range(3)] == [[2, 3]] * 3
