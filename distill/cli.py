@@ -110,7 +110,8 @@ def _add_publish_parsers(dsub) -> None:
     qz.add_argument("--calib", action="append", required=True,
                     help="calibration data (repeatable), from the training split: lspet:DIR[:3600] for pose "
                          "(labelled boxes), folder:DIR or video:DIR@N for detectors")
-    qz.add_argument("--views", type=int, default=256, help="calibration views")
+    qz.add_argument("--views", type=int, help="calibration views (default: 256 pose crops, 48 detector images: ONNX "
+                    "Runtime holds every view's activations, ~0.35 GB for one 384 px detector view)")
     qz.add_argument("--seed", type=int, default=0, help="random seed of the calibration draw")
     qz.add_argument("--calibration", choices=("percentile", "minmax", "entropy"), default="percentile",
                     help="how activation ranges are set from the calibration views")
