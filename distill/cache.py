@@ -213,19 +213,21 @@ class PoseCache:
         return len(self.teacher_kp)
 
 
-def build_detection_cache(records: list[Record], teacher: DetectionTeacher | BoxEnsemble | ConfirmedBoxes,
+def build_detection_cache(records: list[Record], teacher: DetectionTeacher | BoxEnsemble | ConfirmedBoxes,  # noqa: PLR0913
                           out: Path | str, *,
                           size: int = 256,
-                          max_boxes: int = 20, views_per_image: int = 2, seed: int = 0,
+                          max_boxes: int = 20, views_per_image: int = 2, zoom_out: int = 0, seed: int = 0,
                           meta: dict | None = None, progress: bool = True) -> dict:
     """Letterboxed views (random scale and flip after the first) labelled by the detection teacher on
-    the same view, so the student learns the teacher's boxes at the student's resolution."""
+    the same view, so the student learns the teacher's boxes at the student's resolution; then
+    ``zoom_out`` views per image shrunk onto the canvas (people smaller than the whole picture shows
+    them, labelled by the teacher's boxes on the whole picture at its full resolution)."""
     from tqdm import tqdm
 
     out = Path(out)
     rng = np.random.default_rng(seed)
     writer = _Writer(out, {"images": ((size, size, 3), "uint8"), "boxes": ((max_boxes, 5), "float32")},
-                     len(records) * views_per_image)
+                     len(records) * (views_per_image + zoom_out))
     started = time.time()
     for r in tqdm(records, desc=f"teacher {teacher.name} labelling images", disable=not progress, unit="img"):
         try:
@@ -233,6 +235,7 @@ def build_detection_cache(records: list[Record], teacher: DetectionTeacher | Box
         except OSError as exc:
             log.warning("%s", exc)
             continue
+        whole = np.zeros((0, 5), np.float32)
         for v in range(views_per_image):
             view = image
             if v > 0:  # random crop-zoom and flip: same view for teacher and student
@@ -245,21 +248,37 @@ def build_detection_cache(records: list[Record], teacher: DetectionTeacher | Box
                     view = view[:, ::-1]
                 view = np.ascontiguousarray(view)
             boxes = teacher.boxes(view)
-            h, w = view.shape[:2]
-            s = size / max(h, w)
-            nh, nw = max(1, round(h * s)), max(1, round(w * s))
-            canvas = np.zeros((size, size, 3), np.uint8)
-            canvas[:nh, :nw] = cv2.resize(view, (nw, nh), interpolation=cv2.INTER_AREA)
-            photometric([canvas], rng, AugmentConfig(p_occlude=0.0, p_blur=0.05))
-            canvas = np.ascontiguousarray(canvas[..., ::-1])  # stored RGB, like the pose cache
-            rows = np.zeros((max_boxes, 5), np.float32)
-            b = boxes[:max_boxes]
-            rows[:len(b), :4] = b[:, :4] * s / size
-            rows[:len(b), 4] = b[:, 4]
-            writer.add(images=canvas[None], boxes=rows[None])
+            whole = boxes if v == 0 else whole
+            writer.add(**_detection_view(view, boxes, size, max_boxes, rng))
+        for _ in range(zoom_out if views_per_image else 0):
+            view, boxes = image, np.array(whole, np.float32, copy=True).reshape(-1, 5)
+            if rng.random() < 0.5:
+                view = np.ascontiguousarray(image[:, ::-1])
+                boxes[:, [0, 2]] = image.shape[1] - boxes[:, [2, 0]]
+            writer.add(**_detection_view(view, boxes, size, max_boxes, rng, zoom=rng.uniform(0.4, 0.85)))
     writer.close()
     info = {"kind": "detection", "count": writer.n, "size": size, "teacher": teacher.name, "seed": seed,
             "sources": sorted({r.source for r in records}), "seconds": round(time.time() - started, 1),
             **(meta or {})}
     (out / "meta.json").write_text(json.dumps(info, indent=2))
     return info
+
+
+def _detection_view(view: np.ndarray, boxes: np.ndarray, size: int, max_boxes: int, rng, *,
+                    zoom: float = 1.0) -> dict[str, np.ndarray]:
+    """One cached detection view: ``view`` letterboxed into a ``size`` canvas (scaled a further ``zoom``
+    and placed at random where it is below 1), photometric noise, its ``boxes`` as canvas fractions."""
+    h, w = view.shape[:2]
+    s = size / max(h, w) * zoom
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    y0 = int(rng.integers(0, size - nh + 1)) if zoom < 1 else 0
+    x0 = int(rng.integers(0, size - nw + 1)) if zoom < 1 else 0
+    canvas = np.zeros((size, size, 3), np.uint8)
+    canvas[y0:y0 + nh, x0:x0 + nw] = cv2.resize(view, (nw, nh), interpolation=cv2.INTER_AREA)
+    photometric([canvas], rng, AugmentConfig(p_occlude=0.0, p_blur=0.05))
+    canvas = np.ascontiguousarray(canvas[..., ::-1])  # stored RGB, like the pose cache
+    rows = np.zeros((max_boxes, 5), np.float32)
+    b = boxes[:max_boxes]
+    rows[:len(b), :4] = (b[:, :4] * s + np.array([x0, y0, x0, y0], np.float32)) / size
+    rows[:len(b), 4] = b[:, 4]
+    return {"images": canvas[None], "boxes": rows[None]}

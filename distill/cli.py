@@ -44,6 +44,9 @@ def _add_cache_parser(dsub) -> None:
     c.add_argument("--solo", type=float, default=0.4, help="detection, two teachers: a box only one of them found "
                                                            "is kept from this score (both found it: always)")
     c.add_argument("--views", type=int, help="pose: views in total; detection: views per image")
+    c.add_argument("--zoom-out", type=int, default=0,
+                   help="detection: extra views per image, shrunk to 40-85 %% of the canvas (smaller people), "
+                        "labelled by the teacher's boxes on the whole image")
     c.add_argument("--size", type=int, help="student input size (pose 192, detection 256)")
     c.add_argument("--limit", type=int, help="images per source at most (smoke runs)")
     c.add_argument("--seed", type=int, default=0, help="random seed of the augmented views")

@@ -110,7 +110,7 @@ def cmd_cache(args) -> int:
         except ValueError as exc:
             raise SystemExit(f"--teacher: {exc}") from None
         info = build_detection_cache(records, boxes_from, args.out, size=args.size, views_per_image=args.views,
-                                     seed=args.seed, meta={"data": data, "exclude": exclude,
+                                     zoom_out=args.zoom_out, seed=args.seed, meta={"data": data, "exclude": exclude,
                                                            "command": command_line(args)})
         if isinstance(boxes_from, ConfirmedBoxes):
             log.info("%s confirmed %d of %d teacher boxes", args.confirm, boxes_from.kept, boxes_from.seen)

@@ -386,3 +386,36 @@ def test_the_trainer_keeps_large_blocks_on_the_heap_where_freeing_them_costs_not
                                                    text=True, check=True).stdout.split()] for mode in ("off", "on")}
     assert where["off"][0] >= 64  # by default: its own mapping, unmapped on free, faulted in again next step
     assert where["on"][0] == 0 and where["on"][1] >= 64, where  # on the heap, reused by the next step
+
+
+def test_zoomed_out_detection_views_keep_the_box_on_the_person(tmp_path):
+    """``--zoom-out`` views shrink the whole picture onto the canvas at a random place (and flip half of
+    them): the teacher's boxes on the whole picture must land where the person is drawn in each view."""
+    from distill.cache import build_detection_cache
+    from distill.data import Record
+
+    image = np.zeros((200, 320, 3), np.uint8)
+    image[50:150, 100:140] = 255  # the "person"
+    cv2.imwrite(str(tmp_path / "one.png"), image)
+
+    class WhiteBoxes:  # a teacher that boxes the white pixels of the view it is given
+        name = "white"
+        calls = 0
+
+        def boxes(self, view):
+            WhiteBoxes.calls += 1
+            ys, xs = np.nonzero(view.max(-1) > 128)
+            return np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1, 0.9]], np.float32)
+
+    info = build_detection_cache([Record("photo", str(tmp_path / "one.png"), [])], WhiteBoxes(), tmp_path / "c",
+                                 size=128, views_per_image=1, zoom_out=6, seed=3, progress=False)
+    assert info["count"] == 7 and WhiteBoxes.calls == 1  # zoomed-out views reuse the whole picture's boxes
+    images, boxes = np.load(tmp_path / "c" / "images.npy"), np.load(tmp_path / "c" / "boxes.npy")
+    widths = []
+    for im, rows in zip(images, boxes):
+        ys, xs = np.nonzero(im.max(-1) > 100)
+        drawn = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]) / 128
+        assert np.abs(rows[0, :4] - drawn).max() < 3 / 128, (rows[0], drawn)
+        assert rows[1:].sum() == 0
+        widths.append(drawn[2] - drawn[0])
+    assert max(widths[1:]) < widths[0] * 0.9  # people smaller than the whole picture shows them
