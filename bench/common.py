@@ -15,10 +15,15 @@ RESULTS = ROOT / "bench" / "RESULTS.md"
 HELD_OUT_MULTI = "[5::10]"
 
 
+def held_out_multi_spec(data: Path | str) -> str:
+    """The held-out photos as a data source (``folder:DIR[5::10]``)."""
+    return f"folder:{Path(data) / 'unlabeled' / 'multi'}{HELD_OUT_MULTI}"
+
+
 def held_out_multi(data: Path) -> list[Path]:
     from distill.data import read_source
 
-    return [Path(r.path) for r in read_source(f"folder:{data / 'unlabeled' / 'multi'}{HELD_OUT_MULTI}")]
+    return [Path(r.path) for r in read_source(held_out_multi_spec(data))]
 
 
 def machine() -> str:

@@ -29,7 +29,7 @@ from typing import cast
 
 import numpy as np
 
-from bench.common import HELD_OUT_MULTI, ROOT, record
+from bench.common import ROOT, held_out_multi_spec, record
 
 SETTINGS_HELP = ("a setting: LABEL=detector:REF,pose:REF,size:N,nms:OKS,score:combined|keypoints,box:W,spread:S,"
                  "inside:M,thr:T,centre:C,boxnms:IOU "
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
 
     store = ModelStore(args.store)
     min_score = Settings().min_score
-    heldout_spec = args.heldout or f"folder:{DATA}/unlabeled/multi{HELD_OUT_MULTI}"
+    heldout_spec = args.heldout or held_out_multi_spec(DATA)
     heldout = read_source(heldout_spec)
     for i, record_ in enumerate(heldout):
         record_.image_id = 20_000_000 + i

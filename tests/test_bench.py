@@ -58,8 +58,6 @@ def test_people_settings_take_turns_on_each_image():
     or always during one slow minute; every setting answers every image of every set."""
     from types import SimpleNamespace
 
-    import numpy as np
-
     from bench.people import run_interleaved
 
     calls: list[tuple[str, int]] = []
